@@ -1,0 +1,130 @@
+#pragma once
+// The W4A16 GEMM runner: C[m,n] = alpha * A[m,k] * dequant(W)^T (+ bias[n]).
+//
+//   A      fp16 [m][k] row-major            16-byte aligned
+//   W      packed int4 (pack_weights)       16-byte aligned, n % 16 == 0, k % 64 == 0
+//   scales fp16 [k / group_size][n]         16-byte aligned
+//   bias   fp16 [n] or nullptr              16-byte aligned
+//   C      fp16 [m][n] row-major            16-byte aligned
+//   group_size in {32, 64, 128, k}, k % group_size == 0, m >= 1
+//
+// The runner works on the caller's stream and memory. gemm() allocates nothing, never synchronizes
+// and does no host work proportional to the problem, so it can be captured in a CUDA graph.
+// One runner per device; like a cuBLAS handle, do not call one runner from two host threads at once.
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include "w4a16/status.h"
+
+namespace w4a16 {
+
+enum class KernelFamily {
+  // Fused tensor-core kernel (mma.sync m16n8k16, cp.async pipeline, in-register int4 dequant).
+  // sm_80 and newer. Optional split-K with a deterministic reduction through the workspace.
+  kTensorCoreSm80,
+  // Dequantize W to fp16 in the workspace, then cuBLAS. sm_75 and newer; the fallback on GPUs
+  // without a fused kernel, and a contender at large m.
+  kDequantCublas,
+};
+const char* to_string(KernelFamily family);
+
+// One point in the tuning space. For kDequantCublas only `family` matters.
+struct KernelConfig {
+  KernelFamily family = KernelFamily::kTensorCoreSm80;
+  int tile_m = 0;    // activation rows per thread block
+  int tile_n = 0;    // output channels (weight rows) per thread block
+  int warps_m = 0;   // warp grid inside the block
+  int warps_n = 0;
+  int stages = 0;    // cp.async pipeline depth
+  int split_k = 1;   // thread blocks sharing one output tile along k
+
+  std::string name() const;  // e.g. "tc_m16n128_w1x4_s6_k4", "dequant_cublas"
+  bool operator==(const KernelConfig& other) const;
+  bool operator!=(const KernelConfig& other) const { return !(*this == other); }
+};
+// Parses KernelConfig::name(); returns false on an unknown name.
+bool parse_kernel_config(const std::string& name, KernelConfig* config);
+
+struct GemmArguments {
+  const __half* a = nullptr;
+  const void* packed_weights = nullptr;
+  const __half* scales = nullptr;
+  const __half* bias = nullptr;  // optional
+  __half* c = nullptr;
+  int m = 0;
+  int n = 0;
+  int k = 0;
+  int group_size = 128;
+  float alpha = 1.0f;
+};
+
+struct ProfileResult {
+  KernelConfig best;
+  float best_microseconds = 0.0f;
+  std::vector<std::pair<KernelConfig, float>> timings;  // every config that ran, microseconds
+  std::vector<std::pair<KernelConfig, std::string>> skipped;  // and why the others did not
+};
+
+class GemmRunner {
+ public:
+  // Binds to the current CUDA device. Check status() before use.
+  GemmRunner();
+  ~GemmRunner();
+  GemmRunner(const GemmRunner&) = delete;
+  GemmRunner& operator=(const GemmRunner&) = delete;
+
+  // Why construction failed (no device, no kernel for this arch, cuBLAS init), or success.
+  const Status& status() const { return status_; }
+  int device() const { return device_; }
+  int sm_version() const { return sm_version_; }  // e.g. 90
+  int sm_count() const { return sm_count_; }
+
+  // Every config this device has a kernel for. Empty when status() is not ok.
+  const std::vector<KernelConfig>& configs() const { return configs_; }
+
+  // The heuristic default for a problem (a tile-size table, see src/runner/heuristics.cpp).
+  KernelConfig heuristic_config(int m, int n, int k) const;
+  // The config gemm() without a config uses: the profiled best if profile() ran for this
+  // (m, n, k, group_size), else the heuristic.
+  KernelConfig default_config(int m, int n, int k, int group_size) const;
+
+  // Workspace bytes `config` needs for (m, n, k).
+  size_t workspace_bytes(int m, int n, int k, const KernelConfig& config) const;
+  // Workspace bytes the default config needs.
+  size_t workspace_bytes(int m, int n, int k, int group_size) const;
+
+  // Validates everything (pointers, alignment, shapes, group, workspace, arch) before launching.
+  Status gemm(const GemmArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) const;
+  Status gemm(const GemmArguments& args, const KernelConfig& config, void* workspace,
+              size_t workspace_bytes, cudaStream_t stream) const;
+
+  // Times every config whose workspace fits (median of `repeats` timed runs of `iterations`
+  // back-to-back calls each), records the fastest as the default for this problem, and returns
+  // the timings. Synchronizes `stream`; writes C. Not for the hot path.
+  Status profile(const GemmArguments& args, void* workspace, size_t workspace_bytes,
+                 cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
+
+  // Validation alone (what gemm() checks before any launch).
+  Status check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
+               size_t workspace_bytes) const;
+
+ private:
+  struct Impl;  // cuBLAS handle and the table of compiled kernels
+  Status status_;
+  int device_ = -1;
+  int sm_version_ = 0;
+  int sm_count_ = 0;
+  std::vector<KernelConfig> configs_;
+  std::unique_ptr<Impl> impl_;
+  std::map<std::tuple<int, int, int, int>, KernelConfig> profiled_;
+};
+
+}  // namespace w4a16

@@ -1,0 +1,51 @@
+// CPU reference GEMM: double accumulation over dequantized weights (host only).
+#include <algorithm>
+#include <thread>
+
+#include "w4a16/reference.h"
+
+namespace w4a16 {
+
+std::vector<double> reference_gemm(const __half* a, int m, const QuantizedWeights& weights, const __half* bias,
+                                   float alpha, const std::vector<int>& rows_in) {
+  const int n = weights.n;
+  const int k = weights.k;
+  std::vector<int> rows = rows_in;
+  if (rows.empty()) {
+    rows.resize(m);
+    for (int i = 0; i < m; ++i) rows[i] = i;
+  }
+  const size_t row_count = rows.size();
+
+  // A rows as double once; each weight row is dequantized once (code * fp16 scale is exact in
+  // double) and dotted with every selected A row.
+  std::vector<double> a_rows(row_count * k);
+  for (size_t r = 0; r < row_count; ++r)
+    for (int j = 0; j < k; ++j) a_rows[r * k + j] = double(__half2float(a[size_t(rows[r]) * k + j]));
+
+  std::vector<double> c(row_count * n);
+  auto work = [&](int n_begin, int n_end) {
+    std::vector<double> w(k);
+    for (int col = n_begin; col < n_end; ++col) {
+      for (int j = 0; j < k; ++j) w[j] = double(weights.dequantized(col, j));
+      const double b = bias ? double(__half2float(bias[col])) : 0.0;
+      for (size_t r = 0; r < row_count; ++r) {
+        const double* x = &a_rows[r * k];
+        double sum = 0.0;
+        for (int j = 0; j < k; ++j) sum += x[j] * w[j];
+        c[r * n + col] = double(alpha) * sum + b;
+      }
+    }
+  };
+  const int threads = std::clamp(int(std::thread::hardware_concurrency()), 1, 32);
+  std::vector<std::thread> pool;
+  const int chunk = (n + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    const int begin = t * chunk, end = std::min(n, begin + chunk);
+    if (begin < end) pool.emplace_back(work, begin, end);
+  }
+  for (auto& thread : pool) thread.join();
+  return c;
+}
+
+}  // namespace w4a16

@@ -1,0 +1,12 @@
+// Medium tiles (m 17..64): warps cover 32 x 32 (activation rows x channels), so each dequantized
+// weight fragment feeds four mma instructions.
+#include "kernels/tensor_core_sm80/kernel.cuh"
+
+namespace w4a16::tensor_core_sm80 {
+
+void append_medium_m_kernels(std::vector<CompiledKernel>& table) {
+  table.push_back(compiled_kernel<Tile<32, 128, 1, 4, 6>>());
+  table.push_back(compiled_kernel<Tile<64, 128, 2, 4, 5>>());
+}
+
+}  // namespace w4a16::tensor_core_sm80

@@ -1,0 +1,65 @@
+#pragma once
+// The tensor_core_sm80 kernel: tile scheduler -> multistage mainloop -> epilogue, and the host
+// launcher each instantiation group compiles.
+
+#include <cstdint>
+
+#include "kernels/tensor_core_sm80/epilogue.cuh"
+#include "kernels/tensor_core_sm80/mainloop.cuh"
+#include "kernels/tensor_core_sm80/params.h"
+#include "kernels/tensor_core_sm80/tile.cuh"
+#include "kernels/tensor_core_sm80/tile_scheduler.cuh"
+
+namespace w4a16::tensor_core_sm80 {
+
+template <class Tile>
+__global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_constant__ Params params) {
+  // cp.async, ldmatrix and mma.m16n8k16 need sm_80. When the library is also built for older
+  // targets (sm_75) this body compiles to nothing, and the runner never offers these configs there
+  // (it checks compiled_for() against the device).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  extern __shared__ __align__(128) uint8_t shared[];
+  const TileWork work = schedule_tile<Tile>(params);
+  const int warp = threadIdx.x / 32;
+  const int warp_m = warp / Tile::kWarpsN;
+  const int warp_n = warp % Tile::kWarpsN;
+
+  typename Mainloop<Tile>::Accumulators accumulators;
+  Mainloop<Tile>::run(params, work, shared, warp_m, warp_n, accumulators);
+  Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
+#endif
+}
+
+template <class Tile>
+cudaError_t launch(const Params& params, cudaStream_t stream) {
+  gemm_kernel<Tile><<<grid_shape<Tile>(params), Tile::kThreads, Tile::kSharedBytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+template <class Tile>
+cudaError_t prepare() {
+  cudaFuncAttributes attributes;
+  cudaError_t error = cudaFuncGetAttributes(&attributes, gemm_kernel<Tile>);
+  if (error != cudaSuccess) return error;
+  return cudaFuncSetAttribute(gemm_kernel<Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSharedBytes);
+}
+
+// The virtual architecture the kernel body was compiled from (cudaFuncAttributes::ptxVersion), so
+// the host can tell a real sm_80+ body from the empty one: a library built for 75 carries
+// compute_75 PTX, which a newer GPU would happily JIT into the empty kernel.
+template <class Tile>
+int compiled_for() {
+  cudaFuncAttributes attributes;
+  if (cudaFuncGetAttributes(&attributes, gemm_kernel<Tile>) != cudaSuccess) return 0;
+  return attributes.ptxVersion;
+}
+
+template <class Tile>
+CompiledKernel compiled_kernel() {
+  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kStages},
+                        &launch<Tile>,
+                        &prepare<Tile>,
+                        &compiled_for<Tile>};
+}
+
+}  // namespace w4a16::tensor_core_sm80

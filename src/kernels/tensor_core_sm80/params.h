@@ -1,0 +1,46 @@
+#pragma once
+// Host-visible interface of the tensor_core_sm80 kernel family: its parameters and the table of
+// compiled tile shapes. Plain C++, so the runner can include it without device code.
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+namespace w4a16::tensor_core_sm80 {
+
+struct Params {
+  const __half* a;             // [m][k]
+  const void* packed_weights;  // packed layout, see common/packed_layout.h
+  const __half* scales;        // [k / group_size][n]
+  const __half* bias;          // [n] or nullptr
+  __half* c;                   // [m][n]
+  float* partials;             // split_k > 1: [split_k][m][n] fp32 in the workspace
+  int m, n, k, group_size;
+  float alpha;
+  int split_k;
+};
+
+struct TileShape {
+  int tile_m, tile_n, warps_m, warps_n, stages;
+};
+
+// One compiled instantiation: its shape, a launcher, and a probe that reports whether the running
+// device has a usable binary for it (and raises its shared-memory limit once).
+struct CompiledKernel {
+  TileShape shape;
+  cudaError_t (*launch)(const Params&, cudaStream_t);
+  cudaError_t (*prepare)();  // cudaErrorInvalidDeviceFunction when this device has no binary
+  int (*compiled_for)();     // the virtual arch (e.g. 80) the device code was compiled from
+};
+
+// Each instantiation group (one .cu each) appends its kernels.
+void append_small_m_kernels(std::vector<CompiledKernel>& table);
+void append_medium_m_kernels(std::vector<CompiledKernel>& table);
+void append_large_m_kernels(std::vector<CompiledKernel>& table);
+
+// Sums the split_k fp32 partial tiles in a fixed order (so results are bit-identical from run to
+// run), applies alpha and bias, writes fp16 C.
+cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream);
+
+}  // namespace w4a16::tensor_core_sm80

@@ -1,0 +1,47 @@
+// Deterministic split-K reduction: every output element sums its split_k fp32 partials in slice
+// order 0, 1, 2, ..., so the result does not depend on which block finished first.
+#include <cuda_fp16.h>
+
+#include "kernels/tensor_core_sm80/params.h"
+
+namespace w4a16::tensor_core_sm80 {
+
+namespace {
+
+// One thread per 4 consecutive channels (n % 16 == 0, so a float4 never crosses a row).
+__global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
+  const long long quads = static_cast<long long>(params.m) * params.n / 4;
+  const long long slice_stride = static_cast<long long>(params.m) * params.n / 4;
+  const float4* partials = reinterpret_cast<const float4*>(params.partials);
+  for (long long quad = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; quad < quads;
+       quad += static_cast<long long>(gridDim.x) * blockDim.x) {
+    float4 sum = partials[quad];
+    for (int split = 1; split < params.split_k; ++split) {
+      const float4 part = partials[split * slice_stride + quad];
+      sum.x += part.x;
+      sum.y += part.y;
+      sum.z += part.z;
+      sum.w += part.w;
+    }
+    const int channel = static_cast<int>((quad * 4) % params.n);
+    float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (params.bias != nullptr) {
+      for (int i = 0; i < 4; ++i) bias[i] = __half2float(params.bias[channel + i]);
+    }
+    __half2* out = reinterpret_cast<__half2*>(params.c + quad * 4);
+    out[0] = __floats2half2_rn(params.alpha * sum.x + bias[0], params.alpha * sum.y + bias[1]);
+    out[1] = __floats2half2_rn(params.alpha * sum.z + bias[2], params.alpha * sum.w + bias[3]);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream) {
+  constexpr int kThreads = 256;
+  const long long quads = static_cast<long long>(params.m) * params.n / 4;
+  const int blocks = static_cast<int>(std::min<long long>((quads + kThreads - 1) / kThreads, 4096));
+  split_k_reduce_kernel<<<blocks, kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace w4a16::tensor_core_sm80

@@ -1,0 +1,52 @@
+// KernelConfig naming: a stable, human-readable name that round-trips through parse_kernel_config,
+// used by the CLI's --config, the profiler's report and the tests.
+#include <cstdio>
+#include <string>
+
+#include "w4a16/runner.h"
+
+namespace w4a16 {
+
+const char* to_string(KernelFamily family) {
+  switch (family) {
+    case KernelFamily::kTensorCoreSm80: return "tensor_core_sm80";
+    case KernelFamily::kDequantCublas: return "dequant_cublas";
+  }
+  return "unknown";
+}
+
+std::string KernelConfig::name() const {
+  if (family == KernelFamily::kDequantCublas) return "dequant_cublas";
+  char buffer[96];
+  std::snprintf(buffer, sizeof(buffer), "tc_m%dn%d_w%dx%d_s%d_k%d", tile_m, tile_n, warps_m, warps_n, stages,
+                split_k);
+  return buffer;
+}
+
+bool KernelConfig::operator==(const KernelConfig& other) const {
+  if (family != other.family) return false;
+  if (family == KernelFamily::kDequantCublas) return true;
+  return tile_m == other.tile_m && tile_n == other.tile_n && warps_m == other.warps_m && warps_n == other.warps_n &&
+         stages == other.stages && split_k == other.split_k;
+}
+
+bool parse_kernel_config(const std::string& name, KernelConfig* config) {
+  if (config == nullptr) return false;
+  if (name == "dequant_cublas") {
+    *config = KernelConfig{};
+    config->family = KernelFamily::kDequantCublas;
+    return true;
+  }
+  KernelConfig parsed;
+  int consumed = 0;
+  if (std::sscanf(name.c_str(), "tc_m%dn%d_w%dx%d_s%d_k%d%n", &parsed.tile_m, &parsed.tile_n, &parsed.warps_m,
+                  &parsed.warps_n, &parsed.stages, &parsed.split_k, &consumed) != 6 ||
+      consumed != static_cast<int>(name.size())) {
+    return false;
+  }
+  parsed.family = KernelFamily::kTensorCoreSm80;
+  *config = parsed;
+  return true;
+}
+
+}  // namespace w4a16

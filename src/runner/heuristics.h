@@ -1,0 +1,23 @@
+#pragma once
+// The heuristic default config: a tile-size table indexed by m, and a split-K rule that fills the
+// GPU. Kept apart from the runner so tuning touches one file.
+
+#include <vector>
+
+#include "w4a16/runner.h"
+
+namespace w4a16::heuristics {
+
+struct DeviceTraits {
+  int sm_version;  // 80, 86, 89, 90, ...
+  int sm_count;
+};
+
+// Split-K factors the config list offers for every tensor-core tile.
+const std::vector<int>& split_k_choices();
+
+// Picks from `available` (the runner's config list); falls back to dequant_cublas when the
+// preferred tensor-core tile is not compiled for this device.
+KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::vector<KernelConfig>& available);
+
+}  // namespace w4a16::heuristics

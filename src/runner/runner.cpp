@@ -1,0 +1,282 @@
+// The runner: validation, the config table, dispatch to kernel families, and the profiler.
+#include "w4a16/runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include <cublas_v2.h>
+
+#include "kernels/dequant_cublas/dequant_cublas.h"
+#include "kernels/tensor_core_sm80/params.h"
+#include "runner/heuristics.h"
+#include "w4a16/quantize.h"
+
+namespace w4a16 {
+
+struct GemmRunner::Impl {
+  cublasHandle_t cublas = nullptr;
+  // Parallel to the tensor-core entries of configs_: which compiled kernel serves each config.
+  std::vector<std::pair<KernelConfig, tensor_core_sm80::CompiledKernel>> tensor_core_kernels;
+
+  ~Impl() {
+    if (cublas != nullptr) cublasDestroy(cublas);
+  }
+
+  const tensor_core_sm80::CompiledKernel* find(const KernelConfig& config) const {
+    for (const auto& entry : tensor_core_kernels)
+      if (entry.first == config) return &entry.second;
+    return nullptr;
+  }
+};
+
+namespace {
+
+Status cuda_status(cudaError_t error, const char* what) {
+  return Status(StatusCode::kCudaError, std::string(what) + ": " + cudaGetErrorString(error));
+}
+
+bool aligned(const void* pointer, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(pointer) % alignment == 0;
+}
+
+constexpr size_t kPointerAlignment = 16;     // every cp.async / vector access is 16 bytes
+constexpr size_t kWorkspaceAlignment = 256;  // cuBLAS and the fp32 partials
+
+int max_grid_rows(const KernelConfig& config) { return config.tile_m * 65535; }  // grid.y limit
+
+}  // namespace
+
+GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
+  if (cudaError_t error = cudaGetDevice(&device_); error != cudaSuccess) {
+    status_ = Status(StatusCode::kUnsupportedArch, std::string("no CUDA device: ") + cudaGetErrorString(error));
+    cudaGetLastError();
+    return;
+  }
+  cudaDeviceProp properties;
+  if (cudaError_t error = cudaGetDeviceProperties(&properties, device_); error != cudaSuccess) {
+    status_ = cuda_status(error, "cudaGetDeviceProperties");
+    return;
+  }
+  sm_version_ = properties.major * 10 + properties.minor;
+  sm_count_ = properties.multiProcessorCount;
+
+  // Tensor-core kernels: need an sm_80+ device and a binary whose body was compiled for sm_80+.
+  if (sm_version_ >= 80) {
+    std::vector<tensor_core_sm80::CompiledKernel> compiled;
+    tensor_core_sm80::append_small_m_kernels(compiled);
+    tensor_core_sm80::append_medium_m_kernels(compiled);
+    tensor_core_sm80::append_large_m_kernels(compiled);
+    for (const auto& kernel : compiled) {
+      if (kernel.compiled_for() < 80 || kernel.prepare() != cudaSuccess) {
+        cudaGetLastError();  // a missing binary is expected on some builds, not an error state
+        continue;
+      }
+      for (int split : heuristics::split_k_choices()) {
+        KernelConfig config;
+        config.family = KernelFamily::kTensorCoreSm80;
+        config.tile_m = kernel.shape.tile_m;
+        config.tile_n = kernel.shape.tile_n;
+        config.warps_m = kernel.shape.warps_m;
+        config.warps_n = kernel.shape.warps_n;
+        config.stages = kernel.shape.stages;
+        config.split_k = split;
+        configs_.push_back(config);
+        impl_->tensor_core_kernels.emplace_back(config, kernel);
+      }
+    }
+  }
+
+  // dequant_cublas: any device the dequantize kernel was built for.
+  if (dequant_cublas::probe_kernel() == cudaSuccess) {
+    if (cublasStatus_t error = cublasCreate(&impl_->cublas); error != CUBLAS_STATUS_SUCCESS) {
+      status_ = Status(StatusCode::kCublasError, std::string("cublasCreate: ") + cublasGetStatusString(error));
+      configs_.clear();
+      return;
+    }
+    KernelConfig config;
+    config.family = KernelFamily::kDequantCublas;
+    configs_.push_back(config);
+  } else {
+    cudaGetLastError();
+  }
+
+  if (configs_.empty()) {
+    status_ = Status(StatusCode::kUnsupportedArch, "no w4a16 kernel in this build runs on " +
+                                                       std::string(properties.name) + " (sm_" +
+                                                       std::to_string(sm_version_) +
+                                                       "); rebuild with CMAKE_CUDA_ARCHITECTURES including it");
+  }
+}
+
+GemmRunner::~GemmRunner() = default;
+
+KernelConfig GemmRunner::heuristic_config(int m, int n, int k) const {
+  return heuristics::choose(m, n, k, {sm_version_, sm_count_}, configs_);
+}
+
+KernelConfig GemmRunner::default_config(int m, int n, int k, int group_size) const {
+  auto it = profiled_.find({m, n, k, group_size});
+  return it != profiled_.end() ? it->second : heuristic_config(m, n, k);
+}
+
+size_t GemmRunner::workspace_bytes(int m, int n, int k, const KernelConfig& config) const {
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
+  if (config.family == KernelFamily::kDequantCublas) return dequant_cublas::workspace_bytes(n, k);
+  if (config.split_k <= 1) return 0;
+  return size_t(config.split_k) * size_t(m) * size_t(n) * sizeof(float);
+}
+
+size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size) const {
+  return workspace_bytes(m, n, k, default_config(m, n, k, group_size));
+}
+
+Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
+                         size_t workspace_size) const {
+  if (!status_.ok()) return status_;
+  if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
+    return Status(StatusCode::kUnsupportedArch,
+                  "config " + config.name() + " has no kernel for sm_" + std::to_string(sm_version_) + " in this build");
+  }
+  if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales and c must not be null");
+  }
+  if (args.m <= 0 || args.n <= 0 || args.k <= 0) {
+    return Status(StatusCode::kInvalidArgument, "m, n and k must be positive, got " + std::to_string(args.m) + " x " +
+                                                     std::to_string(args.n) + " x " + std::to_string(args.k));
+  }
+  if (args.n % 16 != 0 || args.k % 64 != 0) {
+    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
+                                                     std::to_string(args.n) + ", k = " + std::to_string(args.k));
+  }
+  if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
+  if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
+  const struct {
+    const void* pointer;
+    const char* name;
+  } pointers[] = {{args.a, "a"}, {args.packed_weights, "packed_weights"}, {args.scales, "scales"},
+                  {args.bias, "bias"}, {args.c, "c"}};
+  for (const auto& p : pointers) {
+    if (p.pointer != nullptr && !aligned(p.pointer, kPointerAlignment)) {
+      return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
+    }
+  }
+  if (config.family == KernelFamily::kTensorCoreSm80) {
+    if (args.m > max_grid_rows(config)) {
+      return Status(StatusCode::kUnsupportedShape, "m = " + std::to_string(args.m) + " exceeds " +
+                                                       std::to_string(max_grid_rows(config)) + " for config " +
+                                                       config.name());
+    }
+    if (config.split_k > args.k / 64) {
+      return Status(StatusCode::kInvalidArgument, "split_k " + std::to_string(config.split_k) +
+                                                      " exceeds the k / 64 = " + std::to_string(args.k / 64) +
+                                                      " k-blocks");
+    }
+  }
+  const size_t required = workspace_bytes(args.m, args.n, args.k, config);
+  if (required > 0) {
+    if (workspace == nullptr || workspace_size < required) {
+      return Status(StatusCode::kWorkspaceTooSmall,
+                    config.name() + " needs " + std::to_string(required) + " bytes of workspace, got " +
+                        (workspace == nullptr ? std::string("a null pointer") : std::to_string(workspace_size)));
+    }
+    if (!aligned(workspace, kWorkspaceAlignment)) {
+      return Status(StatusCode::kMisalignedPointer, "workspace must be 256-byte aligned");
+    }
+  }
+  return Status::success();
+}
+
+Status GemmRunner::gemm(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream) const {
+  return gemm(args, default_config(args.m, args.n, args.k, args.group_size), workspace, workspace_size, stream);
+}
+
+Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, void* workspace, size_t workspace_size,
+                        cudaStream_t stream) const {
+  if (Status s = check(args, config, workspace, workspace_size); !s.ok()) return s;
+
+  if (config.family == KernelFamily::kDequantCublas) {
+    const dequant_cublas::Params params{args.a, args.packed_weights, args.scales, args.bias, args.c,
+                                        args.m, args.n, args.k, args.group_size, args.alpha};
+    return dequant_cublas::run(params, impl_->cublas, workspace, stream);
+  }
+
+  const tensor_core_sm80::CompiledKernel* kernel = impl_->find(config);
+  const tensor_core_sm80::Params params{args.a,
+                                        args.packed_weights,
+                                        args.scales,
+                                        args.bias,
+                                        args.c,
+                                        static_cast<float*>(workspace),
+                                        args.m,
+                                        args.n,
+                                        args.k,
+                                        args.group_size,
+                                        args.alpha,
+                                        config.split_k};
+  if (cudaError_t error = kernel->launch(params, stream); error != cudaSuccess) {
+    return cuda_status(error, "tensor_core_sm80 launch");
+  }
+  if (config.split_k > 1) {
+    if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream); error != cudaSuccess) {
+      return cuda_status(error, "split-K reduce launch");
+    }
+  }
+  return Status::success();
+}
+
+Status GemmRunner::profile(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream,
+                           ProfileResult* result, int iterations, int repeats) {
+  if (result == nullptr) return Status(StatusCode::kInvalidArgument, "profile: result must not be null");
+  if (iterations < 1 || repeats < 1) return Status(StatusCode::kInvalidArgument, "profile: iterations, repeats >= 1");
+  *result = ProfileResult{};
+  cudaEvent_t start = nullptr, stop = nullptr;
+  if (cudaError_t error = cudaEventCreate(&start); error != cudaSuccess) return cuda_status(error, "cudaEventCreate");
+  if (cudaError_t error = cudaEventCreate(&stop); error != cudaSuccess) {
+    cudaEventDestroy(start);
+    return cuda_status(error, "cudaEventCreate");
+  }
+  Status outcome;
+  for (const KernelConfig& config : configs_) {
+    if (Status s = check(args, config, workspace, workspace_size); !s.ok()) {
+      result->skipped.emplace_back(config, s.to_string());
+      continue;
+    }
+    // Warm-up (also surfaces launch errors before timing).
+    if (Status s = gemm(args, config, workspace, workspace_size, stream); !s.ok()) {
+      outcome = s;
+      break;
+    }
+    std::vector<float> samples;
+    for (int r = 0; r < repeats && outcome.ok(); ++r) {
+      cudaEventRecord(start, stream);
+      for (int i = 0; i < iterations && outcome.ok(); ++i) outcome = gemm(args, config, workspace, workspace_size, stream);
+      cudaEventRecord(stop, stream);
+      if (cudaError_t error = cudaEventSynchronize(stop); error != cudaSuccess) {
+        outcome = cuda_status(error, "profile");
+        break;
+      }
+      float milliseconds = 0.0f;
+      cudaEventElapsedTime(&milliseconds, start, stop);
+      samples.push_back(milliseconds * 1000.0f / iterations);
+    }
+    if (!outcome.ok()) break;
+    std::nth_element(samples.begin(), samples.begin() + samples.size() / 2, samples.end());
+    result->timings.emplace_back(config, samples[samples.size() / 2]);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (!outcome.ok()) return outcome;
+  if (result->timings.empty()) {
+    return Status(StatusCode::kWorkspaceTooSmall, "profile: no config could run with this workspace");
+  }
+  const auto best = std::min_element(result->timings.begin(), result->timings.end(),
+                                     [](const auto& x, const auto& y) { return x.second < y.second; });
+  result->best = best->first;
+  result->best_microseconds = best->second;
+  profiled_[{args.m, args.n, args.k, args.group_size}] = best->first;
+  return Status::success();
+}
+
+}  // namespace w4a16
