@@ -1,0 +1,22 @@
+#pragma once
+// Device helpers for the benchmark: random fills made on the GPU (the benchmark's weights are
+// gigabytes; generating them on the host would dominate its run time) and the HBM read probe.
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+namespace w4a16::cli {
+
+// Uniformly random bytes (any byte is a valid pair of int4 codes).
+void fill_random_bytes(void* data, size_t bytes, uint64_t seed);
+// fp16 values uniform in [low, high).
+void fill_random_half(__half* data, size_t count, float low, float high, uint64_t seed);
+
+// Reads `bytes` of `data` once with 16-byte loads across the whole GPU (the result is folded into
+// `sink` so the loads cannot be optimized away). Enqueue-only; time it with events.
+void launch_read_probe(const void* data, size_t bytes, unsigned* sink, int sm_count, cudaStream_t stream);
+
+}  // namespace w4a16::cli

@@ -1,0 +1,396 @@
+// w4a16 bench: times the runner against cuBLAS FP16 over LLM-sized shapes, next to ceilings
+// measured in the same run. Method (see README / bench/NOTES.md):
+//  - weights (w4a16: packed + scales; cuBLAS: dense fp16) rotate over enough copies that their total
+//    exceeds 4x L2, so every call streams its weights from HBM, as in a real forward pass;
+//  - `iterations` back-to-back calls are captured in one CUDA graph, so launch gaps don't dominate
+//    microsecond shapes; the graph is replayed once to warm up, then `repeats` times under events;
+//  - the per-call median (and min) over the repeats is reported; inputs are random, never zeros.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/bench_kernels.h"
+#include "cli/cli_support.h"
+#include "cli/commands.h"
+#include "kernels/dequant_cublas/dequant_cublas.h"
+#include "w4a16/runner.h"
+
+#ifndef W4A16_GIT_COMMIT
+#define W4A16_GIT_COMMIT "unknown"
+#endif
+
+namespace w4a16::cli {
+
+namespace {
+
+struct Shape {
+  int m, n, k;
+};
+
+struct BenchOptions {
+  std::string shapes = "default";
+  std::vector<int> m, n, k;
+  int group = 128;
+  std::string config;
+  std::string json;
+  int repeats = 9;
+  bool profile = false;
+};
+
+const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
+const std::vector<std::pair<int, int>> kDefaultLayers = {{4096, 4096}, {11008, 4096}, {4096, 11008},
+                                                         {8192, 8192}, {28672, 8192}, {8192, 28672}};
+
+std::vector<Shape> select_shapes(const BenchOptions& options) {
+  std::vector<Shape> shapes;
+  if (!options.m.empty() || !options.n.empty() || !options.k.empty()) {
+    const std::vector<int> ms = options.m.empty() ? kDefaultM : options.m;
+    const std::vector<int> ns = options.n.empty() ? std::vector<int>{4096} : options.n;
+    const std::vector<int> ks = options.k.empty() ? std::vector<int>{4096} : options.k;
+    for (int n : ns)
+      for (int k : ks)
+        for (int m : ms) shapes.push_back({m, n, k});
+  } else if (options.shapes == "quick") {
+    shapes = {{1, 4096, 4096}, {16, 4096, 4096}, {128, 4096, 4096}, {1024, 4096, 4096}, {1, 28672, 8192}};
+  } else if (options.shapes == "seed") {
+    shapes = {{1, 4096, 4096}, {1, 11008, 4096}, {32, 4096, 4096}, {128, 4096, 4096}};
+  } else if (options.shapes == "default") {
+    // The LLM grid; it contains the seed's four shapes.
+    for (const auto& [n, k] : kDefaultLayers)
+      for (int m : kDefaultM) shapes.push_back({m, n, k});
+  } else {
+    throw CliError("--shapes must be default, seed or quick");
+  }
+  return shapes;
+}
+
+struct Timing {
+  double median_us = 0, min_us = 0;
+  int iterations = 0;
+};
+
+// Captures `iterations` calls of enqueue(i) into a graph, replays it once to warm up, then times
+// `repeats` replays.
+Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int repeats, cudaStream_t stream) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  try {
+    for (int i = 0; i < iterations; ++i) enqueue(i);
+  } catch (...) {
+    cudaStreamEndCapture(stream, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    throw;
+  }
+  check_cuda(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
+  check_cuda(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
+  cudaEvent_t start, stop;
+  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
+  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
+  check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+  check_cuda(cudaStreamSynchronize(stream), "warm-up replay");
+  std::vector<double> samples;
+  for (int r = 0; r < repeats; ++r) {
+    check_cuda(cudaEventRecord(start, stream), "cudaEventRecord");
+    check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
+    check_cuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    check_cuda(cudaEventSynchronize(stop), "timed replay");
+    float ms = 0;
+    check_cuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
+    samples.push_back(ms * 1000.0 / iterations);
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  std::sort(samples.begin(), samples.end());
+  return {samples[samples.size() / 2], samples.front(), iterations};
+}
+
+// Enough calls per replay that one replay lasts ~2 ms (launch and event noise become negligible).
+int iterations_for(double expected_us) { return std::clamp(int(2000.0 / std::max(expected_us, 1.0)), 10, 300); }
+
+// Copies of a `bytes`-sized buffer needed so that their total exceeds 4x L2 (at least 2).
+int copies_for(size_t bytes, size_t l2_bytes) {
+  return std::max<int>(2, int((4 * l2_bytes) / std::max<size_t>(bytes, 1)) + 1);
+}
+
+struct Ceilings {
+  double hbm_read_gbps = 0;
+  double fp16_tflops = 0;
+  std::vector<std::pair<std::string, double>> fp16_by_shape;
+};
+
+Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_count, cudaStream_t stream,
+                          int repeats) {
+  Ceilings ceilings;
+  {
+    const size_t bytes = size_t(2) << 30;  // 2 GiB, 40x L2
+    DeviceBuffer buffer(bytes), sink(sizeof(unsigned));
+    fill_random_bytes(buffer.get(), bytes, 1);
+    const Timing t = time_graph(
+        [&](int) { launch_read_probe(buffer.get(), bytes, sink.get<unsigned>(), sm_count, stream); }, 5, repeats,
+        stream);
+    ceilings.hbm_read_gbps = bytes / (t.median_us * 1e3);
+  }
+  for (int size : {4096, 8192}) {
+    const size_t elements = size_t(size) * size;
+    DeviceBuffer a(elements * 2), b(elements * 2), c(elements * 2);
+    fill_random_half(a.get<__half>(), elements, -1, 1, 2);
+    fill_random_half(b.get<__half>(), elements, -1, 1, 3);
+    const Timing t = time_graph(
+        [&](int) {
+          check_cuda(cublasSetStream(cublas, stream) == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown,
+                     "cublasSetStream");
+          cublasSetWorkspace(cublas, cublas_workspace, dequant_cublas::kCublasWorkspaceBytes);
+          if (dequant_cublas::gemm_fp16_nt(cublas, a.get<__half>(), b.get<__half>(), c.get<__half>(), size, size, size,
+                                           1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
+            throw CliError("cuBLAS ceiling GEMM failed");
+        },
+        size == 8192 ? 10 : 40, repeats, stream);
+    const double tflops = 2.0 * size * size * double(size) / (t.median_us * 1e6);
+    ceilings.fp16_by_shape.emplace_back(std::to_string(size) + "^3", tflops);
+    ceilings.fp16_tflops = std::max(ceilings.fp16_tflops, tflops);
+  }
+  return ceilings;
+}
+
+nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
+  int runtime = 0, driver = 0, clock_khz = 0, memory_clock_khz = 0, cublas_version = 0;
+  cudaRuntimeGetVersion(&runtime);
+  cudaDriverGetVersion(&driver);
+  cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, device);
+  cudaDeviceGetAttribute(&memory_clock_khz, cudaDevAttrMemoryClockRate, device);
+  cudaGetLastError();
+  cublasGetProperty(MAJOR_VERSION, &cublas_version);
+  int cublas_minor = 0;
+  cublasGetProperty(MINOR_VERSION, &cublas_minor);
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return {{"device", properties.name},
+          {"sm", properties.major * 10 + properties.minor},
+          {"sm_count", properties.multiProcessorCount},
+          {"l2_bytes", properties.l2CacheSize},
+          {"memory_bytes", properties.totalGlobalMem},
+          {"max_sm_clock_mhz", clock_khz / 1000},
+          {"max_memory_clock_mhz", memory_clock_khz / 1000},
+          {"cuda_runtime", runtime},
+          {"cuda_driver", driver},
+          {"cublas", std::to_string(cublas_version) + "." + std::to_string(cublas_minor)},
+          {"git_commit", W4A16_GIT_COMMIT},
+          {"date", date}};
+}
+
+int run_bench(const BenchOptions& options) {
+  if (!require_gpu("bench")) return 2;
+  const auto wall_begin = std::chrono::steady_clock::now();
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  cudaDeviceProp properties;
+  check_cuda(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
+  GemmRunner runner;
+  check_status(runner.status(), "runner");
+  KernelConfig forced;
+  if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
+    throw CliError("unknown config name '" + options.config + "' (see w4a16 info)");
+  }
+  const std::vector<Shape> shapes = select_shapes(options);
+
+  cudaStream_t stream;
+  check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  cublasHandle_t cublas;
+  if (cublasCreate(&cublas) != CUBLAS_STATUS_SUCCESS) throw CliError("cublasCreate failed");
+  DeviceBuffer cublas_workspace(dequant_cublas::kCublasWorkspaceBytes);
+
+  const Ceilings ceilings = measure_ceilings(cublas, cublas_workspace.get(), properties.multiProcessorCount, stream,
+                                             options.repeats);
+  std::printf("w4a16 bench  device: %s (sm_%d%d, %d SMs, L2 %.0f MiB)  commit %s\n", properties.name,
+              properties.major, properties.minor, properties.multiProcessorCount, properties.l2CacheSize / 1048576.0,
+              W4A16_GIT_COMMIT);
+  std::printf("ceilings     HBM read %.0f GB/s (2 GiB streaming read)   FP16 tensor core %.0f TFLOP/s (best cuBLAS",
+              ceilings.hbm_read_gbps, ceilings.fp16_tflops);
+  for (const auto& [name, tflops] : ceilings.fp16_by_shape) std::printf(" %s: %.0f", name.c_str(), tflops);
+  std::printf(")\n");
+  std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d\n\n",
+              options.group, options.repeats);
+  std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
+              "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "cuBLAS us", "eff%", "speedup");
+
+  nlohmann::json results = nlohmann::json::array();
+  const size_t l2 = size_t(properties.l2CacheSize);
+  const double hbm_bytes_per_us = ceilings.hbm_read_gbps * 1e3;
+  const double flops_per_us = ceilings.fp16_tflops * 1e6;
+  DeviceBuffer workspace;
+
+  // Shapes grouped by (n, k) so the weight copies are made once per layer.
+  std::map<std::pair<int, int>, std::vector<int>> layers;
+  std::vector<std::pair<int, int>> layer_order;
+  for (const Shape& s : shapes) {
+    if (!layers.count({s.n, s.k})) layer_order.push_back({s.n, s.k});
+    layers[{s.n, s.k}].push_back(s.m);
+  }
+  for (const auto& layer : layer_order) {
+    const int n = layer.first, k = layer.second;
+    const std::vector<int>& ms = layers[layer];
+    const int max_m = *std::max_element(ms.begin(), ms.end());
+    if (options.group <= 0 || k % options.group != 0) throw CliError("k must be a multiple of --group");
+    const size_t packed_bytes = size_t(n) * k / 2;
+    const size_t scale_bytes = size_t(k / options.group) * n * 2;
+    const size_t dense_bytes = size_t(n) * k * 2;
+    const int w4_copies = copies_for(packed_bytes + scale_bytes, l2);
+    const int dense_copies = copies_for(dense_bytes, l2);
+    std::vector<DeviceBuffer> packed, scales, dense;
+    for (int i = 0; i < w4_copies; ++i) {
+      packed.emplace_back(packed_bytes);
+      scales.emplace_back(scale_bytes);
+      fill_random_bytes(packed.back().get(), packed_bytes, 100 + i);
+      fill_random_half(scales.back().get<__half>(), scale_bytes / 2, 0.002f, 0.02f, 200 + i);
+    }
+    for (int i = 0; i < dense_copies; ++i) {
+      dense.emplace_back(dense_bytes);
+      fill_random_half(dense.back().get<__half>(), dense_bytes / 2, -0.1f, 0.1f, 300 + i);
+    }
+    DeviceBuffer a(size_t(max_m) * k * 2), c(size_t(max_m) * n * 2);
+    fill_random_half(a.get<__half>(), size_t(max_m) * k, -1, 1, 400);
+    check_cuda(cudaDeviceSynchronize(), "fill");
+
+    for (int m : ms) {
+      GemmArguments args;
+      args.a = a.get<__half>();
+      args.c = c.get<__half>();
+      args.m = m;
+      args.n = n;
+      args.k = k;
+      args.group_size = options.group;
+      args.packed_weights = packed[0].get();
+      args.scales = scales[0].get<__half>();
+
+      KernelConfig config = options.config.empty() ? runner.default_config(m, n, k, options.group) : forced;
+      if (options.profile && options.config.empty()) {
+        // Workspace for the profiler: every config up to 1 GiB of workspace.
+        size_t bytes = 0;
+        for (const KernelConfig& candidate : runner.configs()) {
+          const size_t need = runner.workspace_bytes(m, n, k, candidate);
+          if (need <= (size_t(1) << 30)) bytes = std::max(bytes, need);
+        }
+        if (workspace.bytes() < bytes) workspace = DeviceBuffer(bytes);
+        ProfileResult profile;
+        check_status(runner.profile(args, workspace.get(), workspace.bytes(), stream, &profile, 10, 3), "profile");
+        config = profile.best;
+      }
+      const size_t need = runner.workspace_bytes(m, n, k, config);
+      if (workspace.bytes() < need) workspace = DeviceBuffer(need);
+      check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
+
+      const double bytes = double(packed_bytes + scale_bytes) + 2.0 * m * k + 2.0 * m * n;
+      const double flops = 2.0 * m * n * double(k);
+      const double roofline_us = std::max(bytes / hbm_bytes_per_us, flops / flops_per_us);
+      const double dense_bytes_total = double(dense_bytes) + 2.0 * m * k + 2.0 * m * n;
+      const double cublas_roofline_us = std::max(dense_bytes_total / hbm_bytes_per_us, flops / flops_per_us);
+
+      const Timing w4 = time_graph(
+          [&](int i) {
+            args.packed_weights = packed[i % w4_copies].get();
+            args.scales = scales[i % w4_copies].get<__half>();
+            check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
+          },
+          std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
+      const Timing dense_timing = time_graph(
+          [&](int i) {
+            cublasSetStream(cublas, stream);
+            cublasSetWorkspace(cublas, cublas_workspace.get(), dequant_cublas::kCublasWorkspaceBytes);
+            if (dequant_cublas::gemm_fp16_nt(cublas, a.get<__half>(), dense[i % dense_copies].get<__half>(),
+                                             c.get<__half>(), m, n, k, 1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
+              throw CliError("cuBLAS GEMM failed");
+          },
+          std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream);
+
+      const double efficiency = roofline_us / w4.median_us;
+      const double speedup = dense_timing.median_us / w4.median_us;
+      std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n, k,
+                  config.name().c_str(), w4.median_us, w4.min_us, flops / (w4.median_us * 1e6), bytes / (w4.median_us * 1e3),
+                  roofline_us, 100 * efficiency, dense_timing.median_us, 100 * cublas_roofline_us / dense_timing.median_us,
+                  speedup);
+      std::fflush(stdout);
+      results.push_back({{"m", m},
+                         {"n", n},
+                         {"k", k},
+                         {"group_size", options.group},
+                         {"config", config.name()},
+                         {"config_source", !options.config.empty() ? "forced" : options.profile ? "profiled" : "default"},
+                         {"w4a16_us", w4.median_us},
+                         {"w4a16_min_us", w4.min_us},
+                         {"w4a16_iterations_per_replay", w4.iterations},
+                         {"w4a16_weight_copies", w4_copies},
+                         {"tflops", flops / (w4.median_us * 1e6)},
+                         {"effective_gbps", bytes / (w4.median_us * 1e3)},
+                         {"bytes", bytes},
+                         {"flops", flops},
+                         {"roofline_us", roofline_us},
+                         {"efficiency", efficiency},
+                         {"cublas_us", dense_timing.median_us},
+                         {"cublas_min_us", dense_timing.min_us},
+                         {"cublas_weight_copies", dense_copies},
+                         {"cublas_roofline_us", cublas_roofline_us},
+                         {"cublas_efficiency", cublas_roofline_us / dense_timing.median_us},
+                         {"speedup_vs_cublas", speedup}});
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_begin).count();
+  std::printf("\n%zu shapes in %.0f s\n", results.size(), seconds);
+
+  if (!options.json.empty()) {
+    nlohmann::json document = {
+        {"environment", environment_json(properties, device)},
+        {"ceilings",
+         {{"hbm_read_gbps", ceilings.hbm_read_gbps}, {"fp16_tflops", ceilings.fp16_tflops}, {"fp16_by_shape", ceilings.fp16_by_shape}}},
+        {"method",
+         {{"group_size", options.group},
+          {"repeats", options.repeats},
+          {"statistic", "median per call over repeats of a CUDA graph of back-to-back calls"},
+          {"weights_rotated_over_bytes_at_least", 4 * l2},
+          {"roofline", "max(bytes / hbm_read, 2mnk / fp16_rate), bytes = packed weights + scales + A + C"}}},
+        {"wall_seconds", seconds},
+        {"results", results}};
+    std::ofstream out(options.json);
+    out << document.dump(2) << "\n";
+    if (!out) throw CliError("could not write " + options.json);
+    std::printf("wrote %s\n", options.json.c_str());
+  }
+  cublasDestroy(cublas);
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+}  // namespace
+
+void register_bench(CLI::App& app, int* exit_code) {
+  auto options = std::make_shared<BenchOptions>();
+  CLI::App* command = app.add_subcommand("bench", "Time w4a16 against cuBLAS FP16 and the roofline");
+  command->add_option("--shapes", options->shapes, "default (LLM grid), seed, or quick (a few shapes, seconds)");
+  command->add_option("--m", options->m, "m values (comma separated); with --n/--k replaces --shapes")->delimiter(',');
+  command->add_option("--n", options->n, "n values (comma separated)")->delimiter(',');
+  command->add_option("--k", options->k, "k values (comma separated)")->delimiter(',');
+  command->add_option("--group", options->group, "group size");
+  command->add_option("--config", options->config, "force one kernel config (see info)");
+  command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
+  command->add_option("--json", options->json, "write every figure and the environment to this file");
+  command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
+      ->check(CLI::Range(3, 1000));
+  command->callback([options, exit_code] { *exit_code = run_bench(*options); });
+}
+
+}  // namespace w4a16::cli

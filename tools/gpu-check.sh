@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One-call check on a GPU machine: build, run every test (GPU tests included), compute-sanitizer
+# memcheck and racecheck on the GPU tests, `w4a16 verify` on the seed's shapes, optionally the
+# benchmark; the short summary table comes last. Logs go to $OUT (or build-gpu/logs).
+#
+#   tools/gpu-check.sh                 build + tests + sanitizers + verify
+#   BENCH=quick tools/gpu-check.sh     ... + `w4a16 bench --shapes quick`
+#   BENCH=default JSON=bench/results/h100.json tools/gpu-check.sh   ... + the full benchmark
+#   SANITIZE=0 / TESTS=0 skip those steps.
+#
+# Offline machines: carry deps as .carry/deps.tgz (tools/make-carry.sh) and this script unpacks it.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build-gpu}
+LOGS=${OUT:-$BUILD/logs}
+mkdir -p "$LOGS"
+JOBS=$(nproc)
+summary=()
+record() { summary+=("$(printf '%-44s %s' "$1" "$2")"); }
+
+if [ ! -d deps ] && [ -f .carry/deps.tgz ]; then tar xzf .carry/deps.tgz; fi
+[ -d deps ] || tools/install-deps.sh
+
+tests_flag=ON
+[ "${TESTS:-1}" = 0 ] && tests_flag=OFF
+if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DW4A16_BUILD_TESTS=$tests_flag >"$LOGS/configure.log" 2>&1 &&
+   cmake --build "$BUILD" -j "$JOBS" >"$LOGS/build.log" 2>&1; then
+  record "build" "ok"
+else
+  tail -n 40 "$LOGS/configure.log" "$LOGS/build.log"
+  echo "BUILD FAILED"; exit 1
+fi
+W4A16="$BUILD/w4a16"
+"$W4A16" info | tee "$LOGS/info.log" | head -n 7
+
+if [ "$tests_flag" = ON ]; then
+  if ctest --test-dir "$BUILD" --output-on-failure >"$LOGS/ctest.log" 2>&1; then r=ok; else r=FAILED; fi
+  record "ctest" "$r: $(grep -E 'tests passed|tests failed' "$LOGS/ctest.log" | tail -n 1)"
+  skipped=$(grep -c 'Skipped' "$LOGS/ctest.log")
+  record "ctest skipped" "$skipped"
+  if [ "${SANITIZE:-1}" = 1 ]; then
+    for tool in memcheck racecheck; do
+      compute-sanitizer --tool $tool --error-exitcode 9 "$BUILD/tests/w4a16_gpu_tests" \
+        --gtest_filter="${SANITIZE_FILTER:-*}" >"$LOGS/$tool.log" 2>&1
+      rc=$?
+      record "compute-sanitizer $tool" "rc=$rc: $(grep -E 'ERROR SUMMARY' "$LOGS/$tool.log" | tail -n 1)"
+    done
+  fi
+fi
+
+for shape in "1 4096 4096" "1 11008 4096" "32 4096 4096" "128 4096 4096" "4096 28672 8192"; do
+  set -- $shape
+  if "$W4A16" verify --m $1 --n $2 --k $3 --group 128 >"$LOGS/verify_$1x$2x$3.log" 2>&1; then r=PASS; else r=FAIL; fi
+  record "verify ${1}x${2}x${3} g128" "$r $(grep -oE 'relative error \(Frobenius\) [0-9.e+-]+' "$LOGS/verify_$1x$2x$3.log")"
+done
+
+if [ -n "${BENCH:-}" ]; then
+  json_args=()
+  [ -n "${JSON:-}" ] && json_args=(--json "$JSON")
+  "$W4A16" bench --shapes "$BENCH" "${json_args[@]}" ${BENCH_ARGS:-} 2>&1 | tee "$LOGS/bench_$BENCH.log"
+  record "bench $BENCH" "rc=${PIPESTATUS[0]}"
+fi
+
+echo
+echo "==== gpu-check summary ($(date -u +%FT%TZ), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)) ===="
+printf '%s\n' "${summary[@]}"
