@@ -41,12 +41,13 @@ struct KernelConfig {
   KernelFamily family = KernelFamily::kTensorCoreSm80;
   int tile_m = 0;    // activation rows per thread block
   int tile_n = 0;    // output channels (weight rows) per thread block
-  int warps_m = 0;   // warp grid inside the block
-  int warps_n = 0;
+  int warps_m = 0;   // warp grid inside the block: warps_m x warps_n x warps_k, where the
+  int warps_n = 0;   // warps_k warps of one output position split each stage's k range
+  int warps_k = 1;
   int stages = 0;    // cp.async pipeline depth
   int split_k = 1;   // thread blocks sharing one output tile along k
 
-  std::string name() const;  // e.g. "tc_m16n128_w1x4_s6_k4", "dequant_cublas"
+  std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "dequant_cublas"
   bool operator==(const KernelConfig& other) const;
   bool operator!=(const KernelConfig& other) const { return !(*this == other); }
 };

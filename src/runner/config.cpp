@@ -18,8 +18,8 @@ const char* to_string(KernelFamily family) {
 std::string KernelConfig::name() const {
   if (family == KernelFamily::kDequantCublas) return "dequant_cublas";
   char buffer[96];
-  std::snprintf(buffer, sizeof(buffer), "tc_m%dn%d_w%dx%d_s%d_k%d", tile_m, tile_n, warps_m, warps_n, stages,
-                split_k);
+  std::snprintf(buffer, sizeof(buffer), "tc_m%dn%d_w%dx%dx%d_s%d_k%d", tile_m, tile_n, warps_m, warps_n, warps_k,
+                stages, split_k);
   return buffer;
 }
 
@@ -27,7 +27,7 @@ bool KernelConfig::operator==(const KernelConfig& other) const {
   if (family != other.family) return false;
   if (family == KernelFamily::kDequantCublas) return true;
   return tile_m == other.tile_m && tile_n == other.tile_n && warps_m == other.warps_m && warps_n == other.warps_n &&
-         stages == other.stages && split_k == other.split_k;
+         warps_k == other.warps_k && stages == other.stages && split_k == other.split_k;
 }
 
 bool parse_kernel_config(const std::string& name, KernelConfig* config) {
@@ -39,8 +39,8 @@ bool parse_kernel_config(const std::string& name, KernelConfig* config) {
   }
   KernelConfig parsed;
   int consumed = 0;
-  if (std::sscanf(name.c_str(), "tc_m%dn%d_w%dx%d_s%d_k%d%n", &parsed.tile_m, &parsed.tile_n, &parsed.warps_m,
-                  &parsed.warps_n, &parsed.stages, &parsed.split_k, &consumed) != 6 ||
+  if (std::sscanf(name.c_str(), "tc_m%dn%d_w%dx%dx%d_s%d_k%d%n", &parsed.tile_m, &parsed.tile_n, &parsed.warps_m,
+                  &parsed.warps_n, &parsed.warps_k, &parsed.stages, &parsed.split_k, &consumed) != 7 ||
       consumed != static_cast<int>(name.size())) {
     return false;
   }

@@ -46,6 +46,14 @@ constexpr size_t kWorkspaceAlignment = 256;  // cuBLAS and the fp32 partials
 
 int max_grid_rows(const KernelConfig& config) { return config.tile_m * 65535; }  // grid.y limit
 
+// See tensor_core_sm80::Params::group_shift. check_group_size() has already admitted the group.
+int group_shift(int k, int group_size) {
+  if (group_size == k && (group_size & (group_size - 1)) != 0) return 31;
+  int shift = 0;
+  while ((1 << shift) < group_size) ++shift;
+  return shift;
+}
+
 }  // namespace
 
 GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
@@ -80,6 +88,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
         config.tile_n = kernel.shape.tile_n;
         config.warps_m = kernel.shape.warps_m;
         config.warps_n = kernel.shape.warps_n;
+        config.warps_k = kernel.shape.warps_k;
         config.stages = kernel.shape.stages;
         config.split_k = split;
         configs_.push_back(config);
@@ -213,6 +222,7 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
                                         args.n,
                                         args.k,
                                         args.group_size,
+                                        group_shift(args.k, args.group_size),
                                         args.alpha,
                                         config.split_k};
   if (cudaError_t error = kernel->launch(params, stream); error != cudaSuccess) {

@@ -13,13 +13,9 @@ __device__ __forceinline__ uint32_t shared_address(const void* pointer) {
 }
 
 // 16-byte global -> shared copy that bypasses L1 (.cg): the weights are streamed once, and the
-// activation tile is re-read from shared memory, never from L1. When `valid` is false the source
-// size is 0, so the 16 shared bytes are zero-filled and global memory is not touched: that is how
-// tiles hanging over the m or n edge are padded without a branch around the instruction.
-__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid) {
-  const int source_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
-               "r"(source_bytes));
+// activation tile is re-read from shared memory, never from L1.
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)), "l"(global));
 }
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

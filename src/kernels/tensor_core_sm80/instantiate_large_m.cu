@@ -1,13 +1,14 @@
 // Prefill-sized tiles (m >= 128): compute bound, so warps own 64 x 32 or 64 x 64 output tiles (8
-// mma per ldmatrix.x4 pair, dequant cost amortized over 8 activation fragments) and the pipeline is
-// only as deep as shared memory allows two blocks per SM.
+// mma per dequantized weight fragment) and the pipeline is only as deep as shared memory allows
+// two blocks per SM.
 #include "kernels/tensor_core_sm80/kernel.cuh"
 
 namespace w4a16::tensor_core_sm80 {
 
 void append_large_m_kernels(std::vector<CompiledKernel>& table) {
-  table.push_back(compiled_kernel<Tile<128, 128, 2, 4, 4>>());
-  table.push_back(compiled_kernel<Tile<128, 256, 2, 4, 3>>());
+  //                                 TileM TileN WarpsM WarpsN WarpsK Stages
+  table.push_back(compiled_kernel<Tile<128, 128, 2, 4, 1, 4>>());
+  table.push_back(compiled_kernel<Tile<128, 256, 2, 4, 1, 3>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80

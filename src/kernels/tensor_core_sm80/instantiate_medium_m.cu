@@ -5,8 +5,10 @@
 namespace w4a16::tensor_core_sm80 {
 
 void append_medium_m_kernels(std::vector<CompiledKernel>& table) {
-  table.push_back(compiled_kernel<Tile<32, 128, 1, 4, 6>>());
-  table.push_back(compiled_kernel<Tile<64, 128, 2, 4, 5>>());
+  //                                 TileM TileN WarpsM WarpsN WarpsK Stages
+  table.push_back(compiled_kernel<Tile<32, 64, 1, 2, 2, 6>>());
+  table.push_back(compiled_kernel<Tile<32, 128, 1, 4, 1, 6>>());
+  table.push_back(compiled_kernel<Tile<64, 128, 2, 4, 1, 5>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80

@@ -1,15 +1,19 @@
-// Decode-sized tiles (m <= 16): the weights stream once from HBM, so a tile is narrow in m and the
-// pipeline is deep (8 stages of 4 KB of weights per 128 channels keep ~30 KB in flight per block,
-// several blocks per SM) to cover HBM latency.
+// Decode-sized tiles (m <= 16). The weights stream once from HBM, so what matters is how many bytes
+// each SM keeps in flight and how few instructions each byte costs. Narrow n tiles with WarpsK
+// warps splitting every stage's k range give 128+ blocks even for n = 4096 without a second
+// (split-K reduce) kernel; 8 stages of 4 KB of weights keep ~28 KB in flight per block.
 #include "kernels/tensor_core_sm80/kernel.cuh"
 
 namespace w4a16::tensor_core_sm80 {
 
 void append_small_m_kernels(std::vector<CompiledKernel>& table) {
-  table.push_back(compiled_kernel<Tile<8, 64, 1, 4, 8>>());
-  table.push_back(compiled_kernel<Tile<8, 128, 1, 4, 8>>());
-  table.push_back(compiled_kernel<Tile<16, 128, 1, 4, 8>>());
-  table.push_back(compiled_kernel<Tile<16, 256, 1, 8, 6>>());
+  //                                 TileM TileN WarpsM WarpsN WarpsK Stages
+  table.push_back(compiled_kernel<Tile<8, 32, 1, 2, 4, 8>>());
+  table.push_back(compiled_kernel<Tile<8, 64, 1, 4, 2, 8>>());
+  table.push_back(compiled_kernel<Tile<8, 128, 1, 4, 1, 8>>());
+  table.push_back(compiled_kernel<Tile<16, 32, 1, 2, 4, 8>>());
+  table.push_back(compiled_kernel<Tile<16, 64, 1, 4, 2, 8>>());
+  table.push_back(compiled_kernel<Tile<16, 128, 1, 4, 1, 8>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80

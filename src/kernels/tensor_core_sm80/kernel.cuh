@@ -20,13 +20,16 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) uint8_t shared[];
   const TileWork work = schedule_tile<Tile>(params);
+  // Warp index = (warp_k * WarpsM + warp_m) * WarpsN + warp_n.
   const int warp = threadIdx.x / 32;
-  const int warp_m = warp / Tile::kWarpsN;
   const int warp_n = warp % Tile::kWarpsN;
+  const int warp_m = (warp / Tile::kWarpsN) % Tile::kWarpsM;
+  const int warp_k = warp / (Tile::kWarpsN * Tile::kWarpsM);
 
   typename Mainloop<Tile>::Accumulators accumulators;
-  Mainloop<Tile>::run(params, work, shared, warp_m, warp_n, accumulators);
-  Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
+  Mainloop<Tile>::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
+  Mainloop<Tile>::reduce_across_warps_k(shared, warp_m, warp_n, warp_k, accumulators);
+  if (warp_k == 0) Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
 #endif
 }
 
@@ -56,7 +59,7 @@ int compiled_for() {
 
 template <class Tile>
 CompiledKernel compiled_kernel() {
-  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kStages},
+  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages},
                         &launch<Tile>,
                         &prepare<Tile>,
                         &compiled_for<Tile>};

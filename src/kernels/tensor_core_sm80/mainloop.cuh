@@ -1,10 +1,14 @@
 #pragma once
-// The multistage mainloop: cp.async copies k-block after k-block of weights, activations and scales
-// into a ring of shared-memory stages while the warps dequantize and multiply the oldest one.
+// The multistage mainloop: cp.async copies stage after stage of weights, activations and scales into
+// a ring of shared-memory buffers while the warps dequantize and multiply the oldest one.
 //
 // Operand roles: the weights are the mma's A operand (16 output channels x 16 k) and the
 // activations its B operand (16 k x 8 rows of A). Putting the weights on the 16-row side means no
 // mma rows are wasted at m <= 8 (decode), and one packed word per lane is exactly one A fragment.
+//
+// At decode sizes this loop is bound by instruction issue, not by bandwidth, unless it is lean:
+// every address a thread copies from is computed once (CopyPlan) and then advanced by a constant
+// per stage, and scales are read from shared memory once per k-block rather than per fragment.
 
 #include <cstdint>
 
@@ -19,16 +23,14 @@ template <class Tile>
 struct Mainloop {
   using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
 
-  struct StagePointers {
-    uint8_t* weights;      // kWeightBytes: (TileN / 16) packed tiles of 512 bytes
-    uint8_t* activations;  // kActivationBytes: TileM rows of 128 bytes, swizzled (see below)
-    __half* scales;        // two rows of TileN
+  struct Slot {
+    const uint8_t* weights;      // (TileN / 16) packed tiles of 512 bytes
+    const uint8_t* activations;  // TileM rows of 128 bytes, swizzled (see swizzled_offset)
+    const __half* scales;        // two rows of TileN
   };
 
-  static __device__ __forceinline__ StagePointers stage(uint8_t* shared, int index) {
-    uint8_t* base = shared + index * Tile::kStageBytes;
-    return {base, base + Tile::kWeightBytes,
-            reinterpret_cast<__half*>(base + Tile::kWeightBytes + Tile::kActivationBytes)};
+  static __device__ __forceinline__ int slot_offset(int stage, int slot) {
+    return stage * Tile::kStageBytes + slot * Tile::kSlotBytes;
   }
 
   // Activation rows are 128 bytes = 8 chunks of 16 bytes. ldmatrix reads the same chunk column of 8
@@ -39,67 +41,136 @@ struct Mainloop {
     return row * Tile::kActivationRowBytes + ((chunk ^ (row & 7)) << 4);
   }
 
-  // Issues the copies of k-block `k_block` into `stage`. Rows past m and channels past n are
-  // zero-filled (cp.async with source size 0), so the compute loop needs no edge checks.
-  static __device__ __forceinline__ void load_stage(const Params& params, const TileWork& work, int k_block,
-                                                    const StagePointers& stage) {
-    const int thread = threadIdx.x;
-    const uint8_t* packed = static_cast<const uint8_t*>(params.packed_weights);
-    const int row_blocks = params.n / layout::kTileRows;
+  // Which 16-byte chunks of a stage this thread copies, fixed for the whole k loop. A source is
+  // stored as its address for a stage starting at k-block 0; stage s adds first_block * stride.
+  // Chunks hanging over the m or n edge are never copied: the rows they would feed are outputs
+  // the epilogue does not store (an mma output row depends only on its own operand row), so
+  // whatever stale data sits there is harmless and no zero-fill is needed.
+  struct CopyPlan {
+    static constexpr int kWeightChunks = Tile::kWarpsK * Tile::kWeightBytes / 16;
+    static constexpr int kActivationChunks = Tile::kWarpsK * Tile::kTileM * 8;
+    static constexpr int kScaleChunks = Tile::kWarpsK * 2 * (Tile::kTileN / 8);
+    static constexpr int kWeightCopies = (kWeightChunks + Tile::kThreads - 1) / Tile::kThreads;
+    static constexpr int kActivationCopies = (kActivationChunks + Tile::kThreads - 1) / Tile::kThreads;
+    static constexpr int kScaleCopies = (kScaleChunks + Tile::kThreads - 1) / Tile::kThreads;
 
-    // Weights: (TileN / 16) tiles of 512 contiguous bytes, 32 chunks each.
-    constexpr int kWeightChunks = Tile::kWeightBytes / 16;
-    #pragma unroll
-    for (int chunk = thread; chunk < kWeightChunks; chunk += Tile::kThreads) {
-      const int row_block = work.n_begin / layout::kTileRows + chunk / 32;
-      const bool valid = row_block < row_blocks;
-      const uint8_t* source =
-          valid ? packed + layout::tile_offset_bytes(row_block, k_block, params.k) + (chunk % 32) * 16 : packed;
-      ptx::cp_async_16(stage.weights + chunk * 16, source, valid);
+    const uint8_t* weight_source[kWeightCopies];
+    int weight_destination[kWeightCopies];  // byte offset in the stage, -1: nothing to copy
+    int weight_slot[kWeightCopies];
+    const __half* activation_source[kActivationCopies];
+    int activation_destination[kActivationCopies];
+    int activation_slot[kActivationCopies];
+    const __half* scale_source[kScaleCopies];  // channel's column; the row is chosen per stage
+    int scale_destination[kScaleCopies];
+    int scale_slot[kScaleCopies];
+    int scale_row[kScaleCopies];  // 0, or 1 for the second group of a k-block (group 32 only)
+
+    __device__ __forceinline__ CopyPlan(const Params& params, const TileWork& work) {
+      const int thread = threadIdx.x;
+      const uint8_t* packed = static_cast<const uint8_t*>(params.packed_weights);
+      constexpr int kWeightChunksPerSlot = Tile::kWeightBytes / 16;
+      #pragma unroll
+      for (int i = 0; i < kWeightCopies; ++i) {
+        const int chunk = thread + i * Tile::kThreads;
+        const int slot = chunk / kWeightChunksPerSlot, in_slot = chunk % kWeightChunksPerSlot;
+        const int row_block = work.n_begin / layout::kTileRows + in_slot / 32;
+        const bool valid = chunk < kWeightChunks && row_block < params.n / layout::kTileRows;
+        weight_slot[i] = slot;
+        weight_destination[i] = valid ? slot * Tile::kSlotBytes + in_slot * 16 : -1;
+        weight_source[i] = packed + layout::tile_offset_bytes(row_block, slot, params.k) + (in_slot % 32) * 16;
+      }
+      constexpr int kActivationChunksPerSlot = Tile::kTileM * 8;
+      #pragma unroll
+      for (int i = 0; i < kActivationCopies; ++i) {
+        const int chunk = thread + i * Tile::kThreads;
+        const int slot = chunk / kActivationChunksPerSlot, in_slot = chunk % kActivationChunksPerSlot;
+        const int row = in_slot / 8, column_chunk = in_slot % 8;
+        const bool valid = chunk < kActivationChunks && work.m_begin + row < params.m;
+        activation_slot[i] = slot;
+        activation_destination[i] =
+            valid ? slot * Tile::kSlotBytes + Tile::kWeightBytes + swizzled_offset(row, column_chunk) : -1;
+        activation_source[i] = params.a + static_cast<long long>(work.m_begin + row) * params.k +
+                               slot * Tile::kBlockK + column_chunk * 8;
+      }
+      constexpr int kScaleChunksPerRow = Tile::kTileN / 8;
+      constexpr int kScaleChunksPerSlot = 2 * kScaleChunksPerRow;
+      const bool two_groups = params.group_size == 32;
+      #pragma unroll
+      for (int i = 0; i < kScaleCopies; ++i) {
+        const int chunk = thread + i * Tile::kThreads;
+        const int slot = chunk / kScaleChunksPerSlot, in_slot = chunk % kScaleChunksPerSlot;
+        const int row = in_slot / kScaleChunksPerRow, column_chunk = in_slot % kScaleChunksPerRow;
+        const int channel = work.n_begin + column_chunk * 8;
+        const bool valid = chunk < kScaleChunks && channel < params.n && (row == 0 || two_groups);
+        scale_slot[i] = slot;
+        scale_row[i] = row;
+        scale_destination[i] = valid ? slot * Tile::kSlotBytes + Tile::kWeightBytes + Tile::kActivationBytes +
+                                           row * Tile::kTileN * 2 + column_chunk * 16
+                                     : -1;
+        scale_source[i] = params.scales + channel;
+      }
     }
 
-    // Activations: TileM rows x 8 chunks.
-    constexpr int kActivationChunks = Tile::kTileM * 8;
-    #pragma unroll
-    for (int chunk = thread; chunk < kActivationChunks; chunk += Tile::kThreads) {
-      const int row = chunk / 8, column_chunk = chunk % 8;
-      const int global_row = work.m_begin + row;
-      const bool valid = global_row < params.m;
-      const __half* source =
-          valid ? params.a + static_cast<long long>(global_row) * params.k + k_block * Tile::kTileK + column_chunk * 8
-                : params.a;
-      ptx::cp_async_16(stage.activations + swizzled_offset(row, column_chunk), source, valid);
+    // Issues the copies of the stage whose first k-block is `first_block` into buffer `stage`.
+    // Slots past the end of this block's k range are skipped (their warps skip compute too).
+    __device__ __forceinline__ void issue(const Params& params, uint8_t* shared, int stage, int first_block,
+                                          int end_block) const {
+      uint8_t* stage_base = shared + stage * Tile::kStageBytes;
+      #pragma unroll
+      for (int i = 0; i < kWeightCopies; ++i) {
+        if (weight_destination[i] >= 0 && first_block + weight_slot[i] < end_block) {
+          ptx::cp_async_16(stage_base + weight_destination[i],
+                           weight_source[i] + static_cast<long long>(first_block) * layout::kTileBytes);
+        }
+      }
+      #pragma unroll
+      for (int i = 0; i < kActivationCopies; ++i) {
+        if (activation_destination[i] >= 0 && first_block + activation_slot[i] < end_block) {
+          ptx::cp_async_16(stage_base + activation_destination[i],
+                           activation_source[i] + first_block * Tile::kBlockK);
+        }
+      }
+      #pragma unroll
+      for (int i = 0; i < kScaleCopies; ++i) {
+        const int block = first_block + scale_slot[i];
+        if (scale_destination[i] >= 0 && block < end_block) {
+          // Group of the block's first column (or its second half, for group 32); see
+          // Params::group_shift.
+          const int group = ((block * Tile::kBlockK) >> params.group_shift) + scale_row[i];
+          ptx::cp_async_16(stage_base + scale_destination[i],
+                           scale_source[i] + static_cast<long long>(group) * params.n);
+        }
+      }
     }
+  };
 
-    // Scales: the group row(s) covering this k-block, TileN channels each (8 per chunk).
-    const int scale_rows = params.group_size == 32 ? 2 : 1;
-    const int first_group = k_block * Tile::kTileK / params.group_size;
-    constexpr int kChunksPerScaleRow = Tile::kTileN / 8;
-    for (int chunk = thread; chunk < scale_rows * kChunksPerScaleRow; chunk += Tile::kThreads) {
-      const int scale_row = chunk / kChunksPerScaleRow;
-      const int channel = work.n_begin + (chunk % kChunksPerScaleRow) * 8;
-      const bool valid = channel < params.n;
-      const __half* source =
-          valid ? params.scales + static_cast<long long>(first_group + scale_row) * params.n + channel : params.scales;
-      ptx::cp_async_16(stage.scales + scale_row * Tile::kTileN + (chunk % kChunksPerScaleRow) * 8, source, valid);
-    }
-  }
-
-  // Multiplies one stage into the accumulators.
-  static __device__ __forceinline__ void compute_stage(const Params& params, const StagePointers& stage, int warp_m,
-                                                       int warp_n, Accumulators& accumulators) {
+  // Multiplies one k-block (one slot of a stage) into the accumulators.
+  static __device__ __forceinline__ void compute_slot(const Slot& slot, bool two_groups, int warp_m, int warp_n,
+                                                      Accumulators& accumulators) {
     const int lane = threadIdx.x % 32;
     // Each lane's 16 packed bytes of each of its weight tiles: four words = four 16-wide k slices.
     uint4 packed[Tile::kFragmentsN];
     #pragma unroll
     for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
-      const int tile_in_stage = warp_n * Tile::kFragmentsN + fragment_n;
-      packed[fragment_n] = reinterpret_cast<const uint4*>(stage.weights)[tile_in_stage * 32 + lane];
+      const int tile_in_slot = warp_n * Tile::kFragmentsN + fragment_n;
+      packed[fragment_n] = reinterpret_cast<const uint4*>(slot.weights)[tile_in_slot * 32 + lane];
     }
+    // Scales of channels r and r + 8 of each fragment, for the block's first group (and, for group
+    // 32, its second group from k slice 2 on).
+    __half2 scale_low[Tile::kFragmentsN], scale_high[Tile::kFragmentsN];
+    auto load_scales = [&](int row) {
+      #pragma unroll
+      for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
+        const int channel = warp_n * Tile::kWarpTileN + fragment_n * 16 + lane / 4;
+        scale_low[fragment_n] = __half2half2(slot.scales[row * Tile::kTileN + channel]);
+        scale_high[fragment_n] = __half2half2(slot.scales[row * Tile::kTileN + channel + 8]);
+      }
+    };
+    load_scales(0);
 
-    const bool two_groups = params.group_size == 32;
     #pragma unroll
     for (int k_slice = 0; k_slice < 4; ++k_slice) {
+      if (k_slice == 2 && two_groups) load_scales(1);
       // Activation fragments for this 16-wide k slice via ldmatrix: matrix 2j covers k 0..7 and
       // matrix 2j+1 k 8..15 of 8 rows, which is exactly the mma's B fragment {b0, b1}.
       uint32_t activation[Tile::kFragmentsM][2];
@@ -110,7 +181,7 @@ struct Mainloop {
           const int matrix = lane / 8;
           const int row = warp_row + pair * 16 + (matrix / 2) * 8 + lane % 8;
           uint32_t registers[4];
-          ptx::ldmatrix_x4(registers, stage.activations + swizzled_offset(row, 2 * k_slice + (matrix & 1)));
+          ptx::ldmatrix_x4(registers, slot.activations + swizzled_offset(row, 2 * k_slice + (matrix & 1)));
           activation[2 * pair][0] = registers[0];
           activation[2 * pair][1] = registers[1];
           activation[2 * pair + 1][0] = registers[2];
@@ -121,22 +192,18 @@ struct Mainloop {
         for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
           const int matrix = (lane / 8) & 1;
           const int row = warp_row + fragment_m * 8 + lane % 8;
-          ptx::ldmatrix_x2(activation[fragment_m], stage.activations + swizzled_offset(row, 2 * k_slice + matrix));
+          ptx::ldmatrix_x2(activation[fragment_m], slot.activations + swizzled_offset(row, 2 * k_slice + matrix));
         }
       }
 
-      const __half* scale_row = stage.scales + ((two_groups && k_slice >= 2) ? Tile::kTileN : 0);
       #pragma unroll
       for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
-        const int channel = warp_n * Tile::kWarpTileN + fragment_n * 16 + lane / 4;
-        const __half2 scale_low = __half2half2(scale_row[channel]);
-        const __half2 scale_high = __half2half2(scale_row[channel + 8]);
         const uint32_t word = k_slice == 0   ? packed[fragment_n].x
                               : k_slice == 1 ? packed[fragment_n].y
                               : k_slice == 2 ? packed[fragment_n].z
                                              : packed[fragment_n].w;
         uint32_t weights[4];
-        dequantize_fragment(word, scale_low, scale_high, weights);
+        dequantize_fragment(word, scale_low[fragment_n], scale_high[fragment_n], weights);
         #pragma unroll
         for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
           ptx::mma_m16n8k16(accumulators[fragment_n][fragment_m], weights, activation[fragment_m]);
@@ -145,12 +212,12 @@ struct Mainloop {
     }
   }
 
-  // The pipeline. Stage s of the ring holds k-block (k_block_begin + i) with i % Stages == s.
-  // Invariant at the top of iteration i: blocks i .. i + Stages - 2 have been issued (one commit
-  // group each, empty groups past the end keep the count uniform), so waiting until at most
-  // Stages - 2 groups are pending means block i has landed.
+  // The pipeline. Stage i covers k-blocks first + i * WarpsK ... (+ WarpsK - 1) and lives in ring
+  // buffer i % Stages. Invariant at the top of iteration i: stages i .. i + Stages - 2 have been
+  // issued, one commit group each (empty groups past the end keep the count uniform), so waiting
+  // until at most Stages - 2 groups are pending means stage i has landed.
   static __device__ __forceinline__ void run(const Params& params, const TileWork& work, uint8_t* shared, int warp_m,
-                                             int warp_n, Accumulators& accumulators) {
+                                             int warp_n, int warp_k, Accumulators& accumulators) {
     #pragma unroll
     for (int n = 0; n < Tile::kFragmentsN; ++n)
       #pragma unroll
@@ -158,24 +225,71 @@ struct Mainloop {
         #pragma unroll
         for (int i = 0; i < 4; ++i) accumulators[n][m][i] = 0.0f;
 
-    const int k_blocks = work.k_block_end - work.k_block_begin;
+    const CopyPlan plan(params, work);
+    const int stages = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
     #pragma unroll
     for (int s = 0; s < Tile::kStages - 1; ++s) {
-      if (s < k_blocks) load_stage(params, work, work.k_block_begin + s, stage(shared, s));
+      if (s < stages) plan.issue(params, shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
       ptx::cp_async_commit();
     }
 
-    for (int i = 0; i < k_blocks; ++i) {
+    const bool two_groups = params.group_size == 32;
+    for (int i = 0; i < stages; ++i) {
       ptx::cp_async_wait<Tile::kStages - 2>();
-      // Makes block i visible to every warp, and guarantees every warp has finished computing on
-      // the stage the next load overwrites (it held block i - 1).
+      // Makes stage i visible to every warp, and guarantees every warp has finished computing on
+      // the buffer the next copy overwrites (it held stage i - 1).
       __syncthreads();
       const int next = i + Tile::kStages - 1;
-      if (next < k_blocks) load_stage(params, work, work.k_block_begin + next, stage(shared, next % Tile::kStages));
+      if (next < stages) {
+        plan.issue(params, shared, next % Tile::kStages, work.k_block_begin + next * Tile::kWarpsK, work.k_block_end);
+      }
       ptx::cp_async_commit();
-      compute_stage(params, stage(shared, i % Tile::kStages), warp_m, warp_n, accumulators);
+      const int block = work.k_block_begin + i * Tile::kWarpsK + warp_k;
+      if (block < work.k_block_end) {
+        const int offset = slot_offset(i % Tile::kStages, warp_k);
+        const Slot slot{shared + offset, shared + offset + Tile::kWeightBytes,
+                        reinterpret_cast<const __half*>(shared + offset + Tile::kWeightBytes + Tile::kActivationBytes)};
+        compute_slot(slot, two_groups, warp_m, warp_n, accumulators);
+      }
     }
     ptx::cp_async_wait<0>();
+  }
+
+  // In-block split-K: warps with warp_k > 0 park their accumulators in shared memory (the pipeline
+  // is drained, so its buffers are free); warp_k == 0 adds them in warp_k order, so the sum is the
+  // same on every run. Afterwards only warp_k == 0 holds the block's result.
+  static __device__ __forceinline__ void reduce_across_warps_k(uint8_t* shared, int warp_m, int warp_n, int warp_k,
+                                                               Accumulators& accumulators) {
+    if constexpr (Tile::kWarpsK > 1) {
+      const int lane = threadIdx.x % 32;
+      float* parked = reinterpret_cast<float*>(shared);
+      const int position = warp_m * Tile::kWarpsN + warp_n;
+      auto at = [&](int k_warp, int index) {
+        return ((k_warp - 1) * Tile::kWarpsM * Tile::kWarpsN + position) * Tile::kAccumulatorsPerWarp + index * 32 +
+               lane;
+      };
+      __syncthreads();  // every warp is done reading the pipeline buffers
+      if (warp_k > 0) {
+        #pragma unroll
+        for (int n = 0; n < Tile::kFragmentsN; ++n)
+          #pragma unroll
+          for (int m = 0; m < Tile::kFragmentsM; ++m)
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) parked[at(warp_k, (n * Tile::kFragmentsM + m) * 4 + i)] = accumulators[n][m][i];
+      }
+      __syncthreads();
+      if (warp_k == 0) {
+        for (int k_warp = 1; k_warp < Tile::kWarpsK; ++k_warp) {
+          #pragma unroll
+          for (int n = 0; n < Tile::kFragmentsN; ++n)
+            #pragma unroll
+            for (int m = 0; m < Tile::kFragmentsM; ++m)
+              #pragma unroll
+              for (int i = 0; i < 4; ++i)
+                accumulators[n][m][i] += parked[at(k_warp, (n * Tile::kFragmentsM + m) * 4 + i)];
+        }
+      }
+    }
   }
 };
 

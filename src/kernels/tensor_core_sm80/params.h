@@ -17,12 +17,16 @@ struct Params {
   __half* c;                   // [m][n]
   float* partials;             // split_k > 1: [split_k][m][n] fp32 in the workspace
   int m, n, k, group_size;
+  // Group of column j is j >> group_shift: log2(group_size) for power-of-two groups, 31 for a
+  // per-channel group (group_size == k), where every column is in group 0. A shift instead of a
+  // division keeps the per-stage address arithmetic to one instruction.
+  int group_shift;
   float alpha;
   int split_k;
 };
 
 struct TileShape {
-  int tile_m, tile_n, warps_m, warps_n, stages;
+  int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
 };
 
 // One compiled instantiation: its shape, a launcher, and a probe that reports whether the running

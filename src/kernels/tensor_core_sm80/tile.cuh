@@ -5,15 +5,20 @@
 
 namespace w4a16::tensor_core_sm80 {
 
-template <int TileM, int TileN, int WarpsM, int WarpsN, int Stages>
+// TileM x TileN outputs per block; warps arranged WarpsM x WarpsN x WarpsK. The WarpsK warps of
+// one (m, n) position each take their own 64-wide k-block of every stage and are summed through
+// shared memory at the end (in-block split-K): at decode sizes that multiplies the warps streaming
+// a narrow n tile without a second kernel or a workspace.
+template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages>
 struct Tile {
   static constexpr int kTileM = TileM;  // activation rows (the mma's 8-wide N side)
   static constexpr int kTileN = TileN;  // output channels (the mma's 16-wide M side)
-  static constexpr int kTileK = layout::kTileCols;  // one packed k-block per pipeline stage
+  static constexpr int kBlockK = layout::kTileCols;  // one packed k-block: 64
   static constexpr int kWarpsM = WarpsM;
   static constexpr int kWarpsN = WarpsN;
+  static constexpr int kWarpsK = WarpsK;
   static constexpr int kStages = Stages;
-  static constexpr int kThreads = 32 * WarpsM * WarpsN;
+  static constexpr int kThreads = 32 * WarpsM * WarpsN * WarpsK;
 
   static constexpr int kWarpTileM = TileM / WarpsM;
   static constexpr int kWarpTileN = TileN / WarpsN;
@@ -23,15 +28,22 @@ struct Tile {
   static_assert(kWarpTileN % 16 == 0 && kFragmentsN >= 1, "warp tile n must be a multiple of 16");
   static_assert(Stages >= 2, "a pipeline needs at least two stages");
 
-  // Shared memory per stage, each region 16-byte aligned for cp.async.
+  // A stage holds WarpsK k-blocks; each k-block slot has its weights, activations and scales.
+  // Every region is a multiple of 16 bytes, so every cp.async destination stays aligned.
   static constexpr int kWeightBytes = (TileN / layout::kTileRows) * layout::kTileBytes;
-  static constexpr int kActivationRowBytes = kTileK * 2;  // 128 bytes: 8 chunks of 16
+  static constexpr int kActivationRowBytes = kBlockK * 2;  // 128 bytes: 8 chunks of 16
   static constexpr int kActivationBytes = TileM * kActivationRowBytes;
-  // Up to two scale rows per stage: group 32 splits a 64-wide k-block into two groups; every other
+  // Two scale rows per k-block: group 32 splits a 64-wide k-block into two groups; every other
   // supported group size (64, 128, k) covers the whole block with one.
   static constexpr int kScaleBytes = 2 * TileN * 2;
-  static constexpr int kStageBytes = kWeightBytes + kActivationBytes + kScaleBytes;
-  static constexpr int kSharedBytes = Stages * kStageBytes;
+  static constexpr int kSlotBytes = kWeightBytes + kActivationBytes + kScaleBytes;
+  static constexpr int kStageBytes = WarpsK * kSlotBytes;
+  static constexpr int kPipelineBytes = Stages * kStageBytes;
+
+  // The in-block split-K reduction reuses the pipeline's shared memory after the last stage.
+  static constexpr int kAccumulatorsPerWarp = kFragmentsN * kFragmentsM * 4 * 32;
+  static constexpr int kReductionBytes = (WarpsK - 1) * WarpsM * WarpsN * kAccumulatorsPerWarp * 4;
+  static constexpr int kSharedBytes = kPipelineBytes > kReductionBytes ? kPipelineBytes : kReductionBytes;
 };
 
 }  // namespace w4a16::tensor_core_sm80

@@ -18,7 +18,7 @@ struct TileWork {
 // slice is empty as long as split_k <= k / 64 (the runner checks that).
 template <class Tile>
 __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
-  const int k_blocks = params.k / Tile::kTileK;
+  const int k_blocks = params.k / Tile::kBlockK;
   const int split = blockIdx.z;
   TileWork work;
   work.n_begin = blockIdx.x * Tile::kTileN;
