@@ -43,10 +43,14 @@ Status quantize_impl(const void* weights, int n, int k, int group_size, Quantize
     for (int group = 0; group < groups; ++group) {
       const size_t begin = size_t(row) * k + size_t(group) * group_size;
       float max_abs = 0.0f;
-      for (int i = 0; i < group_size; ++i) max_abs = std::max(max_abs, std::fabs(load(begin + i)));
-      if (!std::isfinite(max_abs)) {
-        return Status(StatusCode::kInvalidArgument, "quantize: weight row " + std::to_string(row) +
-                                                        " holds a non-finite value");
+      for (int i = 0; i < group_size; ++i) {
+        const float w = load(begin + i);
+        // Checked per weight: std::max would silently drop a NaN.
+        if (!std::isfinite(w)) {
+          return Status(StatusCode::kInvalidArgument, "quantize: weight [" + std::to_string(row) + "][" +
+                                                          std::to_string(group * group_size + i) + "] is not finite");
+        }
+        max_abs = std::max(max_abs, std::fabs(w));
       }
       // 7, not 8: symmetric, so +max and -max both land on a code ([-7, 7]); -8 stays unused.
       const __half scale_half = __float2half(max_abs / 7.0f);

@@ -45,6 +45,12 @@ bool parse_kernel_config(const std::string& name, KernelConfig* config) {
     return false;
   }
   parsed.family = KernelFamily::kTensorCoreSm80;
+  // sscanf's %d also takes spaces, signs and leading zeros; only the canonical spelling of
+  // positive fields counts.
+  if (parsed.name() != name || parsed.tile_m <= 0 || parsed.tile_n <= 0 || parsed.warps_m <= 0 ||
+      parsed.warps_n <= 0 || parsed.warps_k <= 0 || parsed.stages <= 0 || parsed.split_k <= 0) {
+    return false;
+  }
   *config = parsed;
   return true;
 }

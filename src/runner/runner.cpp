@@ -225,11 +225,14 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
                                         group_shift(args.k, args.group_size),
                                         args.alpha,
                                         config.split_k};
-  if (cudaError_t error = kernel->launch(params, stream); error != cudaSuccess) {
+  // Programmatic dependent launch needs sm_90; see tensor_core_sm80/mainloop.cuh for what it overlaps.
+  const bool programmatic = sm_version_ >= 90;
+  if (cudaError_t error = kernel->launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, "tensor_core_sm80 launch");
   }
   if (config.split_k > 1) {
-    if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream); error != cudaSuccess) {
+    if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, programmatic);
+        error != cudaSuccess) {
       return cuda_status(error, "split-K reduce launch");
     }
   }

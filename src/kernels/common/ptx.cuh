@@ -59,4 +59,20 @@ __device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
   return d;
 }
 
+// Programmatic dependent launch (sm_90+; no-ops on older targets). A kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel in the
+// stream is still running; grid_dependency_wait() blocks until that kernel has completed and its
+// writes are visible. launch_dependent_grids() lets the next kernel start early.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void launch_dependent_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 }  // namespace w4a16::ptx

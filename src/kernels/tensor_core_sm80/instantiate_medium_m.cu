@@ -8,7 +8,9 @@ void append_medium_m_kernels(std::vector<CompiledKernel>& table) {
   //                                 TileM TileN WarpsM WarpsN WarpsK Stages
   table.push_back(compiled_kernel<Tile<32, 64, 1, 2, 2, 6>>());
   table.push_back(compiled_kernel<Tile<32, 128, 1, 4, 1, 6>>());
+  table.push_back(compiled_kernel<Tile<32, 128, 1, 4, 2, 4>>());
   table.push_back(compiled_kernel<Tile<64, 128, 2, 4, 1, 5>>());
+  table.push_back(compiled_kernel<Tile<64, 64, 2, 2, 2, 5>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80

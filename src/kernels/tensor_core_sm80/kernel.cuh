@@ -19,6 +19,10 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
   // (it checks compiled_for() against the device).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) uint8_t shared[];
+  // Let the next kernel in the stream launch as soon as every block of this one is resident: its
+  // prologue (weight prefetch) then overlaps this kernel's tail. It still waits for this kernel's
+  // completion before touching anything this kernel writes.
+  ptx::launch_dependent_grids();
   const TileWork work = schedule_tile<Tile>(params);
   // Warp index = (warp_k * WarpsM + warp_m) * WarpsN + warp_n.
   const int warp = threadIdx.x / 32;
@@ -33,10 +37,20 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
 #endif
 }
 
+// `programmatic`: launch with programmatic stream serialization (sm_90+), see ptx::grid_dependency_wait.
 template <class Tile>
-cudaError_t launch(const Params& params, cudaStream_t stream) {
-  gemm_kernel<Tile><<<grid_shape<Tile>(params), Tile::kThreads, Tile::kSharedBytes, stream>>>(params);
-  return cudaGetLastError();
+cudaError_t launch(const Params& params, cudaStream_t stream, bool programmatic) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid_shape<Tile>(params);
+  config.blockDim = dim3(Tile::kThreads);
+  config.dynamicSmemBytes = Tile::kSharedBytes;
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, gemm_kernel<Tile>, params);
 }
 
 template <class Tile>

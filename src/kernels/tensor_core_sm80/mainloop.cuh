@@ -113,21 +113,16 @@ struct Mainloop {
 
     // Issues the copies of the stage whose first k-block is `first_block` into buffer `stage`.
     // Slots past the end of this block's k range are skipped (their warps skip compute too).
-    __device__ __forceinline__ void issue(const Params& params, uint8_t* shared, int stage, int first_block,
-                                          int end_block) const {
+    // Weights and scales are split from activations so that the prologue can fetch the former
+    // before waiting for the previous kernel (see run()).
+    __device__ __forceinline__ void issue_weights_and_scales(const Params& params, uint8_t* shared, int stage,
+                                                             int first_block, int end_block) const {
       uint8_t* stage_base = shared + stage * Tile::kStageBytes;
       #pragma unroll
       for (int i = 0; i < kWeightCopies; ++i) {
         if (weight_destination[i] >= 0 && first_block + weight_slot[i] < end_block) {
           ptx::cp_async_16(stage_base + weight_destination[i],
                            weight_source[i] + static_cast<long long>(first_block) * layout::kTileBytes);
-        }
-      }
-      #pragma unroll
-      for (int i = 0; i < kActivationCopies; ++i) {
-        if (activation_destination[i] >= 0 && first_block + activation_slot[i] < end_block) {
-          ptx::cp_async_16(stage_base + activation_destination[i],
-                           activation_source[i] + first_block * Tile::kBlockK);
         }
       }
       #pragma unroll
@@ -139,6 +134,18 @@ struct Mainloop {
           const int group = ((block * Tile::kBlockK) >> params.group_shift) + scale_row[i];
           ptx::cp_async_16(stage_base + scale_destination[i],
                            scale_source[i] + static_cast<long long>(group) * params.n);
+        }
+      }
+    }
+
+    __device__ __forceinline__ void issue_activations(uint8_t* shared, int stage, int first_block,
+                                                      int end_block) const {
+      uint8_t* stage_base = shared + stage * Tile::kStageBytes;
+      #pragma unroll
+      for (int i = 0; i < kActivationCopies; ++i) {
+        if (activation_destination[i] >= 0 && first_block + activation_slot[i] < end_block) {
+          ptx::cp_async_16(stage_base + activation_destination[i],
+                           activation_source[i] + first_block * Tile::kBlockK);
         }
       }
     }
@@ -227,9 +234,22 @@ struct Mainloop {
 
     const CopyPlan plan(params, work);
     const int stages = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
+    // Prologue. Weights and scales are constant inputs, so their first Stages - 1 stages are
+    // requested before waiting for the previous kernel in the stream (programmatic dependent
+    // launch): at decode sizes that hides this kernel's ramp-up behind the previous one's tail.
+    // Activations (the previous kernel's output, typically) are only read after the wait. All the
+    // prologue's weight copies land in commit group 0, so the wait for stage i below still implies
+    // every copy of stage i has landed.
     #pragma unroll
     for (int s = 0; s < Tile::kStages - 1; ++s) {
-      if (s < stages) plan.issue(params, shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
+      if (s < stages) {
+        plan.issue_weights_and_scales(params, shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
+      }
+    }
+    ptx::grid_dependency_wait();
+    #pragma unroll
+    for (int s = 0; s < Tile::kStages - 1; ++s) {
+      if (s < stages) plan.issue_activations(shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
       ptx::cp_async_commit();
     }
 
@@ -241,7 +261,9 @@ struct Mainloop {
       __syncthreads();
       const int next = i + Tile::kStages - 1;
       if (next < stages) {
-        plan.issue(params, shared, next % Tile::kStages, work.k_block_begin + next * Tile::kWarpsK, work.k_block_end);
+        const int first = work.k_block_begin + next * Tile::kWarpsK;
+        plan.issue_weights_and_scales(params, shared, next % Tile::kStages, first, work.k_block_end);
+        plan.issue_activations(shared, next % Tile::kStages, first, work.k_block_end);
       }
       ptx::cp_async_commit();
       const int block = work.k_block_begin + i * Tile::kWarpsK + warp_k;

@@ -33,7 +33,7 @@ struct TileShape {
 // device has a usable binary for it (and raises its shared-memory limit once).
 struct CompiledKernel {
   TileShape shape;
-  cudaError_t (*launch)(const Params&, cudaStream_t);
+  cudaError_t (*launch)(const Params&, cudaStream_t, bool programmatic);
   cudaError_t (*prepare)();  // cudaErrorInvalidDeviceFunction when this device has no binary
   int (*compiled_for)();     // the virtual arch (e.g. 80) the device code was compiled from
 };
@@ -45,6 +45,6 @@ void append_large_m_kernels(std::vector<CompiledKernel>& table);
 
 // Sums the split_k fp32 partial tiles in a fixed order (so results are bit-identical from run to
 // run), applies alpha and bias, writes fp16 C.
-cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream);
+cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream, bool programmatic);
 
 }  // namespace w4a16::tensor_core_sm80

@@ -1,7 +1,10 @@
 // Deterministic split-K reduction: every output element sums its split_k fp32 partials in slice
 // order 0, 1, 2, ..., so the result does not depend on which block finished first.
+#include <algorithm>
+
 #include <cuda_fp16.h>
 
+#include "kernels/common/ptx.cuh"
 #include "kernels/tensor_core_sm80/params.h"
 
 namespace w4a16::tensor_core_sm80 {
@@ -10,6 +13,8 @@ namespace {
 
 // One thread per 4 consecutive channels (n % 16 == 0, so a float4 never crosses a row).
 __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
+  ptx::launch_dependent_grids();
+  ptx::grid_dependency_wait();  // the partials come from the kernel just before this one
   const long long quads = static_cast<long long>(params.m) * params.n / 4;
   const long long slice_stride = static_cast<long long>(params.m) * params.n / 4;
   const float4* partials = reinterpret_cast<const float4*>(params.partials);
@@ -36,12 +41,19 @@ __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
 
 }  // namespace
 
-cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream) {
+cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream, bool programmatic) {
   constexpr int kThreads = 256;
   const long long quads = static_cast<long long>(params.m) * params.n / 4;
-  const int blocks = static_cast<int>(std::min<long long>((quads + kThreads - 1) / kThreads, 4096));
-  split_k_reduce_kernel<<<blocks, kThreads, 0, stream>>>(params);
-  return cudaGetLastError();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(std::min<long long>((quads + kThreads - 1) / kThreads, 1024)));
+  config.blockDim = dim3(kThreads);
+  config.stream = stream;
+  cudaLaunchAttribute attribute;
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, split_k_reduce_kernel, params);
 }
 
 }  // namespace w4a16::tensor_core_sm80

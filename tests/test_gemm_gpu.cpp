@@ -1,0 +1,630 @@
+// GPU tests of the runner: correctness against the CPU reference (default config over many shapes,
+// and every compiled config), determinism, argument validation, the profiler and graph capture.
+// Every test skips when the machine has no CUDA device.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "runner/heuristics.h"
+#include "test_util.h"
+#include "w4a16/w4a16.h"
+
+namespace w4a16 {
+namespace {
+
+using test::DeviceArray;
+using test::Random;
+
+// ---------------------------------------------------------------------------------------------
+// Problem setup
+
+// Quantized weights, packed and uploaded, plus |W| for the error bound.
+struct Weights {
+  int n = 0, k = 0, group = 0;
+  QuantizedWeights q;
+  QuantizedWeights abs_q;
+  DeviceArray<uint8_t> packed;
+  DeviceArray<__half> scales;
+};
+
+void make_weights(Random& rng, int n, int k, int group, Weights* w) {
+  w->n = n;
+  w->k = k;
+  w->group = group;
+  const std::vector<float> host = rng.weights(n, k);
+  W4A16_ASSERT_OK(quantize(host.data(), n, k, group, &w->q));
+  std::vector<uint8_t> packed;
+  W4A16_ASSERT_OK(pack_weights(w->q, &packed));
+  ASSERT_EQ(packed.size(), packed_weight_bytes(n, k));
+  ASSERT_NO_FATAL_FAILURE(w->packed.upload(packed, 64));  // slack for the misaligned-pointer tests
+  ASSERT_NO_FATAL_FAILURE(w->scales.upload(w->q.scales, 64));
+  w->abs_q = test::absolute(w->q);
+}
+
+// C with guard zones before and after it, all poisoned with 0xFF bytes (fp16 NaN) before a run: an
+// output the kernel forgets stays NaN, a write outside C changes a guard.
+class Output {
+ public:
+  static constexpr size_t kGuard = 4096;  // halves on each side; keeps C 256-byte aligned
+
+  void allocate(int m, int n) {
+    m_ = m;
+    n_ = n;
+    ASSERT_NO_FATAL_FAILURE(storage_.allocate(size_t(m) * n + 2 * kGuard));
+  }
+  __half* c() const { return storage_.get() + kGuard; }
+  void poison(cudaStream_t stream) { ASSERT_NO_FATAL_FAILURE(storage_.fill_bytes(0xFF, stream)); }
+  // Downloads C; fails if a guard byte changed.
+  void download(std::vector<__half>* out) const {
+    std::vector<__half> all;
+    ASSERT_NO_FATAL_FAILURE(storage_.download(&all));
+    const size_t elements = size_t(m_) * n_;
+    EXPECT_TRUE(test::all_bytes_equal(all.data(), kGuard * sizeof(__half), 0xFF)) << "write before the start of C";
+    EXPECT_TRUE(test::all_bytes_equal(all.data() + kGuard + elements, kGuard * sizeof(__half), 0xFF))
+        << "write past the end of C";
+    out->assign(all.begin() + kGuard, all.begin() + kGuard + elements);
+  }
+  // C and both guards still hold the poison.
+  ::testing::AssertionResult untouched() const {
+    std::vector<__half> all;
+    storage_.download(&all);
+    if (all.size() != storage_.size()) return ::testing::AssertionFailure() << "download failed";
+    return test::all_bytes_equal(all.data(), all.size() * sizeof(__half), 0xFF);
+  }
+
+ private:
+  int m_ = 0, n_ = 0;
+  DeviceArray<__half> storage_;
+};
+
+// Activations, bias and alpha of one problem, on host and device.
+struct Problem {
+  int m = 0;
+  float alpha = 1.0f;
+  bool use_bias = false;
+  std::vector<__half> a, bias;
+  DeviceArray<__half> d_a, d_bias;
+  Output out;
+
+  GemmArguments arguments(const Weights& w) const {
+    GemmArguments args;
+    args.a = d_a.get();
+    args.packed_weights = w.packed.get();
+    args.scales = w.scales.get();
+    args.bias = use_bias ? d_bias.get() : nullptr;
+    args.c = out.c();
+    args.m = m;
+    args.n = w.n;
+    args.k = w.k;
+    args.group_size = w.group;
+    args.alpha = alpha;
+    return args;
+  }
+};
+
+void make_problem(Random& rng, const Weights& w, int m, bool use_bias, float alpha, Problem* p) {
+  p->m = m;
+  p->alpha = alpha;
+  p->use_bias = use_bias;
+  p->a = rng.halves(size_t(m) * w.k, -1.0f, 1.0f);
+  p->bias = rng.halves(size_t(w.n), -1.0f, 1.0f);
+  ASSERT_NO_FATAL_FAILURE(p->d_a.upload(p->a, 64));
+  ASSERT_NO_FATAL_FAILURE(p->d_bias.upload(p->bias, 64));
+  ASSERT_NO_FATAL_FAILURE(p->out.allocate(m, w.n));
+}
+
+struct Expected {
+  std::vector<int> rows;  // empty: all
+  std::vector<double> reference, magnitude;
+};
+
+Expected expected(const Weights& w, const Problem& p, std::vector<int> rows) {
+  Expected e;
+  e.rows = std::move(rows);
+  e.reference = reference_gemm(p.a.data(), p.m, w.q, p.use_bias ? p.bias.data() : nullptr, p.alpha, e.rows);
+  e.magnitude = test::reference_magnitude(p.a, p.m, w.abs_q, p.alpha, e.rows);
+  return e;
+}
+
+std::string describe(int m, const Weights& w, const Problem& p, const KernelConfig& config) {
+  return "m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " + std::to_string(w.k) + ", group " +
+         std::to_string(w.group) + (p.use_bias ? ", bias" : ", no bias") + ", alpha " + std::to_string(p.alpha) +
+         ", config " + config.name();
+}
+
+// ---------------------------------------------------------------------------------------------
+// One runner per test process, shared by the suites below.
+class Gpu : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (test::has_gpu() && runner_ == nullptr) runner_ = new GemmRunner();
+  }
+  static void TearDownTestSuite() {
+    delete runner_;
+    runner_ = nullptr;
+  }
+  void SetUp() override {
+    W4A16_REQUIRE_GPU();
+    ASSERT_NE(runner_, nullptr);
+    W4A16_ASSERT_OK(runner_->status());
+    ASSERT_FALSE(runner_->configs().empty());
+    W4A16_ASSERT_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  void TearDown() override {
+    if (!test::has_gpu()) return;
+    if (stream_ != nullptr) {
+      W4A16_EXPECT_CUDA(cudaStreamSynchronize(stream_));
+      W4A16_EXPECT_CUDA(cudaStreamDestroy(stream_));
+    }
+    W4A16_EXPECT_CUDA(cudaGetLastError());
+  }
+
+  static const GemmRunner& runner() { return *runner_; }
+
+  // Largest workspace any config needs for the problem.
+  static size_t max_workspace(int m, int n, int k) {
+    size_t bytes = 0;
+    for (const KernelConfig& config : runner().configs()) bytes = std::max(bytes, runner().workspace_bytes(m, n, k, config));
+    return bytes;
+  }
+
+  // Poisons C (NaN) and the workspace, runs `config` (the default when null), waits, downloads C.
+  void run(const GemmArguments& args, const KernelConfig* config, DeviceArray<uint8_t>& workspace, Output& out,
+           std::vector<__half>* c, int workspace_poison = 0xFF) {
+    ASSERT_NO_FATAL_FAILURE(out.poison(stream_));
+    ASSERT_NO_FATAL_FAILURE(workspace.fill_bytes(workspace_poison, stream_));
+    const Status status = config != nullptr
+                              ? runner().gemm(args, *config, workspace.get(), workspace.bytes(), stream_)
+                              : runner().gemm(args, workspace.get(), workspace.bytes(), stream_);
+    W4A16_ASSERT_OK(status);
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    W4A16_ASSERT_CUDA(cudaGetLastError());
+    ASSERT_NO_FATAL_FAILURE(out.download(c));
+  }
+
+  cudaStream_t stream_ = nullptr;
+  static GemmRunner* runner_;
+};
+GemmRunner* Gpu::runner_ = nullptr;
+
+// =============================================================================================
+TEST_F(Gpu, ConfigListIsConsistent) {
+  const auto& configs = runner().configs();
+  std::set<std::string> names;
+  bool has_tensor_core = false;
+  for (const KernelConfig& config : configs) {
+    SCOPED_TRACE(config.name());
+    EXPECT_TRUE(names.insert(config.name()).second) << "listed twice";
+    KernelConfig parsed;
+    ASSERT_TRUE(parse_kernel_config(config.name(), &parsed));
+    EXPECT_EQ(parsed, config);
+    if (config.family == KernelFamily::kTensorCoreSm80) {
+      has_tensor_core = true;
+      const auto& splits = heuristics::split_k_choices();
+      EXPECT_NE(std::find(splits.begin(), splits.end(), config.split_k), splits.end());
+      // Split-K keeps its partial sums in the workspace; a single split needs none.
+      if (config.split_k > 1) EXPECT_GT(runner().workspace_bytes(64, 1024, 4096, config), 0u);
+      else EXPECT_EQ(runner().workspace_bytes(64, 1024, 4096, config), 0u);
+    }
+  }
+  if (runner().sm_version() >= 80) { EXPECT_TRUE(has_tensor_core) << "sm_" << runner().sm_version() << " without tc configs"; }
+  std::printf("device sm_%d, %d SMs, %zu configs\n", runner().sm_version(), runner().sm_count(), configs.size());
+  // The heuristic only ever names listed configs.
+  for (int m : {1, 16, 17, 100, 1000, 5000})
+    for (const auto& [n, k] : std::vector<std::pair<int, int>>{{4096, 4096}, {80, 192}, {11008, 4096}, {1040, 320}}) {
+      const KernelConfig c = runner().heuristic_config(m, n, k);
+      EXPECT_NE(std::find(configs.begin(), configs.end(), c), configs.end()) << c.name();
+    }
+}
+
+// =============================================================================================
+// The default config against the reference, over m and shapes.
+
+struct Shape {
+  int n, k, group;  // group 0: k (per-channel)
+};
+
+std::vector<Shape> default_config_shapes() {
+  std::vector<Shape> shapes;
+  const std::pair<int, int> nk[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192}, {1040, 320}, {272, 1088}};
+  for (const auto& [n, k] : nk)
+    for (int group : {32, 64, 128, 0})
+      if (group == 0 || k % group == 0) shapes.push_back({n, k, group});
+  return shapes;
+}
+
+std::string shape_name(const ::testing::TestParamInfo<Shape>& info) {
+  return "n" + std::to_string(info.param.n) + "_k" + std::to_string(info.param.k) + "_" +
+         (info.param.group == 0 ? std::string("per_channel") : "g" + std::to_string(info.param.group));
+}
+
+class DefaultConfig : public Gpu, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(DefaultConfig, MatchesReference) {
+  W4A16_RANDOM(rng);
+  const Shape shape = GetParam();
+  const int n = shape.n, k = shape.k, group = shape.group == 0 ? k : shape.group;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  DeviceArray<uint8_t> workspace;
+  const int ms[] = {1, 3, 16, 17, 64, 128, 1000};
+  for (size_t i = 0; i < std::size(ms); ++i) {
+    const int m = ms[i];
+    const bool use_bias = i % 2 == 0;
+    const float alpha = i % 3 == 1 ? rng.alpha() : 1.0f;
+    Problem p;
+    ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, use_bias, alpha, &p));
+    const KernelConfig config = runner().default_config(m, n, k, group);
+    SCOPED_TRACE(describe(m, w, p, config));
+    const size_t needed = runner().workspace_bytes(m, n, k, group);
+    EXPECT_EQ(needed, runner().workspace_bytes(m, n, k, config));
+    if (workspace.bytes() < needed) { ASSERT_NO_FATAL_FAILURE(workspace.allocate(needed)); }
+
+    std::vector<__half> c;
+    ASSERT_NO_FATAL_FAILURE(run(p.arguments(w), nullptr, workspace, p.out, &c));
+    EXPECT_TRUE(test::all_finite(c, m, n));
+    const Expected e = expected(w, p, test::sample_rows(rng, m, n, k));
+    EXPECT_TRUE(test::matches_reference(c, m, n, e.rows, e.reference, e.magnitude));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DefaultConfig, ::testing::ValuesIn(default_config_shapes()), shape_name);
+
+// =============================================================================================
+// Every compiled config, forced.
+
+struct ConfigShape {
+  int m, n, k, group;  // group 0: k
+};
+
+class EveryConfig : public Gpu, public ::testing::WithParamInterface<ConfigShape> {};
+
+TEST_P(EveryConfig, MatchesReference) {
+  W4A16_RANDOM(rng);
+  const ConfigShape shape = GetParam();
+  const int m = shape.m, n = shape.n, k = shape.k, group = shape.group == 0 ? k : shape.group;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  Problem p;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p));
+  const GemmArguments args = p.arguments(w);
+  const Expected e = expected(w, p, {});
+  DeviceArray<uint8_t> workspace;
+  ASSERT_NO_FATAL_FAILURE(workspace.allocate(max_workspace(m, n, k)));
+
+  int ran = 0;
+  std::set<KernelFamily> families;
+  for (const KernelConfig& config : runner().configs()) {
+    if (!test::family_selected(config.family)) continue;
+    SCOPED_TRACE(describe(m, w, p, config));
+    if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k > k / 64) {
+      W4A16_EXPECT_CODE(runner().check(args, config, workspace.get(), workspace.bytes()), StatusCode::kInvalidArgument);
+      continue;
+    }
+    W4A16_EXPECT_OK(runner().check(args, config, workspace.get(), workspace.bytes()));
+    // Exactly the workspace the runner asks for (a null pointer when it asks for none).
+    const size_t needed = runner().workspace_bytes(m, n, k, config);
+    DeviceArray<uint8_t> exact;
+    ASSERT_NO_FATAL_FAILURE(exact.allocate(needed));
+    std::vector<__half> c;
+    ASSERT_NO_FATAL_FAILURE(run(args, &config, exact, p.out, &c));
+    EXPECT_TRUE(test::all_finite(c, m, n));
+    EXPECT_TRUE(test::matches_reference(c, m, n, e.rows, e.reference, e.magnitude));
+    ++ran;
+    families.insert(config.family);
+  }
+  EXPECT_GT(ran, 0);
+  std::printf("%d of %zu configs ran\n", ran, runner().configs().size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EveryConfig,
+                         ::testing::Values(ConfigShape{17, 80, 1088, 32}, ConfigShape{130, 1040, 1024, 128},
+                                           ConfigShape{1, 272, 4096, 0}, ConfigShape{40, 208, 640, 64}),
+                         [](const ::testing::TestParamInfo<ConfigShape>& info) {
+                           const ConfigShape& s = info.param;
+                           return "m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +
+                                  "_" + (s.group == 0 ? std::string("per_channel") : "g" + std::to_string(s.group));
+                         });
+
+// =============================================================================================
+// Same config, same inputs: bit-identical outputs, whatever the workspace held before.
+
+TEST_F(Gpu, RepeatedRunsAreBitIdentical) {
+  W4A16_RANDOM(rng);
+  const int m = 33, n = 1040, k = 4096, group = 128;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  Problem p;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, true, rng.alpha(), &p));
+  const GemmArguments args = p.arguments(w);
+  const Expected e = expected(w, p, {});
+  DeviceArray<uint8_t> workspace;
+  ASSERT_NO_FATAL_FAILURE(workspace.allocate(max_workspace(m, n, k)));
+  int split_configs = 0;
+  for (const KernelConfig& config : runner().configs()) {
+    if (!test::family_selected(config.family)) continue;
+    if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k > k / 64) continue;
+    SCOPED_TRACE(describe(m, w, p, config));
+    std::vector<__half> first, second;
+    ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &first, /*workspace_poison=*/0xFF));
+    ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &second, /*workspace_poison=*/0x7F));
+    EXPECT_TRUE(test::matches_reference(first, m, n, e.rows, e.reference, e.magnitude));
+    ASSERT_EQ(first.size(), second.size());
+    if (std::memcmp(first.data(), second.data(), first.size() * sizeof(__half)) != 0) {
+      size_t i = 0;
+      while (std::memcmp(&first[i], &second[i], sizeof(__half)) == 0) ++i;
+      ADD_FAILURE() << "runs differ, first at C[" << i / n << "][" << i % n << "]: " << __half2float(first[i])
+                    << " vs " << __half2float(second[i]);
+    }
+    if (config.split_k > 1) ++split_configs;
+  }
+  if (runner().sm_version() >= 80) { EXPECT_GT(split_configs, 0) << "no split-K config was exercised"; }
+}
+
+// =============================================================================================
+// Validation: every bad argument gets its code, and nothing is launched (C keeps its poison).
+
+TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
+  W4A16_RANDOM(rng);
+  const int m = 16, n = 256, k = 1024, group = 128;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  Problem p;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, true, 1.0f, &p));
+  const GemmArguments valid = p.arguments(w);
+  DeviceArray<uint8_t> workspace;
+  ASSERT_NO_FATAL_FAILURE(workspace.allocate(max_workspace(m, n, k) + 1024));
+  W4A16_ASSERT_OK(runner().check(valid, runner().default_config(m, n, k, group), workspace.get(), workspace.bytes()));
+
+  auto expect_rejected = [&](const std::string& what, const GemmArguments& args, const KernelConfig* config,
+                             void* ws, size_t ws_bytes, StatusCode code) {
+    SCOPED_TRACE(what);
+    ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    const Status status = config != nullptr ? runner().gemm(args, *config, ws, ws_bytes, stream_)
+                                            : runner().gemm(args, ws, ws_bytes, stream_);
+    W4A16_EXPECT_CODE(status, code);
+    EXPECT_FALSE(status.message().empty());
+    if (config != nullptr) { W4A16_EXPECT_CODE(runner().check(args, *config, ws, ws_bytes), code); }
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    W4A16_ASSERT_CUDA(cudaGetLastError());
+    EXPECT_TRUE(p.out.untouched()) << "C was written although the call failed";
+  };
+  using Edit = std::function<void(GemmArguments&)>;
+  const struct {
+    const char* what;
+    Edit edit;
+    StatusCode code;
+  } cases[] = {
+      {"a null", [](GemmArguments& a) { a.a = nullptr; }, StatusCode::kInvalidArgument},
+      {"packed null", [](GemmArguments& a) { a.packed_weights = nullptr; }, StatusCode::kInvalidArgument},
+      {"scales null", [](GemmArguments& a) { a.scales = nullptr; }, StatusCode::kInvalidArgument},
+      {"c null", [](GemmArguments& a) { a.c = nullptr; }, StatusCode::kInvalidArgument},
+      {"m = 0", [](GemmArguments& a) { a.m = 0; }, StatusCode::kInvalidArgument},
+      {"m = -1", [](GemmArguments& a) { a.m = -1; }, StatusCode::kInvalidArgument},
+      {"n = 0", [](GemmArguments& a) { a.n = 0; }, StatusCode::kInvalidArgument},
+      {"k = 0", [](GemmArguments& a) { a.k = 0; }, StatusCode::kInvalidArgument},
+      {"n % 16 != 0", [](GemmArguments& a) { a.n = 248; }, StatusCode::kUnsupportedShape},
+      {"k % 64 != 0", [](GemmArguments& a) { a.k = 992; a.group_size = 32; }, StatusCode::kUnsupportedShape},
+      {"group 48", [](GemmArguments& a) { a.group_size = 48; }, StatusCode::kUnsupportedGroupSize},
+      {"group 0", [](GemmArguments& a) { a.group_size = 0; }, StatusCode::kUnsupportedGroupSize},
+      {"group 256", [](GemmArguments& a) { a.group_size = 256; }, StatusCode::kUnsupportedGroupSize},
+      {"k not a multiple of group", [](GemmArguments& a) { a.k = 960; }, StatusCode::kUnsupportedGroupSize},
+      {"alpha NaN", [](GemmArguments& a) { a.alpha = NAN; }, StatusCode::kInvalidArgument},
+      {"alpha inf", [](GemmArguments& a) { a.alpha = INFINITY; }, StatusCode::kInvalidArgument},
+      {"a misaligned", [](GemmArguments& a) { a.a += 1; }, StatusCode::kMisalignedPointer},
+      {"a 8-byte aligned", [](GemmArguments& a) { a.a += 4; }, StatusCode::kMisalignedPointer},
+      {"packed misaligned",
+       [](GemmArguments& a) { a.packed_weights = static_cast<const uint8_t*>(a.packed_weights) + 2; },
+       StatusCode::kMisalignedPointer},
+      {"scales misaligned", [](GemmArguments& a) { a.scales += 1; }, StatusCode::kMisalignedPointer},
+      {"bias misaligned", [](GemmArguments& a) { a.bias += 1; }, StatusCode::kMisalignedPointer},
+      {"c misaligned", [](GemmArguments& a) { a.c += 1; }, StatusCode::kMisalignedPointer},
+  };
+  for (const auto& c : cases) {
+    GemmArguments args = valid;
+    c.edit(args);
+    // Through the default config, and through every config that the list holds (validation is the
+    // same whichever kernel would run).
+    ASSERT_NO_FATAL_FAILURE(
+        expect_rejected(std::string(c.what) + " (default config)", args, nullptr, workspace.get(), workspace.bytes(), c.code));
+    for (const KernelConfig& config : runner().configs()) {
+      if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k > 1 && config.split_k != 4) continue;
+      ASSERT_NO_FATAL_FAILURE(expect_rejected(std::string(c.what) + " (" + config.name() + ")", args, &config,
+                                              workspace.get(), workspace.bytes(), c.code));
+    }
+  }
+
+  // Workspace: too small, null, misaligned, for a split-K config and for dequant_cublas.
+  std::vector<KernelConfig> needs_workspace;
+  for (const KernelConfig& config : runner().configs()) {
+    if (config.family == KernelFamily::kDequantCublas || (config.split_k > 1 && config.split_k <= k / 64))
+      needs_workspace.push_back(config);
+  }
+  if (runner().sm_version() >= 80) { ASSERT_FALSE(needs_workspace.empty()); }
+  for (const KernelConfig& config : needs_workspace) {
+    const size_t needed = runner().workspace_bytes(m, n, k, config);
+    ASSERT_GT(needed, 0u) << config.name();
+    ASSERT_LE(needed + 256, workspace.bytes());
+    const std::string name = config.name();
+    expect_rejected(name + ": workspace one byte short", valid, &config, workspace.get(), needed - 1,
+                    StatusCode::kWorkspaceTooSmall);
+    expect_rejected(name + ": no workspace", valid, &config, nullptr, 0, StatusCode::kWorkspaceTooSmall);
+    expect_rejected(name + ": null workspace with a size", valid, &config, nullptr, needed,
+                    StatusCode::kWorkspaceTooSmall);
+    expect_rejected(name + ": workspace misaligned", valid, &config, workspace.get() + 16, needed,
+                    StatusCode::kMisalignedPointer);
+    expect_rejected(name + ": workspace 128-byte aligned", valid, &config, workspace.get() + 128, needed,
+                    StatusCode::kMisalignedPointer);
+  }
+
+  // A config without a kernel in this build.
+  KernelConfig odd = runner().default_config(m, n, k, group);
+  odd.family = KernelFamily::kTensorCoreSm80;
+  odd.tile_m = 7;
+  expect_rejected("tile_m = 7", valid, &odd, workspace.get(), workspace.bytes(), StatusCode::kUnsupportedArch);
+  for (const KernelConfig& config : runner().configs()) {
+    if (config.family != KernelFamily::kTensorCoreSm80) continue;
+    KernelConfig split3 = config;  // a listed tile with a split the list does not offer
+    split3.split_k = 3;
+    expect_rejected(split3.name(), valid, &split3, workspace.get(), workspace.bytes(), StatusCode::kUnsupportedArch);
+    break;
+  }
+
+  // split_k beyond the k / 64 k-blocks.
+  for (const KernelConfig& config : runner().configs()) {
+    if (config.family != KernelFamily::kTensorCoreSm80 || config.split_k < 2) continue;
+    GemmArguments args = valid;
+    args.k = 64 * (config.split_k - 1);  // one k-block short
+    args.group_size = args.k;
+    expect_rejected(config.name() + " with k = " + std::to_string(args.k), args, &config, workspace.get(),
+                    workspace.bytes(), StatusCode::kInvalidArgument);
+  }
+}
+
+// =============================================================================================
+// The profiler.
+
+TEST_F(Gpu, ProfilePicksAListedConfigAndMakesItTheDefault) {
+  W4A16_RANDOM(rng);
+  GemmRunner local;  // profile() changes the runner's defaults; keep the shared one clean
+  W4A16_ASSERT_OK(local.status());
+  const int m = 16, n = 1040, k = 1024, group = 64;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  Problem p;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, true, rng.alpha(), &p));
+  const GemmArguments args = p.arguments(w);
+  DeviceArray<uint8_t> workspace;
+  ASSERT_NO_FATAL_FAILURE(workspace.allocate(max_workspace(m, n, k)));
+  const auto& configs = local.configs();
+
+  W4A16_EXPECT_CODE(local.profile(args, workspace.get(), workspace.bytes(), stream_, nullptr),
+                    StatusCode::kInvalidArgument);
+  ProfileResult result;
+  W4A16_EXPECT_CODE(local.profile(args, workspace.get(), workspace.bytes(), stream_, &result, 0, 1),
+                    StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(local.profile(args, workspace.get(), workspace.bytes(), stream_, &result, 1, 0),
+                    StatusCode::kInvalidArgument);
+  EXPECT_EQ(local.default_config(m, n, k, group), local.heuristic_config(m, n, k));
+
+  W4A16_ASSERT_OK(local.profile(args, workspace.get(), workspace.bytes(), stream_, &result, 2, 2));
+  ASSERT_FALSE(result.timings.empty());
+  EXPECT_NE(std::find(configs.begin(), configs.end(), result.best), configs.end()) << result.best.name();
+  EXPECT_EQ(result.timings.size() + result.skipped.size(), configs.size());
+  float fastest = INFINITY;
+  for (const auto& [config, microseconds] : result.timings) {
+    EXPECT_GT(microseconds, 0.0f) << config.name();
+    fastest = std::min(fastest, microseconds);
+  }
+  EXPECT_EQ(result.best_microseconds, fastest);
+  for (const auto& [config, reason] : result.skipped) {
+    EXPECT_FALSE(reason.empty()) << config.name();
+    EXPECT_FALSE(local.check(args, config, workspace.get(), workspace.bytes()).ok()) << config.name() << " skipped";
+  }
+  EXPECT_EQ(local.default_config(m, n, k, group), result.best);
+  EXPECT_EQ(local.workspace_bytes(m, n, k, group), local.workspace_bytes(m, n, k, result.best));
+  // Other problems keep the heuristic.
+  EXPECT_EQ(local.default_config(m, n, k, 128), local.heuristic_config(m, n, k));
+  EXPECT_EQ(local.default_config(m + 1, n, k, group), local.heuristic_config(m + 1, n, k));
+
+  // gemm() without a config now runs the profiled best, correctly.
+  const Expected e = expected(w, p, {});
+  {
+    SCOPED_TRACE("after profile: " + describe(m, w, p, result.best));
+    W4A16_ASSERT_CUDA(cudaMemsetAsync(workspace.get(), 0xFF, workspace.bytes(), stream_));
+    ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
+    W4A16_ASSERT_OK(local.gemm(args, workspace.get(), workspace.bytes(), stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<__half> c;
+    ASSERT_NO_FATAL_FAILURE(p.out.download(&c));
+    EXPECT_TRUE(test::matches_reference(c, m, n, e.rows, e.reference, e.magnitude));
+  }
+
+  // Without workspace only the configs that need none are timed, and the best of those becomes the default.
+  ProfileResult bare;
+  W4A16_ASSERT_OK(local.profile(args, nullptr, 0, stream_, &bare, 1, 1));
+  ASSERT_FALSE(bare.timings.empty());
+  for (const auto& [config, microseconds] : bare.timings)
+    EXPECT_EQ(local.workspace_bytes(m, n, k, config), 0u) << config.name() << " timed without its workspace";
+  for (const auto& [config, reason] : bare.skipped) EXPECT_FALSE(reason.empty()) << config.name();
+  EXPECT_EQ(local.default_config(m, n, k, group), bare.best);
+  EXPECT_EQ(local.workspace_bytes(m, n, k, group), 0u);
+}
+
+// =============================================================================================
+// CUDA graph capture on a non-default stream.
+
+TEST_F(Gpu, GemmCanBeCapturedInAGraph) {
+  W4A16_RANDOM(rng);
+  const int m = 17, n = 1040, k = 2048, group = 64;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  Problem p;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, true, rng.alpha(), &p));
+  const GemmArguments args = p.arguments(w);
+  const Expected e = expected(w, p, {});
+
+  std::vector<KernelConfig> captured;  // a split-K config (kernel + reduce, through the workspace), and cuBLAS
+  for (const KernelConfig& config : runner().configs())
+    if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k == 4) {
+      captured.push_back(config);
+      break;
+    }
+  for (const KernelConfig& config : runner().configs())
+    if (config.family == KernelFamily::kDequantCublas) captured.push_back(config);
+  if (runner().sm_version() >= 80) { ASSERT_FALSE(captured.empty() || captured[0].split_k != 4); }
+
+  for (const KernelConfig& config : captured) {
+    SCOPED_TRACE(describe(m, w, p, config));
+    DeviceArray<uint8_t> workspace;
+    ASSERT_NO_FATAL_FAILURE(workspace.allocate(runner().workspace_bytes(m, n, k, config)));
+    ASSERT_GT(workspace.bytes(), 0u);
+    ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
+    ASSERT_NO_FATAL_FAILURE(workspace.fill_bytes(0xFF, stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+
+    cudaGraph_t graph = nullptr;
+    W4A16_ASSERT_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeGlobal));
+    const Status status = runner().gemm(args, config, workspace.get(), workspace.bytes(), stream_);
+    const cudaError_t end = cudaStreamEndCapture(stream_, &graph);  // always end the capture
+    W4A16_ASSERT_OK(status);
+    ASSERT_EQ(end, cudaSuccess) << "cudaStreamEndCapture: " << cudaGetErrorString(end);
+    ASSERT_NE(graph, nullptr);
+    size_t nodes = 0;
+    W4A16_EXPECT_CUDA(cudaGraphGetNodes(graph, nullptr, &nodes));
+    EXPECT_GT(nodes, 0u);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t instantiated = cudaGraphInstantiate(&exec, graph, 0);
+    W4A16_EXPECT_CUDA(cudaGraphDestroy(graph));
+    ASSERT_EQ(instantiated, cudaSuccess) << cudaGetErrorString(instantiated);
+    // Capturing ran nothing.
+    EXPECT_TRUE(p.out.untouched()) << "C written during capture";
+
+    std::vector<__half> first, second;
+    W4A16_EXPECT_CUDA(cudaGraphLaunch(exec, stream_));
+    W4A16_EXPECT_CUDA(cudaStreamSynchronize(stream_));
+    ASSERT_NO_FATAL_FAILURE(p.out.download(&first));
+    EXPECT_TRUE(test::all_finite(first, m, n));
+    EXPECT_TRUE(test::matches_reference(first, m, n, e.rows, e.reference, e.magnitude));
+    // Replay over fresh poison: the same bits.
+    ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
+    ASSERT_NO_FATAL_FAILURE(workspace.fill_bytes(0x7F, stream_));
+    W4A16_EXPECT_CUDA(cudaGraphLaunch(exec, stream_));
+    W4A16_EXPECT_CUDA(cudaStreamSynchronize(stream_));
+    ASSERT_NO_FATAL_FAILURE(p.out.download(&second));
+    EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(__half)), 0) << "replays differ";
+    W4A16_EXPECT_CUDA(cudaGraphExecDestroy(exec));
+  }
+}
+
+}  // namespace
+}  // namespace w4a16

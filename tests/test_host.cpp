@@ -1,0 +1,715 @@
+// Host-only tests: quantize, pack/unpack and the packed layout, the CPU reference, config names,
+// statuses, the heuristic, and the runner's behaviour on a machine without a GPU.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "common/packed_layout.h"
+#include "runner/heuristics.h"
+#include "test_util.h"
+#include "w4a16/w4a16.h"
+
+namespace w4a16 {
+namespace {
+
+using test::Random;
+
+uint16_t bits(__half h) {
+  uint16_t b;
+  std::memcpy(&b, &h, sizeof(b));
+  return b;
+}
+
+// =============================================================================================
+// check_group_size / quantize
+
+TEST(GroupSize, SupportedAndUnsupported) {
+  W4A16_EXPECT_OK(check_group_size(512, 32));
+  W4A16_EXPECT_OK(check_group_size(512, 64));
+  W4A16_EXPECT_OK(check_group_size(512, 128));
+  W4A16_EXPECT_OK(check_group_size(512, 512));  // per-channel
+  W4A16_EXPECT_OK(check_group_size(96, 96));    // per-channel needs no power of two
+  for (int group : {48, 0, -1, -32, 256, 16, 1, 1024}) {
+    SCOPED_TRACE("group_size " + std::to_string(group));
+    W4A16_EXPECT_CODE(check_group_size(512, group), StatusCode::kUnsupportedGroupSize);
+  }
+  W4A16_EXPECT_CODE(check_group_size(96, 64), StatusCode::kUnsupportedGroupSize);   // k % group != 0
+  W4A16_EXPECT_CODE(check_group_size(192, 128), StatusCode::kUnsupportedGroupSize);
+}
+
+class QuantizeGroups : public ::testing::TestWithParam<int> {};  // 0 stands for k (per-channel)
+
+TEST_P(QuantizeGroups, ScalesCodesAndRoundingFollowTheDefinition) {
+  W4A16_RANDOM(rng);
+  const int n = 37, k = 512;
+  const int group = GetParam() == 0 ? k : GetParam();
+  std::vector<float> w = rng.weights(n, k);
+  // One all-zero group, and a group whose largest magnitude is negative.
+  for (int j = 0; j < group; ++j) w[size_t(5) * k + j] = 0.0f;
+  w[size_t(9) * k + 3] = -3.5f;
+
+  QuantizedWeights q;
+  W4A16_ASSERT_OK(quantize(w.data(), n, k, group, &q));
+  ASSERT_EQ(q.n, n);
+  ASSERT_EQ(q.k, k);
+  ASSERT_EQ(q.group_size, group);
+  ASSERT_EQ(q.codes.size(), size_t(n) * k);
+  ASSERT_EQ(q.scales.size(), size_t(k / group) * n);
+
+  int failures = 0;
+  for (int row = 0; row < n && failures < 10; ++row) {
+    for (int g = 0; g < k / group && failures < 10; ++g) {
+      float max_abs = 0.0f;
+      for (int j = g * group; j < (g + 1) * group; ++j) max_abs = std::max(max_abs, std::fabs(w[size_t(row) * k + j]));
+      const __half stored = q.scales[size_t(g) * n + row];
+      const __half expected = __float2half(max_abs / 7.0f);
+      if (bits(stored) != bits(expected)) {
+        ADD_FAILURE() << "scale of row " << row << " group " << g << " is " << __half2float(stored) << ", expected fp16("
+                      << max_abs << " / 7) = " << __half2float(expected);
+        ++failures;
+        continue;
+      }
+      const double scale = __half2float(stored);
+      for (int j = g * group; j < (g + 1) * group; ++j) {
+        const int code = q.codes[size_t(row) * k + j];
+        const double value = w[size_t(row) * k + j];
+        if (code < -8 || code > 7) {
+          ADD_FAILURE() << "code " << code << " at [" << row << "][" << j << "] outside [-8, 7]";
+          ++failures;
+          continue;
+        }
+        if (scale == 0.0) {
+          if (code != 0) {
+            ADD_FAILURE() << "zero-scale group has code " << code << " at [" << row << "][" << j << "]";
+            ++failures;
+          }
+          continue;
+        }
+        // Round to nearest with the stored scale: error at most scale / 2 (float division may be off by
+        // an ulp at exact ties), and no other code is strictly closer.
+        const double error = std::fabs(value - code * scale);
+        const double slack = 1e-6 * scale;
+        if (error > scale / 2 + slack) {
+          ADD_FAILURE() << "[" << row << "][" << j << "]: w = " << value << ", code " << code << " * scale " << scale
+                        << " is off by " << error << " > scale / 2";
+          ++failures;
+        }
+        for (int other : {code - 1, code + 1}) {
+          if (other < -8 || other > 7) continue;
+          if (std::fabs(value - other * scale) + slack < error) {
+            ADD_FAILURE() << "[" << row << "][" << j << "]: code " << other << " is closer to " << value << " than "
+                          << code;
+            ++failures;
+          }
+        }
+        // dequantized() is codes * scales.
+        if (q.dequantized(row, j) != float(code) * float(scale)) {
+          ADD_FAILURE() << "dequantized(" << row << ", " << j << ") = " << q.dequantized(row, j);
+          ++failures;
+        }
+      }
+    }
+  }
+
+  // The all-zero group: scale 0, codes 0; the group with -3.5: that element gets code -7.
+  EXPECT_EQ(__half2float(q.scales[size_t(0) * n + 5]), 0.0f);
+  for (int j = 0; j < group; ++j) ASSERT_EQ(q.codes[size_t(5) * k + j], 0) << "column " << j;
+  EXPECT_EQ(q.codes[size_t(9) * k + 3], -7);
+  EXPECT_EQ(bits(q.scales[size_t(3 / group) * n + 9]), bits(__float2half(3.5f / 7.0f)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Groups, QuantizeGroups, ::testing::Values(32, 64, 128, 0),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return info.param == 0 ? std::string("per_channel") : "g" + std::to_string(info.param);
+                         });
+
+TEST(Quantize, AllZeroWeights) {
+  const int n = 16, k = 128;
+  std::vector<float> w(size_t(n) * k, 0.0f);
+  QuantizedWeights q;
+  W4A16_ASSERT_OK(quantize(w.data(), n, k, 64, &q));
+  for (__half s : q.scales) EXPECT_EQ(__half2float(s), 0.0f);
+  for (int8_t c : q.codes) ASSERT_EQ(c, 0);
+}
+
+TEST(Quantize, FloatAndHalfInputsAgree) {
+  W4A16_RANDOM(rng);
+  const int n = 24, k = 256;
+  for (int group : {32, 128, k}) {
+    SCOPED_TRACE("group " + std::to_string(group));
+    const std::vector<float> source = rng.weights(n, k);
+    std::vector<__half> h(source.size());
+    std::vector<float> f(source.size());
+    for (size_t i = 0; i < source.size(); ++i) {
+      h[i] = __float2half(source[i]);
+      f[i] = __half2float(h[i]);  // the same values, exactly
+    }
+    QuantizedWeights from_float, from_half;
+    W4A16_ASSERT_OK(quantize(f.data(), n, k, group, &from_float));
+    W4A16_ASSERT_OK(quantize(h.data(), n, k, group, &from_half));
+    ASSERT_EQ(from_float.codes, from_half.codes);
+    ASSERT_EQ(from_float.scales.size(), from_half.scales.size());
+    for (size_t i = 0; i < from_float.scales.size(); ++i)
+      ASSERT_EQ(bits(from_float.scales[i]), bits(from_half.scales[i])) << "scale " << i;
+  }
+}
+
+TEST(Quantize, RejectsNonFiniteWeights) {
+  W4A16_RANDOM(rng);
+  const int n = 16, k = 128;
+  const float specials[] = {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN()};
+  for (float special : specials) {
+    for (int position : {0, 1, rng.uniform_int(2, n * k - 1)}) {
+      SCOPED_TRACE("weight " + std::to_string(special) + " at index " + std::to_string(position));
+      std::vector<float> w = rng.weights(n, k);
+      w[position] = special;
+      QuantizedWeights q;
+      W4A16_EXPECT_CODE(quantize(w.data(), n, k, 64, &q), StatusCode::kInvalidArgument);
+      std::vector<__half> h(w.size());
+      for (size_t i = 0; i < w.size(); ++i) h[i] = __float2half(w[i]);
+      W4A16_EXPECT_CODE(quantize(h.data(), n, k, 64, &q), StatusCode::kInvalidArgument);
+    }
+  }
+}
+
+TEST(Quantize, RejectsBadArguments) {
+  W4A16_RANDOM(rng);
+  const int n = 16, k = 512;
+  const std::vector<float> w = rng.weights(n, k);
+  QuantizedWeights q;
+  for (int group : {48, 0, -1, 256, 1024}) {
+    SCOPED_TRACE("group " + std::to_string(group));
+    W4A16_EXPECT_CODE(quantize(w.data(), n, k, group, &q), StatusCode::kUnsupportedGroupSize);
+  }
+  // k not a multiple of the group.
+  W4A16_EXPECT_CODE(quantize(w.data(), n, 96, 64, &q), StatusCode::kUnsupportedGroupSize);
+  W4A16_EXPECT_CODE(quantize(w.data(), n, 320, 128, &q), StatusCode::kUnsupportedGroupSize);
+  // Null pointers, non-positive sizes.
+  W4A16_EXPECT_CODE(quantize(static_cast<const float*>(nullptr), n, k, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(static_cast<const __half*>(nullptr), n, k, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), n, k, 64, nullptr), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), 0, k, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), -16, k, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), n, 0, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), n, -64, 64, &q), StatusCode::kInvalidArgument);
+}
+
+// =============================================================================================
+// pack / unpack
+
+TEST(Pack, RoundTripIsExact) {
+  W4A16_RANDOM(rng);
+  const std::pair<int, int> shapes[] = {{16, 64}, {48, 192}, {4096, 128}, {32, 4096}, {272, 1088}, {80, 640}};
+  for (const auto& [n, k] : shapes) {
+    SCOPED_TRACE("n = " + std::to_string(n) + ", k = " + std::to_string(k));
+    const std::vector<int8_t> codes = rng.codes(size_t(n) * k);
+    std::vector<uint8_t> packed;
+    W4A16_ASSERT_OK(pack_weights(codes.data(), n, k, &packed));
+    ASSERT_EQ(packed.size(), size_t(n) * k / 2);
+    ASSERT_EQ(packed_weight_bytes(n, k), size_t(n) * k / 2);
+    std::vector<int8_t> unpacked;
+    W4A16_ASSERT_OK(unpack_weights(packed.data(), n, k, &unpacked));
+    ASSERT_EQ(unpacked.size(), codes.size());
+    for (size_t i = 0; i < codes.size(); ++i)
+      ASSERT_EQ(int(unpacked[i]), int(codes[i])) << "code [" << i / k << "][" << i % k << "]";
+  }
+}
+
+TEST(Pack, QuantizedWeightsOverloadMatchesCodes) {
+  W4A16_RANDOM(rng);
+  const int n = 48, k = 256;
+  const std::vector<float> w = rng.weights(n, k);
+  QuantizedWeights q;
+  W4A16_ASSERT_OK(quantize(w.data(), n, k, 64, &q));
+  std::vector<uint8_t> from_struct, from_codes;
+  W4A16_ASSERT_OK(pack_weights(q, &from_struct));
+  W4A16_ASSERT_OK(pack_weights(q.codes.data(), n, k, &from_codes));
+  EXPECT_EQ(from_struct, from_codes);
+
+  q.codes.pop_back();  // codes no longer n * k
+  W4A16_EXPECT_CODE(pack_weights(q, &from_struct), StatusCode::kInvalidArgument);
+}
+
+// Where the documented layout (src/common/packed_layout.h) puts code W[row][col], derived here from the
+// text of the documentation, independently of nibble_position():
+//   tile (row / 16, col / 64) at byte ((row / 16) * (k / 64) + col / 64) * 512; in the tile, r = row % 16,
+//   c = col % 64: word c / 16; within the 16-wide slice cc = c % 16, fragment register
+//   a_i with i = (r >= 8) + 2 * (cc >= 8), lane = 4 * (r % 8) + (cc % 8) / 2, low/high half = cc % 2,
+//   slot = i + 4 * half; byte = lane * 16 + word * 4 + slot / 2, high nibble when slot is odd.
+struct NibbleAddress {
+  size_t byte;
+  int shift;  // 0: low nibble, 4: high nibble
+};
+NibbleAddress documented_address(int row, int col, int k) {
+  const int r = row % 16, c = col % 64;
+  const size_t tile = (size_t(row / 16) * (k / 64) + col / 64) * 512;
+  const int word = c / 16, cc = c % 16;
+  const int reg = (r >= 8 ? 1 : 0) + (cc >= 8 ? 2 : 0);
+  const int lane = 4 * (r % 8) + (cc % 8) / 2;
+  const int slot = reg + 4 * (cc % 2);
+  return {tile + size_t(lane) * 16 + size_t(word) * 4 + size_t(slot / 2), (slot % 2) * 4};
+}
+
+TEST(PackedLayout, NibblePositionIsABijectionMatchingTheDocumentation) {
+  std::set<std::pair<int, int>> seen;
+  for (int lane = 0; lane < 32; ++lane) {
+    for (int word = 0; word < 4; ++word) {
+      for (int slot = 0; slot < 8; ++slot) {
+        const layout::TilePosition p = layout::nibble_position(lane, word, slot);
+        ASSERT_GE(p.row, 0);
+        ASSERT_LT(p.row, layout::kTileRows);
+        ASSERT_GE(p.col, 0);
+        ASSERT_LT(p.col, layout::kTileCols);
+        EXPECT_TRUE(seen.insert({p.row, p.col}).second) << "position (" << p.row << ", " << p.col << ") twice";
+        const NibbleAddress a = documented_address(p.row, p.col, 64);
+        EXPECT_EQ(a.byte, size_t(lane) * 16 + size_t(word) * 4 + size_t(slot / 2))
+            << "lane " << lane << " word " << word << " slot " << slot;
+        EXPECT_EQ(a.shift, (slot % 2) * 4) << "lane " << lane << " word " << word << " slot " << slot;
+      }
+    }
+  }
+  EXPECT_EQ(seen.size(), size_t(16 * 64));
+  // Hand-checked against the table in packed_layout.h: lane 0 / word 0 holds a0 = (W[0][0], W[0][1]),
+  // a1 = (W[8][0], W[8][1]), a2 = (W[0][8], W[0][9]), a3 = (W[8][8], W[8][9]) in slots 0..3 (.x), 4..7 (.y).
+  const int expected[8][2] = {{0, 0}, {8, 0}, {0, 8}, {8, 8}, {0, 1}, {8, 1}, {0, 9}, {8, 9}};
+  for (int slot = 0; slot < 8; ++slot) {
+    const layout::TilePosition p = layout::nibble_position(0, 0, slot);
+    EXPECT_EQ(p.row, expected[slot][0]) << "slot " << slot;
+    EXPECT_EQ(p.col, expected[slot][1]) << "slot " << slot;
+  }
+  const layout::TilePosition p = layout::nibble_position(/*lane=*/31, /*word=*/3, /*slot=*/7);  // r = 7, c = 6
+  EXPECT_EQ(p.row, 15);
+  EXPECT_EQ(p.col, 63);
+  // Tiles run along k first, 512 bytes each.
+  EXPECT_EQ(layout::tile_offset_bytes(0, 0, 256), 0);
+  EXPECT_EQ(layout::tile_offset_bytes(0, 3, 256), 3 * 512);
+  EXPECT_EQ(layout::tile_offset_bytes(2, 1, 256), (2 * 4 + 1) * 512);
+}
+
+TEST(PackedLayout, SingleCodeLandsInTheDocumentedNibble) {
+  W4A16_RANDOM(rng);
+  const int n = 48, k = 192;
+  struct Case {
+    int row, col;
+    long long byte;  // computed by hand from the documentation, -1: from documented_address()
+    int shift;
+  };
+  const Case cases[] = {
+      {0, 0, 0, 0},                     // lane 0, word 0, slot 0
+      {0, 1, 2, 0},                     // slot 4 (a0.y)
+      {8, 0, 0, 4},                     // slot 1 (a1.x)
+      {0, 8, 1, 0},                     // slot 2 (a2.x)
+      {1, 2, 5 * 16, 0},                // lane 5 (r = 1, c = 2)
+      {0, 16, 4, 0},                    // word 1
+      {15, 63, 511, 4},                 // lane 31, word 3, slot 7
+      {0, 64, 512, 0},                  // second k tile
+      {16, 0, 3 * 512, 0},              // second row block: after k / 64 = 3 tiles
+      {47, 191, 8 * 512 + 511, 4},      // last nibble of the buffer
+      {9, 10, -1, 0},
+      {rng.uniform_int(0, n - 1), rng.uniform_int(0, k - 1), -1, 0},
+      {rng.uniform_int(0, n - 1), rng.uniform_int(0, k - 1), -1, 0},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE("W[" + std::to_string(c.row) + "][" + std::to_string(c.col) + "]");
+    NibbleAddress want = documented_address(c.row, c.col, k);
+    if (c.byte >= 0) {
+      ASSERT_EQ(want.byte, size_t(c.byte)) << "test's own derivation disagrees with the hand-computed value";
+      ASSERT_EQ(want.shift, c.shift);
+    }
+    // The same address through the library's layout functions.
+    {
+      const int r = c.row % 16, col = c.col % 64;
+      bool found = false;
+      for (int lane = 0; lane < 32 && !found; ++lane)
+        for (int word = 0; word < 4 && !found; ++word)
+          for (int slot = 0; slot < 8 && !found; ++slot) {
+            const layout::TilePosition p = layout::nibble_position(lane, word, slot);
+            if (p.row == r && p.col == col) {
+              found = true;
+              const size_t byte = size_t(layout::tile_offset_bytes(c.row / 16, c.col / 64, k)) + size_t(lane) * 16 +
+                                  size_t(word) * 4 + size_t(slot / 2);
+              EXPECT_EQ(byte, want.byte);
+              EXPECT_EQ((slot % 2) * 4, want.shift);
+            }
+          }
+      EXPECT_TRUE(found);
+    }
+    // Pack all zeros (nibble 8) with one code changed: exactly that nibble changes.
+    for (int code : {-8, -1, 3, 7}) {
+      std::vector<int8_t> codes(size_t(n) * k, 0);
+      codes[size_t(c.row) * k + c.col] = int8_t(code);
+      std::vector<uint8_t> packed;
+      W4A16_ASSERT_OK(pack_weights(codes.data(), n, k, &packed));
+      ASSERT_EQ(packed.size(), size_t(n) * k / 2);
+      std::vector<size_t> changed;
+      for (size_t i = 0; i < packed.size(); ++i)
+        if (packed[i] != 0x88) changed.push_back(i);
+      ASSERT_EQ(changed.size(), 1u) << "code " << code;
+      EXPECT_EQ(changed[0], want.byte) << "code " << code;
+      const uint8_t expected_byte = want.shift == 0 ? uint8_t(0x80 | (code + 8)) : uint8_t(((code + 8) << 4) | 0x8);
+      EXPECT_EQ(int(packed[want.byte]), int(expected_byte)) << "code " << code;
+    }
+  }
+}
+
+TEST(Pack, RejectsBadArguments) {
+  W4A16_RANDOM(rng);
+  std::vector<uint8_t> packed;
+  std::vector<int8_t> codes = rng.codes(size_t(64) * 256);
+  // Shapes the layout cannot hold.
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 8, 64, &packed), StatusCode::kUnsupportedShape);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 24, 64, &packed), StatusCode::kUnsupportedShape);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 16, 96, &packed), StatusCode::kUnsupportedShape);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 16, 32, &packed), StatusCode::kUnsupportedShape);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 0, 64, &packed), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 16, 0, &packed), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), -16, 64, &packed), StatusCode::kInvalidArgument);
+  // Null pointers.
+  W4A16_EXPECT_CODE(pack_weights(static_cast<const int8_t*>(nullptr), 16, 64, &packed), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(pack_weights(codes.data(), 16, 64, nullptr), StatusCode::kInvalidArgument);
+  // Codes outside [-8, 7], anywhere.
+  for (int bad : {8, -9, 127, -128}) {
+    std::vector<int8_t> c = codes;
+    c[size_t(rng.uniform_int(0, 64 * 256 - 1))] = int8_t(bad);
+    SCOPED_TRACE("code " + std::to_string(bad));
+    W4A16_EXPECT_CODE(pack_weights(c.data(), 64, 256, &packed), StatusCode::kInvalidArgument);
+  }
+  // unpack: same shape rules and null checks.
+  std::vector<uint8_t> bytes(size_t(64) * 256 / 2, 0x88);
+  std::vector<int8_t> out;
+  W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 8, 64, &out), StatusCode::kUnsupportedShape);
+  W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 16, 96, &out), StatusCode::kUnsupportedShape);
+  W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 0, 64, &out), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(unpack_weights(nullptr, 16, 64, &out), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 16, 64, nullptr), StatusCode::kInvalidArgument);
+}
+
+// =============================================================================================
+// reference_gemm
+
+// Naive triple loop straight from the definition, on the raw codes and scales.
+std::vector<double> naive_gemm(const std::vector<__half>& a, int m, const QuantizedWeights& w,
+                               const std::vector<__half>* bias, float alpha) {
+  std::vector<double> c(size_t(m) * w.n);
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < w.n; ++j) {
+      long double sum = 0;
+      for (int t = 0; t < w.k; ++t) {
+        const long double weight = (long double)w.codes[size_t(j) * w.k + t] *
+                                   (long double)__half2float(w.scales[size_t(t / w.group_size) * w.n + j]);
+        sum += (long double)__half2float(a[size_t(i) * w.k + t]) * weight;
+      }
+      long double value = (long double)alpha * sum;
+      if (bias != nullptr) value += (long double)__half2float((*bias)[j]);
+      c[size_t(i) * w.n + j] = double(value);
+    }
+  }
+  return c;
+}
+
+TEST(Reference, MatchesNaiveTripleLoop) {
+  W4A16_RANDOM(rng);
+  struct Shape {
+    int m, n, k, group;
+    bool bias;
+    float alpha;
+  };
+  const Shape shapes[] = {
+      {5, 16, 64, 32, true, 1.0f},    {3, 7, 96, 96, true, -0.75f}, {1, 33, 128, 64, false, 1.0f},
+      {4, 48, 256, 128, true, 1.5f}, {7, 19, 160, 32, false, 0.3f},
+  };
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE("m " + std::to_string(s.m) + " n " + std::to_string(s.n) + " k " + std::to_string(s.k) + " group " +
+                 std::to_string(s.group) + (s.bias ? " bias" : "") + " alpha " + std::to_string(s.alpha));
+    const std::vector<float> w = rng.weights(s.n, s.k);
+    QuantizedWeights q;
+    W4A16_ASSERT_OK(quantize(w.data(), s.n, s.k, s.group, &q));
+    const std::vector<__half> a = rng.halves(size_t(s.m) * s.k, -1.0f, 1.0f);
+    const std::vector<__half> bias = rng.halves(size_t(s.n), -1.0f, 1.0f);
+    const std::vector<double> got = reference_gemm(a.data(), s.m, q, s.bias ? bias.data() : nullptr, s.alpha);
+    const std::vector<double> want = naive_gemm(a, s.m, q, s.bias ? &bias : nullptr, s.alpha);
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      // Both in (at least) double; the only difference is rounding of the double accumulation.
+      EXPECT_NEAR(got[i], want[i], 1e-12 * (1.0 + std::fabs(want[i]) + s.k)) << "C[" << i / s.n << "][" << i % s.n << "]";
+    }
+  }
+}
+
+TEST(Reference, RowSamplingReturnsTheSameRows) {
+  W4A16_RANDOM(rng);
+  const int m = 5, n = 32, k = 128;
+  const std::vector<float> w = rng.weights(n, k);
+  QuantizedWeights q;
+  W4A16_ASSERT_OK(quantize(w.data(), n, k, 32, &q));
+  const std::vector<__half> a = rng.halves(size_t(m) * k, -1.0f, 1.0f);
+  const std::vector<__half> bias = rng.halves(size_t(n), -1.0f, 1.0f);
+  const float alpha = rng.alpha();
+  const std::vector<double> full = reference_gemm(a.data(), m, q, bias.data(), alpha);
+  ASSERT_EQ(full.size(), size_t(m) * n);
+  for (const std::vector<int>& rows : {std::vector<int>{2, 0}, std::vector<int>{4}, std::vector<int>{1, 1, 3}}) {
+    const std::vector<double> sampled = reference_gemm(a.data(), m, q, bias.data(), alpha, rows);
+    ASSERT_EQ(sampled.size(), rows.size() * n);
+    for (size_t r = 0; r < rows.size(); ++r)
+      for (int j = 0; j < n; ++j)
+        ASSERT_EQ(sampled[r * n + j], full[size_t(rows[r]) * n + j]) << "sampled row " << r << " (row " << rows[r]
+                                                                      << "), column " << j;
+  }
+}
+
+// =============================================================================================
+// KernelConfig names
+
+KernelConfig tc_config(int tile_m, int tile_n, int warps_m, int warps_n, int warps_k, int stages, int split_k) {
+  KernelConfig c;
+  c.family = KernelFamily::kTensorCoreSm80;
+  c.tile_m = tile_m;
+  c.tile_n = tile_n;
+  c.warps_m = warps_m;
+  c.warps_n = warps_n;
+  c.warps_k = warps_k;
+  c.stages = stages;
+  c.split_k = split_k;
+  return c;
+}
+
+TEST(KernelConfigName, RoundTrips) {
+  const KernelConfig tc = tc_config(16, 128, 1, 4, 1, 8, 4);
+  const std::string name = tc.name();
+  EXPECT_EQ(name.rfind("tc_m16n128_w1x4", 0), 0u) << name;
+  EXPECT_EQ(name.substr(name.size() - 6), "_s8_k4") << name;
+  KernelConfig parsed;
+  ASSERT_TRUE(parse_kernel_config(name, &parsed)) << name;
+  EXPECT_EQ(parsed, tc);
+  EXPECT_EQ(parsed.family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(parsed.name(), name);
+
+  // Every field is part of the name: changing any one changes the name, and each name parses back.
+  std::vector<KernelConfig> variants = {tc,
+                                        tc_config(128, 256, 2, 4, 1, 3, 16),
+                                        tc_config(8, 128, 1, 4, 1, 8, 4),
+                                        tc_config(16, 64, 1, 4, 1, 8, 4),
+                                        tc_config(16, 128, 2, 4, 1, 8, 4),
+                                        tc_config(16, 128, 1, 8, 1, 8, 4),
+                                        tc_config(16, 128, 1, 4, 1, 6, 4),
+                                        tc_config(16, 128, 1, 4, 1, 8, 1),
+                                        tc_config(16, 128, 1, 4, 2, 8, 4)};
+  std::set<std::string> names;
+  for (const KernelConfig& v : variants) {
+    SCOPED_TRACE(v.name());
+    EXPECT_TRUE(names.insert(v.name()).second) << "two configs share a name";
+    KernelConfig back;
+    ASSERT_TRUE(parse_kernel_config(v.name(), &back));
+    EXPECT_EQ(back, v);
+    EXPECT_EQ(back.name(), v.name());
+  }
+  EXPECT_NE(variants[0], variants[7]);  // split_k matters
+
+  KernelConfig dequant;
+  dequant.family = KernelFamily::kDequantCublas;
+  EXPECT_EQ(dequant.name(), "dequant_cublas");
+  ASSERT_TRUE(parse_kernel_config("dequant_cublas", &parsed));
+  EXPECT_EQ(parsed.family, KernelFamily::kDequantCublas);
+  EXPECT_EQ(parsed, dequant);
+  // For dequant_cublas only the family matters.
+  KernelConfig dequant_with_fields = dequant;
+  dequant_with_fields.tile_m = 64;
+  EXPECT_EQ(dequant_with_fields, dequant);
+  EXPECT_NE(dequant, tc);
+
+  EXPECT_STREQ(to_string(KernelFamily::kTensorCoreSm80), "tensor_core_sm80");
+  EXPECT_STREQ(to_string(KernelFamily::kDequantCublas), "dequant_cublas");
+}
+
+TEST(KernelConfigName, ParseRejectsGarbage) {
+  const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();  // "tc_m16n128_..._s8_k4"
+  KernelConfig untouched;
+  untouched.tile_m = 12345;
+  const std::string bad_names[] = {"",
+                                   "garbage",
+                                   "tc",
+                                   "tc_m16n128",
+                                   good.substr(0, good.size() - 3),  // "_k4" cut off
+                                   good.substr(0, good.size() - 1),  // "_k" without its number
+                                   good + "x",
+                                   good + " ",
+                                   good + "_",
+                                   good + "0x",
+                                   " " + good,
+                                   good.substr(0, good.size() - 1) + "x",
+                                   "tc_mxn128" + good.substr(10),
+                                   "dequant_cublas ",
+                                   "dequant_cublas2",
+                                   "DEQUANT_CUBLAS",
+                                   "dequant"};
+  for (const std::string& name : bad_names) {
+    SCOPED_TRACE("'" + name + "'");
+    KernelConfig config = untouched;
+    EXPECT_FALSE(parse_kernel_config(name, &config));
+    EXPECT_EQ(config.tile_m, 12345) << "a failed parse must leave the config alone";
+  }
+  EXPECT_FALSE(parse_kernel_config("dequant_cublas", nullptr));
+  EXPECT_FALSE(parse_kernel_config(good, nullptr));
+}
+
+// A name parses only if it is exactly what name() prints: no whitespace, signs or leading zeros in
+// the numbers (sscanf's %d would take them).
+TEST(KernelConfigName, ParseAcceptsOnlyCanonicalNames) {
+  const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();
+  ASSERT_EQ(good.rfind("tc_m16", 0), 0u) << good;
+  const std::string rest = good.substr(6);  // after "tc_m16"
+  const std::string last_digit_cut = good.substr(0, good.size() - 1);
+  for (const std::string& name : {"tc_m 16" + rest, "tc_m+16" + rest, "tc_m016" + rest, "tc_m-16" + rest,
+                                  last_digit_cut + "\n" + good.substr(good.size() - 1),
+                                  last_digit_cut + " " + good.substr(good.size() - 1)}) {
+    SCOPED_TRACE("'" + name + "'");
+    KernelConfig config;
+    const bool parsed = parse_kernel_config(name, &config);
+    EXPECT_FALSE(parsed) << "accepted as " << config.name();
+  }
+}
+
+// =============================================================================================
+// Status
+
+TEST(StatusTest, ToString) {
+  const std::pair<StatusCode, const char*> names[] = {
+      {StatusCode::kSuccess, "success"},
+      {StatusCode::kInvalidArgument, "invalid argument"},
+      {StatusCode::kMisalignedPointer, "misaligned pointer"},
+      {StatusCode::kUnsupportedShape, "unsupported shape"},
+      {StatusCode::kUnsupportedGroupSize, "unsupported group size"},
+      {StatusCode::kWorkspaceTooSmall, "workspace too small"},
+      {StatusCode::kUnsupportedArch, "unsupported architecture"},
+      {StatusCode::kCudaError, "CUDA error"},
+      {StatusCode::kCublasError, "cuBLAS error"},
+  };
+  std::set<std::string> distinct;
+  for (const auto& [code, name] : names) {
+    EXPECT_STREQ(to_string(code), name);
+    distinct.insert(to_string(code));
+  }
+  EXPECT_EQ(distinct.size(), std::size(names));
+
+  const Status ok;
+  EXPECT_TRUE(ok.ok());
+  EXPECT_TRUE(bool(ok));
+  EXPECT_EQ(ok.code(), StatusCode::kSuccess);
+  EXPECT_EQ(ok.to_string(), "success");
+  EXPECT_TRUE(Status::success().ok());
+
+  const Status bad(StatusCode::kWorkspaceTooSmall, "needs 42 bytes");
+  EXPECT_FALSE(bad.ok());
+  EXPECT_FALSE(bool(bad));
+  EXPECT_EQ(bad.code(), StatusCode::kWorkspaceTooSmall);
+  EXPECT_EQ(bad.message(), "needs 42 bytes");
+  EXPECT_EQ(bad.to_string(), "workspace too small: needs 42 bytes");
+}
+
+// =============================================================================================
+// Heuristic (src/runner/heuristics.cpp), against a synthetic config list that contains every tile the
+// table could name, so that the properties below hold whatever the table says.
+
+std::vector<KernelConfig> every_config(bool with_dequant) {
+  std::vector<KernelConfig> all;
+  for (int tile_m : {8, 16, 32, 64, 128, 256})
+    for (int tile_n : {32, 64, 128, 256})
+      for (int warps_m : {1, 2, 4})
+        for (int warps_n : {1, 2, 4, 8})
+          for (int warps_k : {1, 2, 4})
+            for (int stages = 2; stages <= 8; ++stages)
+              for (int split : heuristics::split_k_choices())
+                all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
+  if (with_dequant) {
+    KernelConfig c;
+    c.family = KernelFamily::kDequantCublas;
+    all.push_back(c);
+  }
+  return all;
+}
+
+TEST(Heuristics, ChoicesAreValidForTheProblem) {
+  const std::vector<KernelConfig> available = every_config(true);
+  const std::vector<int>& splits = heuristics::split_k_choices();
+  ASSERT_FALSE(splits.empty());
+  EXPECT_EQ(splits.front(), 1);
+  const std::pair<int, int> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192},
+                                        {1040, 320},  {272, 1088},   {16, 64},      {128, 65536}};
+  for (const heuristics::DeviceTraits device : {heuristics::DeviceTraits{80, 108}, heuristics::DeviceTraits{90, 132},
+                                                heuristics::DeviceTraits{86, 84}}) {
+    for (const auto& [n, k] : shapes) {
+      int previous_tile_m = 0;
+      for (int m : {1, 2, 3, 8, 9, 16, 17, 31, 33, 64, 65, 127, 128, 129, 511, 512, 1000, 4096, 65536}) {
+        SCOPED_TRACE("sm_" + std::to_string(device.sm_version) + " x" + std::to_string(device.sm_count) + ": m " +
+                     std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k));
+        const KernelConfig c = heuristics::choose(m, n, k, device, available);
+        ASSERT_NE(std::find(available.begin(), available.end(), c), available.end()) << c.name();
+        if (c.family == KernelFamily::kDequantCublas) {
+          EXPECT_GE(device.sm_version, 90) << "dequant_cublas chosen although a tensor-core tile was available";
+          continue;
+        }
+        // What check() demands: split_k a listed choice and no larger than the k / 64 k-blocks.
+        EXPECT_NE(std::find(splits.begin(), splits.end(), c.split_k), splits.end()) << c.name();
+        EXPECT_LE(c.split_k, k / 64) << c.name();
+        if (c.split_k > 1) {
+          const long long tiles = (long long)((m + c.tile_m - 1) / c.tile_m) * ((n + c.tile_n - 1) / c.tile_n);
+          EXPECT_LE(tiles * c.split_k, 2LL * device.sm_count) << c.name() << ": split-K beyond filling the GPU";
+        }
+        EXPECT_GE(c.tile_m, previous_tile_m) << c.name() << ": a larger m got a smaller tile";
+        previous_tile_m = c.tile_m;
+      }
+    }
+  }
+}
+
+TEST(Heuristics, FamilyAndFallback) {
+  const heuristics::DeviceTraits hopper{90, 132}, ampere{80, 108};
+  const std::vector<KernelConfig> everything = every_config(true);
+  // Large m on Hopper: cuBLAS on dequantized weights; never on Ampere.
+  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, hopper, everything).family, KernelFamily::kDequantCublas);
+  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, ampere, everything).family, KernelFamily::kTensorCoreSm80);
+  // Without dequant_cublas in the list, Hopper keeps a tensor-core tile.
+  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, hopper, every_config(false)).family, KernelFamily::kTensorCoreSm80);
+  // Decode on a big GPU: the grid (tiles x split-K) still gives most SMs work although m = 1.
+  const KernelConfig decode = heuristics::choose(1, 4096, 4096, hopper, everything);
+  EXPECT_EQ(decode.family, KernelFamily::kTensorCoreSm80);
+  const long long decode_blocks = (long long)((4096 + decode.tile_n - 1) / decode.tile_n) * decode.split_k;
+  EXPECT_GE(decode_blocks, hopper.sm_count / 2) << decode.name();
+  // Nothing compiled that the table names: dequant_cublas.
+  KernelConfig dequant;
+  dequant.family = KernelFamily::kDequantCublas;
+  EXPECT_EQ(heuristics::choose(16, 4096, 4096, ampere, {dequant}), dequant);
+  EXPECT_EQ(heuristics::choose(16, 4096, 4096, ampere, {}).family, KernelFamily::kDequantCublas);
+}
+
+// =============================================================================================
+// The runner on a machine without a GPU: a clear status, no kernels, every call refused.
+
+TEST(RunnerWithoutGpu, ReportsNoDevice) {
+  if (test::has_gpu()) GTEST_SKIP() << "a CUDA device is present; this test covers machines without one";
+  GemmRunner runner;
+  EXPECT_FALSE(runner.status().ok());
+  EXPECT_FALSE(runner.status().message().empty());
+  EXPECT_TRUE(runner.configs().empty());
+  GemmArguments args;
+  args.m = 16;
+  args.n = 64;
+  args.k = 64;
+  args.group_size = 64;
+  const Status s = runner.gemm(args, nullptr, 0, nullptr);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), runner.status().code()) << s.to_string();
+}
+
+}  // namespace
+}  // namespace w4a16
