@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -47,6 +48,7 @@ struct BenchOptions {
   std::string json;
   int repeats = 9;
   bool profile = false;
+  bool no_pdl = false;
 };
 
 const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -167,6 +169,14 @@ Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_
   return ceilings;
 }
 
+// The commit baked in at configure time, or W4A16_GIT_COMMIT from the environment when the build
+// was made from a copy without .git (the offline GPU machine).
+std::string git_commit() {
+  const char* from_environment = std::getenv("W4A16_GIT_COMMIT");
+  if (from_environment != nullptr && *from_environment != '\0') return from_environment;
+  return W4A16_GIT_COMMIT;
+}
+
 nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
   int runtime = 0, driver = 0, clock_khz = 0, memory_clock_khz = 0, cublas_version = 0;
   cudaRuntimeGetVersion(&runtime);
@@ -190,7 +200,7 @@ nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
           {"cuda_runtime", runtime},
           {"cuda_driver", driver},
           {"cublas", std::to_string(cublas_version) + "." + std::to_string(cublas_minor)},
-          {"git_commit", W4A16_GIT_COMMIT},
+          {"git_commit", git_commit()},
           {"date", date}};
 }
 
@@ -203,6 +213,7 @@ int run_bench(const BenchOptions& options) {
   check_cuda(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
   GemmRunner runner;
   check_status(runner.status(), "runner");
+  runner.set_programmatic_dependent_launch(!options.no_pdl);
   KernelConfig forced;
   if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
     throw CliError("unknown config name '" + options.config + "' (see w4a16 info)");
@@ -219,13 +230,14 @@ int run_bench(const BenchOptions& options) {
                                              options.repeats);
   std::printf("w4a16 bench  device: %s (sm_%d%d, %d SMs, L2 %.0f MiB)  commit %s\n", properties.name,
               properties.major, properties.minor, properties.multiProcessorCount, properties.l2CacheSize / 1048576.0,
-              W4A16_GIT_COMMIT);
+              git_commit().c_str());
   std::printf("ceilings     HBM read %.0f GB/s (2 GiB streaming read)   FP16 tensor core %.0f TFLOP/s (best cuBLAS",
               ceilings.hbm_read_gbps, ceilings.fp16_tflops);
   for (const auto& [name, tflops] : ceilings.fp16_by_shape) std::printf(" %s: %.0f", name.c_str(), tflops);
   std::printf(")\n");
-  std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d\n\n",
-              options.group, options.repeats);
+  std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d, "
+              "programmatic dependent launch %s\n\n",
+              options.group, options.repeats, runner.programmatic_dependent_launch() ? "on" : "off");
   std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
               "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "cuBLAS us", "eff%", "speedup");
 
@@ -360,6 +372,7 @@ int run_bench(const BenchOptions& options) {
         {"method",
          {{"group_size", options.group},
           {"repeats", options.repeats},
+          {"programmatic_dependent_launch", runner.programmatic_dependent_launch()},
           {"statistic", "median per call over repeats of a CUDA graph of back-to-back calls"},
           {"weights_rotated_over_bytes_at_least", 4 * l2},
           {"roofline", "max(bytes / hbm_read, 2mnk / fp16_rate), bytes = packed weights + scales + A + C"}}},
@@ -387,6 +400,7 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_option("--group", options->group, "group size");
   command->add_option("--config", options->config, "force one kernel config (see info)");
   command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
+  command->add_flag("--no-pdl", options->no_pdl, "launch without programmatic dependent launch (sm_90)");
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
       ->check(CLI::Range(3, 1000));

@@ -663,7 +663,9 @@ TEST(Heuristics, ChoicesAreValidForTheProblem) {
         EXPECT_LE(c.split_k, k / 64) << c.name();
         if (c.split_k > 1) {
           const long long tiles = (long long)((m + c.tile_m - 1) / c.tile_m) * ((n + c.tile_n - 1) / c.tile_n);
-          EXPECT_LE(tiles * c.split_k, 2LL * device.sm_count) << c.name() << ": split-K beyond filling the GPU";
+          // Split-K stops at the first factor that gives ~1.5 blocks per SM, so half of it fell short:
+          // anything beyond 3 blocks per SM means it split further than filling the GPU needs.
+          EXPECT_LT(tiles * c.split_k, 3LL * device.sm_count) << c.name() << ": split-K beyond filling the GPU";
         }
         EXPECT_GE(c.tile_m, previous_tile_m) << c.name() << ": a larger m got a smaller tile";
         previous_tile_m = c.tile_m;

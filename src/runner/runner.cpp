@@ -225,8 +225,8 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
                                         group_shift(args.k, args.group_size),
                                         args.alpha,
                                         config.split_k};
-  // Programmatic dependent launch needs sm_90; see tensor_core_sm80/mainloop.cuh for what it overlaps.
-  const bool programmatic = sm_version_ >= 90;
+  // See tensor_core_sm80/mainloop.cuh (prologue) for what programmatic launch overlaps.
+  const bool programmatic = programmatic_dependent_launch();
   if (cudaError_t error = kernel->launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, "tensor_core_sm80 launch");
   }

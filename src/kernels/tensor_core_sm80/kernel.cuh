@@ -19,10 +19,6 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
   // (it checks compiled_for() against the device).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   extern __shared__ __align__(128) uint8_t shared[];
-  // Let the next kernel in the stream launch as soon as every block of this one is resident: its
-  // prologue (weight prefetch) then overlaps this kernel's tail. It still waits for this kernel's
-  // completion before touching anything this kernel writes.
-  ptx::launch_dependent_grids();
   const TileWork work = schedule_tile<Tile>(params);
   // Warp index = (warp_k * WarpsM + warp_m) * WarpsN + warp_n.
   const int warp = threadIdx.x / 32;
@@ -32,6 +28,11 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
 
   typename Mainloop<Tile>::Accumulators accumulators;
   Mainloop<Tile>::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
+  // Every load of this block is done: let the next kernel in the stream launch once all blocks got
+  // here, so its prologue (weight prefetch) overlaps this kernel's reduction, epilogue and tail.
+  // Triggering earlier (at kernel entry) was measured slower: the next kernel's blocks were then
+  // placed onto busy SMs, unevenly, and its makespan doubled for coarse grids (bench/NOTES.md).
+  ptx::launch_dependent_grids();
   Mainloop<Tile>::reduce_across_warps_k(shared, warp_m, warp_n, warp_k, accumulators);
   if (warp_k == 0) Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
 #endif

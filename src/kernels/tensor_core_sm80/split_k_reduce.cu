@@ -13,8 +13,8 @@ namespace {
 
 // One thread per 4 consecutive channels (n % 16 == 0, so a float4 never crosses a row).
 __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
-  ptx::launch_dependent_grids();
   ptx::grid_dependency_wait();  // the partials come from the kernel just before this one
+  ptx::launch_dependent_grids();
   const long long quads = static_cast<long long>(params.m) * params.n / 4;
   const long long slice_stride = static_cast<long long>(params.m) * params.n / 4;
   const float4* partials = reinterpret_cast<const float4*>(params.partials);
