@@ -113,9 +113,10 @@ class GemmRunner {
   Status profile(const GemmArguments& args, void* workspace, size_t workspace_bytes,
                  cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
 
-  // Programmatic dependent launch (sm_90+, on by default): the fused kernel fetches its first
+  // Programmatic dependent launch (sm_90+, off by default): the fused kernel fetches its first
   // weight stages before waiting for the previous kernel in the stream to finish. Weights and
-  // scales must therefore not be written by the kernel just before gemm() in the same stream.
+  // scales must then not be written by the kernel just before gemm() in the same stream.
+  // Off by default because on H100 it was as often slower as faster (bench/NOTES.md, run 5).
   void set_programmatic_dependent_launch(bool enabled) { programmatic_launch_ = enabled; }
   bool programmatic_dependent_launch() const { return programmatic_launch_ && sm_version_ >= 90; }
 
@@ -129,7 +130,7 @@ class GemmRunner {
   int device_ = -1;
   int sm_version_ = 0;
   int sm_count_ = 0;
-  bool programmatic_launch_ = true;
+  bool programmatic_launch_ = false;
   std::vector<KernelConfig> configs_;
   std::unique_ptr<Impl> impl_;
   std::map<std::tuple<int, int, int, int>, KernelConfig> profiled_;

@@ -25,6 +25,9 @@ constexpr TileChoice kTileTable[] = {
     {1 << 30, 128, 128, 2, 4, 1, 4},
 };
 
+constexpr long long kSmallLayerElements = 4096LL * 4096;
+constexpr TileChoice kSmallLayerTile = {8, 8, 16, 1, 1, 8, 8};
+
 // From this m on, Hopper's cuBLAS (wgmma) on dequantized weights beats the mma.sync kernel.
 constexpr int kDequantCublasMinM_Sm90 = 512;
 
@@ -52,6 +55,9 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
 
   const TileChoice* tile = &kTileTable[0];
   while (m > tile->max_m) ++tile;
+  // Small layers at decode: even split 8 ways, a 128-channel tile leaves each warp only 4
+  // k-blocks; 16-channel tiles with all 8 warps along k give 256 blocks without split-K.
+  if (m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements) tile = &kSmallLayerTile;
   KernelConfig config;
   config.family = KernelFamily::kTensorCoreSm80;
   config.tile_m = tile->tile_m;
