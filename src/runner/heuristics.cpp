@@ -53,30 +53,34 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
 
   if (device.sm_version >= 90 && m >= kDequantCublasMinM_Sm90 && is_available(dequant)) return dequant;
 
-  const TileChoice* tile = &kTileTable[0];
-  while (m > tile->max_m) ++tile;
+  const TileChoice* table_tile = &kTileTable[0];
+  while (m > table_tile->max_m) ++table_tile;
   // Small layers at decode: even split 8 ways, a 128-channel tile leaves each warp only 4
   // k-blocks; 16-channel tiles with all 8 warps along k give 256 blocks without split-K.
-  if (m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements) tile = &kSmallLayerTile;
-  KernelConfig config;
-  config.family = KernelFamily::kTensorCoreSm80;
-  config.tile_m = tile->tile_m;
-  config.tile_n = tile->tile_n;
-  config.warps_m = tile->warps_m;
-  config.warps_n = tile->warps_n;
-  config.warps_k = tile->warps_k;
-  config.stages = tile->stages;
+  std::vector<const TileChoice*> candidates;
+  if (m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements) candidates.push_back(&kSmallLayerTile);
+  candidates.push_back(table_tile);
 
-  const long long tiles = static_cast<long long>((m + tile->tile_m - 1) / tile->tile_m) *
-                          ((n + tile->tile_n - 1) / tile->tile_n);
-  const int k_blocks = k / 64;
-  config.split_k = 1;
-  for (int split : split_k_choices()) {
-    if (k_blocks / (split * tile->warps_k) < kMinKBlocksPerWarp) break;
-    config.split_k = split;
-    if (tiles * split >= kTargetBlocksPerSm * device.sm_count) break;
+  for (const TileChoice* tile : candidates) {
+    KernelConfig config;
+    config.family = KernelFamily::kTensorCoreSm80;
+    config.tile_m = tile->tile_m;
+    config.tile_n = tile->tile_n;
+    config.warps_m = tile->warps_m;
+    config.warps_n = tile->warps_n;
+    config.warps_k = tile->warps_k;
+    config.stages = tile->stages;
+    const long long tiles = static_cast<long long>((m + tile->tile_m - 1) / tile->tile_m) *
+                            ((n + tile->tile_n - 1) / tile->tile_n);
+    const int k_blocks = k / 64;
+    config.split_k = 1;
+    for (int split : split_k_choices()) {
+      if (k_blocks / (split * tile->warps_k) < kMinKBlocksPerWarp) break;
+      config.split_k = split;
+      if (tiles * split >= kTargetBlocksPerSm * device.sm_count) break;
+    }
+    if (is_available(config)) return config;
   }
-  if (is_available(config)) return config;
   return dequant;
 }
 
