@@ -151,6 +151,46 @@ struct Mainloop {
     }
   };
 
+  // Activation fragments for one 16-wide k slice via ldmatrix: matrix 2j covers k 0..7 and matrix
+  // 2j+1 k 8..15 of 8 rows, which is exactly the mma's B fragment {b0, b1}.
+  static __device__ __forceinline__ void load_activations(const Slot& slot, int warp_m, int k_slice,
+                                                          uint32_t (&activation)[Tile::kFragmentsM][2]) {
+    const int lane = threadIdx.x % 32;
+    const int warp_row = warp_m * Tile::kWarpTileM;
+    if constexpr (Tile::kFragmentsM % 2 == 0) {
+      #pragma unroll
+      for (int pair = 0; pair < Tile::kFragmentsM / 2; ++pair) {
+        const int matrix = lane / 8;
+        const int row = warp_row + pair * 16 + (matrix / 2) * 8 + lane % 8;
+        uint32_t registers[4];
+        ptx::ldmatrix_x4(registers, slot.activations + swizzled_offset(row, 2 * k_slice + (matrix & 1)));
+        activation[2 * pair][0] = registers[0];
+        activation[2 * pair][1] = registers[1];
+        activation[2 * pair + 1][0] = registers[2];
+        activation[2 * pair + 1][1] = registers[3];
+      }
+    } else {
+      #pragma unroll
+      for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
+        const int matrix = (lane / 8) & 1;
+        const int row = warp_row + fragment_m * 8 + lane % 8;
+        ptx::ldmatrix_x2(activation[fragment_m], slot.activations + swizzled_offset(row, 2 * k_slice + matrix));
+      }
+    }
+  }
+
+  static __device__ __forceinline__ uint32_t word_of(const uint4& packed, int k_slice) {
+    return k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
+  }
+
+  // Where the group scale is applied. Decode tiles (at most two 8-row fragments per warp) feed each
+  // dequantized weight fragment to only one or two mma, so scaling the fragment (4 hmul2 per 16x16
+  // weights) costs more than scaling a partial sum once per group (4 ffma per 8-row fragment): the
+  // codes go into the mma as exact small integers, the products accumulate in fp32 per group, and
+  // the scale multiplies that sum. It is also the more accurate order (no fp16 rounding of w).
+  // Wider tiles reuse each fragment across 4-16 mma, where scaling the fragment is cheaper.
+  static constexpr bool kScaleAfterMma = Tile::kFragmentsM <= 2;
+
   // Multiplies one k-block (one slot of a stage) into the accumulators.
   static __device__ __forceinline__ void compute_slot(const Slot& slot, bool two_groups, int warp_m, int warp_n,
                                                       Accumulators& accumulators) {
@@ -162,58 +202,80 @@ struct Mainloop {
       const int tile_in_slot = warp_n * Tile::kFragmentsN + fragment_n;
       packed[fragment_n] = reinterpret_cast<const uint4*>(slot.weights)[tile_in_slot * 32 + lane];
     }
-    // Scales of channels r and r + 8 of each fragment, for the block's first group (and, for group
-    // 32, its second group from k slice 2 on).
-    __half2 scale_low[Tile::kFragmentsN], scale_high[Tile::kFragmentsN];
-    auto load_scales = [&](int row) {
-      #pragma unroll
-      for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
-        const int channel = warp_n * Tile::kWarpTileN + fragment_n * 16 + lane / 4;
-        scale_low[fragment_n] = __half2half2(slot.scales[row * Tile::kTileN + channel]);
-        scale_high[fragment_n] = __half2half2(slot.scales[row * Tile::kTileN + channel + 8]);
-      }
+    // Scale of channel r (low) and r + 8 (high) of fragment n in scale row `row` (0, or 1 for the
+    // second group of a k-block when group = 32).
+    auto scale = [&](int row, int fragment_n, bool high) {
+      const int channel = warp_n * Tile::kWarpTileN + fragment_n * 16 + lane / 4 + (high ? 8 : 0);
+      return slot.scales[row * Tile::kTileN + channel];
     };
-    load_scales(0);
 
-    #pragma unroll
-    for (int k_slice = 0; k_slice < 4; ++k_slice) {
-      if (k_slice == 2 && two_groups) load_scales(1);
-      // Activation fragments for this 16-wide k slice via ldmatrix: matrix 2j covers k 0..7 and
-      // matrix 2j+1 k 8..15 of 8 rows, which is exactly the mma's B fragment {b0, b1}.
-      uint32_t activation[Tile::kFragmentsM][2];
-      const int warp_row = warp_m * Tile::kWarpTileM;
-      if constexpr (Tile::kFragmentsM % 2 == 0) {
+    if constexpr (kScaleAfterMma) {
+      float partial[Tile::kFragmentsN][Tile::kFragmentsM][4];
+      auto clear = [&] {
         #pragma unroll
-        for (int pair = 0; pair < Tile::kFragmentsM / 2; ++pair) {
-          const int matrix = lane / 8;
-          const int row = warp_row + pair * 16 + (matrix / 2) * 8 + lane % 8;
-          uint32_t registers[4];
-          ptx::ldmatrix_x4(registers, slot.activations + swizzled_offset(row, 2 * k_slice + (matrix & 1)));
-          activation[2 * pair][0] = registers[0];
-          activation[2 * pair][1] = registers[1];
-          activation[2 * pair + 1][0] = registers[2];
-          activation[2 * pair + 1][1] = registers[3];
+        for (int n = 0; n < Tile::kFragmentsN; ++n)
+          #pragma unroll
+          for (int m = 0; m < Tile::kFragmentsM; ++m)
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) partial[n][m][i] = 0.0f;
+      };
+      auto fold = [&](int row) {  // accumulators += partial * scale
+        #pragma unroll
+        for (int n = 0; n < Tile::kFragmentsN; ++n) {
+          const float low = __half2float(scale(row, n, false)), high = __half2float(scale(row, n, true));
+          #pragma unroll
+          for (int m = 0; m < Tile::kFragmentsM; ++m) {
+            accumulators[n][m][0] = fmaf(partial[n][m][0], low, accumulators[n][m][0]);
+            accumulators[n][m][1] = fmaf(partial[n][m][1], low, accumulators[n][m][1]);
+            accumulators[n][m][2] = fmaf(partial[n][m][2], high, accumulators[n][m][2]);
+            accumulators[n][m][3] = fmaf(partial[n][m][3], high, accumulators[n][m][3]);
+          }
         }
-      } else {
+      };
+      clear();
+      #pragma unroll
+      for (int k_slice = 0; k_slice < 4; ++k_slice) {
+        if (k_slice == 2 && two_groups) {
+          fold(0);
+          clear();
+        }
+        uint32_t activation[Tile::kFragmentsM][2];
+        load_activations(slot, warp_m, k_slice, activation);
         #pragma unroll
-        for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
-          const int matrix = (lane / 8) & 1;
-          const int row = warp_row + fragment_m * 8 + lane % 8;
-          ptx::ldmatrix_x2(activation[fragment_m], slot.activations + swizzled_offset(row, 2 * k_slice + matrix));
+        for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
+          uint32_t codes[4];
+          dequantize_codes(word_of(packed[fragment_n], k_slice), codes);
+          #pragma unroll
+          for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
+            ptx::mma_m16n8k16(partial[fragment_n][fragment_m], codes, activation[fragment_m]);
+          }
         }
       }
-
-      #pragma unroll
-      for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
-        const uint32_t word = k_slice == 0   ? packed[fragment_n].x
-                              : k_slice == 1 ? packed[fragment_n].y
-                              : k_slice == 2 ? packed[fragment_n].z
-                                             : packed[fragment_n].w;
-        uint32_t weights[4];
-        dequantize_fragment(word, scale_low[fragment_n], scale_high[fragment_n], weights);
+      fold(two_groups ? 1 : 0);
+    } else {
+      __half2 scale_low[Tile::kFragmentsN], scale_high[Tile::kFragmentsN];
+      auto load_scales = [&](int row) {
         #pragma unroll
-        for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
-          ptx::mma_m16n8k16(accumulators[fragment_n][fragment_m], weights, activation[fragment_m]);
+        for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
+          scale_low[fragment_n] = __half2half2(scale(row, fragment_n, false));
+          scale_high[fragment_n] = __half2half2(scale(row, fragment_n, true));
+        }
+      };
+      load_scales(0);
+      #pragma unroll
+      for (int k_slice = 0; k_slice < 4; ++k_slice) {
+        if (k_slice == 2 && two_groups) load_scales(1);
+        uint32_t activation[Tile::kFragmentsM][2];
+        load_activations(slot, warp_m, k_slice, activation);
+        #pragma unroll
+        for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
+          uint32_t weights[4];
+          dequantize_fragment(word_of(packed[fragment_n], k_slice), scale_low[fragment_n], scale_high[fragment_n],
+                              weights);
+          #pragma unroll
+          for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
+            ptx::mma_m16n8k16(accumulators[fragment_n][fragment_m], weights, activation[fragment_m]);
+          }
         }
       }
     }
