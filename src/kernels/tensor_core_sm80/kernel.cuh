@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/launch.cuh"
 #include "kernels/tensor_core_sm80/epilogue.cuh"
 #include "kernels/tensor_core_sm80/mainloop.cuh"
 #include "kernels/tensor_core_sm80/params.h"
@@ -41,17 +42,8 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
 // `programmatic`: launch with programmatic stream serialization (sm_90+), see ptx::grid_dependency_wait.
 template <class Tile>
 cudaError_t launch(const Params& params, cudaStream_t stream, bool programmatic) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid_shape<Tile>(params);
-  config.blockDim = dim3(Tile::kThreads);
-  config.dynamicSmemBytes = Tile::kSharedBytes;
-  config.stream = stream;
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, gemm_kernel<Tile>, params);
+  return launch_kernel(gemm_kernel<Tile>, grid_shape<Tile>(params), dim3(Tile::kThreads), Tile::kSharedBytes, stream,
+                       programmatic, params);
 }
 
 template <class Tile>

@@ -4,6 +4,7 @@
 
 #include <cuda_fp16.h>
 
+#include "kernels/common/launch.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/tensor_core_sm80/params.h"
 
@@ -44,16 +45,8 @@ __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
 cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream, bool programmatic) {
   constexpr int kThreads = 256;
   const long long quads = static_cast<long long>(params.m) * params.n / 4;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(std::min<long long>((quads + kThreads - 1) / kThreads, 1024)));
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  cudaLaunchAttribute attribute;
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &attribute;
-  config.numAttrs = programmatic ? 1 : 0;
-  return cudaLaunchKernelEx(&config, split_k_reduce_kernel, params);
+  const dim3 grid(static_cast<unsigned>(std::min<long long>((quads + kThreads - 1) / kThreads, 1024)));
+  return launch_kernel(split_k_reduce_kernel, grid, dim3(kThreads), 0, stream, programmatic, params);
 }
 
 }  // namespace w4a16::tensor_core_sm80
