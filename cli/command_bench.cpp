@@ -148,6 +148,7 @@ Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_
     const size_t bytes = size_t(2) << 30;  // 2 GiB, 40x L2
     DeviceBuffer buffer(bytes), sink(sizeof(unsigned));
     fill_random_bytes(buffer.get(), bytes, 1);
+    check_cuda(cudaDeviceSynchronize(), "fill");  // fills run on the legacy stream, timing on `stream`
     const Timing t = time_graph(
         [&](int) { launch_read_probe(buffer.get(), bytes, sink.get<unsigned>(), sm_count, stream); }, 5, repeats,
         stream);
@@ -158,6 +159,7 @@ Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_
     DeviceBuffer a(elements * 2), b(elements * 2), c(elements * 2);
     fill_random_half(a.get<__half>(), elements, -1, 1, 2);
     fill_random_half(b.get<__half>(), elements, -1, 1, 3);
+    check_cuda(cudaDeviceSynchronize(), "fill");
     const Timing t = time_graph(
         [&](int) {
           check_cuda(cublasSetStream(cublas, stream) == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown,

@@ -79,9 +79,10 @@ int run_verify(const VerifyOptions& options) {
     while (int(rows.size()) < options.sample_rows) rows.push_back(int(pick() % uint32_t(m)));
   }
   const auto begin = std::chrono::steady_clock::now();
-  const std::vector<double> reference =
-      reference_gemm(problem.a.data(), m, problem.weights, options.bias ? problem.bias.data() : nullptr,
-                     options.alpha, rows);
+  std::vector<double> reference;
+  check_status(reference_gemm(problem.a.data(), m, problem.weights, options.bias ? problem.bias.data() : nullptr,
+                              options.alpha, rows, &reference),
+               "reference_gemm");
   const double reference_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   const int checked_rows = sample ? int(rows.size()) : m;
   double max_abs = 0.0, error_squares = 0.0, reference_squares = 0.0;

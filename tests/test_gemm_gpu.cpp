@@ -129,7 +129,9 @@ struct Expected {
 Expected expected(const Weights& w, const Problem& p, std::vector<int> rows) {
   Expected e;
   e.rows = std::move(rows);
-  e.reference = reference_gemm(p.a.data(), p.m, w.q, p.use_bias ? p.bias.data() : nullptr, p.alpha, e.rows);
+  const Status status =
+      reference_gemm(p.a.data(), p.m, w.q, p.use_bias ? p.bias.data() : nullptr, p.alpha, e.rows, &e.reference);
+  EXPECT_TRUE(status.ok()) << status.to_string();
   e.magnitude = test::reference_magnitude(p.a, p.m, w.abs_q, p.alpha, e.rows);
   return e;
 }

@@ -182,6 +182,15 @@ TEST(Quantize, RejectsNonFiniteWeights) {
   }
 }
 
+TEST(Quantize, RejectsWeightsBeyondTheFp16ScaleRange) {
+  W4A16_RANDOM(rng);
+  const int n = 16, k = 64;
+  std::vector<float> w = rng.weights(n, k);
+  w[rng.uniform_int(0, n * k - 1)] = 5.0e5f;  // scale 5e5 / 7 > 65504: not an fp16
+  QuantizedWeights q;
+  W4A16_EXPECT_CODE(quantize(w.data(), n, k, 32, &q), StatusCode::kInvalidArgument);
+}
+
 TEST(Quantize, RejectsBadArguments) {
   W4A16_RANDOM(rng);
   const int n = 16, k = 512;
@@ -436,7 +445,8 @@ TEST(Reference, MatchesNaiveTripleLoop) {
     W4A16_ASSERT_OK(quantize(w.data(), s.n, s.k, s.group, &q));
     const std::vector<__half> a = rng.halves(size_t(s.m) * s.k, -1.0f, 1.0f);
     const std::vector<__half> bias = rng.halves(size_t(s.n), -1.0f, 1.0f);
-    const std::vector<double> got = reference_gemm(a.data(), s.m, q, s.bias ? bias.data() : nullptr, s.alpha);
+    std::vector<double> got;
+    ASSERT_TRUE(reference_gemm(a.data(), s.m, q, s.bias ? bias.data() : nullptr, s.alpha, {}, &got).ok());
     const std::vector<double> want = naive_gemm(a, s.m, q, s.bias ? &bias : nullptr, s.alpha);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i) {
@@ -455,16 +465,39 @@ TEST(Reference, RowSamplingReturnsTheSameRows) {
   const std::vector<__half> a = rng.halves(size_t(m) * k, -1.0f, 1.0f);
   const std::vector<__half> bias = rng.halves(size_t(n), -1.0f, 1.0f);
   const float alpha = rng.alpha();
-  const std::vector<double> full = reference_gemm(a.data(), m, q, bias.data(), alpha);
+  std::vector<double> full;
+  ASSERT_TRUE(reference_gemm(a.data(), m, q, bias.data(), alpha, {}, &full).ok());
   ASSERT_EQ(full.size(), size_t(m) * n);
   for (const std::vector<int>& rows : {std::vector<int>{2, 0}, std::vector<int>{4}, std::vector<int>{1, 1, 3}}) {
-    const std::vector<double> sampled = reference_gemm(a.data(), m, q, bias.data(), alpha, rows);
+    std::vector<double> sampled;
+    ASSERT_TRUE(reference_gemm(a.data(), m, q, bias.data(), alpha, rows, &sampled).ok());
     ASSERT_EQ(sampled.size(), rows.size() * n);
     for (size_t r = 0; r < rows.size(); ++r)
       for (int j = 0; j < n; ++j)
         ASSERT_EQ(sampled[r * n + j], full[size_t(rows[r]) * n + j]) << "sampled row " << r << " (row " << rows[r]
                                                                       << "), column " << j;
   }
+}
+
+TEST(Reference, RejectsBadInput) {
+  W4A16_RANDOM(rng);
+  const int m = 3, n = 16, k = 64;
+  const std::vector<float> w = rng.weights(n, k);
+  QuantizedWeights q;
+  W4A16_ASSERT_OK(quantize(w.data(), n, k, 32, &q));
+  const std::vector<__half> a = rng.halves(size_t(m) * k, -1.0f, 1.0f);
+  std::vector<double> c;
+  W4A16_EXPECT_CODE(reference_gemm(nullptr, m, q, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, q, nullptr, 1.0f, {}, nullptr), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), 0, q, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, q, nullptr, 1.0f, {m}, &c), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, q, nullptr, 1.0f, {-1}, &c), StatusCode::kInvalidArgument);
+  QuantizedWeights no_group = q;
+  no_group.group_size = 0;
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, no_group, nullptr, 1.0f, {}, &c), StatusCode::kUnsupportedGroupSize);
+  QuantizedWeights short_codes = q;
+  short_codes.codes.pop_back();
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, short_codes, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
 }
 
 // =============================================================================================

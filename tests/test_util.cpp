@@ -111,7 +111,10 @@ std::vector<double> reference_magnitude(const std::vector<__half>& a, int m, con
                                         float alpha, const std::vector<int>& rows) {
   std::vector<__half> abs_a(a.size());
   for (size_t i = 0; i < a.size(); ++i) abs_a[i] = __float2half(std::fabs(__half2float(a[i])));
-  return reference_gemm(abs_a.data(), m, abs_weights, nullptr, std::fabs(alpha), rows);
+  std::vector<double> magnitude;
+  const Status status = reference_gemm(abs_a.data(), m, abs_weights, nullptr, std::fabs(alpha), rows, &magnitude);
+  EXPECT_TRUE(status.ok()) << status.to_string();
+  return magnitude;
 }
 
 ::testing::AssertionResult matches_reference(const std::vector<__half>& c, int m, int n, const std::vector<int>& rows_in,

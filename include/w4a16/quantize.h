@@ -13,7 +13,8 @@
 namespace w4a16 {
 
 // Weights of one nn.Linear layer, quantized.
-//   codes : [n][k] int4 codes stored one per int8, signed, in [-8, 7] (quantize() emits [-7, 7]).
+//   codes : [n][k] int4 codes stored one per int8, signed, in [-8, 7] (quantize() emits [-7, 7],
+//           and -8 only for groups so small that their scale is an fp16 subnormal).
 //   scales: [k / group_size][n] fp16, row-major (n contiguous), so one group row is contiguous
 //           across output channels, as the kernels read it.
 // Dequantized weight: w[i][j] = codes[i][j] * scales[j / group_size][i]   (symmetric, no zero point)
@@ -33,7 +34,8 @@ struct QuantizedWeights {
 Status check_group_size(int k, int group_size);
 
 // Symmetric round-to-nearest quantization over groups of `group_size` consecutive weights along k:
-//   scale = fp16(max|w| / 7)   (a group of zeros gets scale 0 and codes 0)
+//   scale = fp16(max|w| / 7)   (a group of zeros gets scale 0 and codes 0; weights whose scale
+//                               would overflow fp16, |w| > 7 * 65504, or non-finite weights are an error)
 //   code  = clamp(round(w / scale), -8, 7), computed with the fp16-rounded scale so that
 //           code * scale is the value nearest w the stored scale can express.
 // weights: [n][k] row-major (nn.Linear: out x in).
@@ -42,8 +44,6 @@ Status quantize(const __half* weights, int n, int k, int group_size, QuantizedWe
 
 // Packed layout for the SM80-class kernels (tensor_core_sm80 and dequant_cublas); see
 // docs/ARCHITECTURE.md. Requires n % 16 == 0 and k % 64 == 0. Size: n * k / 2 bytes.
-constexpr int kPackTileN = 16;
-constexpr int kPackTileK = 64;
 size_t packed_weight_bytes(int n, int k);
 Status pack_weights(const int8_t* codes, int n, int k, std::vector<uint8_t>* packed);
 Status pack_weights(const QuantizedWeights& weights, std::vector<uint8_t>* packed);

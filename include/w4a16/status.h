@@ -1,5 +1,6 @@
 #pragma once
-// Every public call returns a Status: a code a program can branch on and a message a person can read.
+// Every public call that can fail returns a Status: a code a program can branch on and a message a
+// person can read. (Queries such as workspace_bytes() and parse_kernel_config() cannot fail.)
 
 #include <string>
 #include <utility>

@@ -52,8 +52,13 @@ Status quantize_impl(const void* weights, int n, int k, int group_size, Quantize
         }
         max_abs = std::max(max_abs, std::fabs(w));
       }
-      // 7, not 8: symmetric, so +max and -max both land on a code ([-7, 7]); -8 stays unused.
+      // 7, not 8: symmetric, so +max and -max both land on a code ([-7, 7]); -8 stays unused
+      // unless the scale falls into fp16's subnormal range and rounds down.
       const __half scale_half = __float2half(max_abs / 7.0f);
+      if (!std::isfinite(__half2float(scale_half))) {
+        return Status(StatusCode::kInvalidArgument, "quantize: weights of row " + std::to_string(row) +
+                                                        " exceed 7 * 65504, the largest an fp16 scale can express");
+      }
       out->scales[size_t(group) * n + row] = scale_half;
       const float scale = __half2float(scale_half);
       if (scale == 0.0f) continue;  // all-zero group (or below fp16 range): codes stay 0

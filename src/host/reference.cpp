@@ -1,15 +1,29 @@
 // CPU reference GEMM: double accumulation over dequantized weights (host only).
 #include <algorithm>
+#include <string>
 #include <thread>
 
 #include "w4a16/reference.h"
 
 namespace w4a16 {
 
-std::vector<double> reference_gemm(const __half* a, int m, const QuantizedWeights& weights, const __half* bias,
-                                   float alpha, const std::vector<int>& rows_in) {
+Status reference_gemm(const __half* a, int m, const QuantizedWeights& weights, const __half* bias, float alpha,
+                      const std::vector<int>& rows_in, std::vector<double>* out) {
   const int n = weights.n;
   const int k = weights.k;
+  if (a == nullptr || out == nullptr) return Status(StatusCode::kInvalidArgument, "reference_gemm: null pointer");
+  if (m <= 0 || n <= 0 || k <= 0) {
+    return Status(StatusCode::kInvalidArgument, "reference_gemm: m, n and k must be positive");
+  }
+  if (Status s = check_group_size(k, weights.group_size); !s.ok()) return s;
+  if (weights.codes.size() != size_t(n) * k || weights.scales.size() != size_t(k / weights.group_size) * n) {
+    return Status(StatusCode::kInvalidArgument, "reference_gemm: codes/scales sizes do not match n, k, group_size");
+  }
+  for (int row : rows_in) {
+    if (row < 0 || row >= m) {
+      return Status(StatusCode::kInvalidArgument, "reference_gemm: row " + std::to_string(row) + " outside [0, m)");
+    }
+  }
   std::vector<int> rows = rows_in;
   if (rows.empty()) {
     rows.resize(m);
@@ -23,7 +37,8 @@ std::vector<double> reference_gemm(const __half* a, int m, const QuantizedWeight
   for (size_t r = 0; r < row_count; ++r)
     for (int j = 0; j < k; ++j) a_rows[r * k + j] = double(__half2float(a[size_t(rows[r]) * k + j]));
 
-  std::vector<double> c(row_count * n);
+  std::vector<double>& c = *out;
+  c.assign(row_count * n, 0.0);
   auto work = [&](int n_begin, int n_end) {
     std::vector<double> w(k);
     for (int col = n_begin; col < n_end; ++col) {
@@ -45,7 +60,7 @@ std::vector<double> reference_gemm(const __half* a, int m, const QuantizedWeight
     if (begin < end) pool.emplace_back(work, begin, end);
   }
   for (auto& thread : pool) thread.join();
-  return c;
+  return Status::success();
 }
 
 }  // namespace w4a16

@@ -1,6 +1,7 @@
 #include "runner/heuristics.h"
 
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 namespace w4a16::heuristics {
@@ -22,7 +23,7 @@ constexpr TileChoice kTileTable[] = {
     {16, 16, 128, 1, 4, 2, 6},
     {32, 32, 128, 1, 4, 2, 4},
     {64, 32, 128, 1, 4, 1, 6},
-    {1 << 30, 128, 128, 2, 4, 1, 4},
+    {std::numeric_limits<int>::max(), 128, 128, 2, 4, 1, 4},
 };
 
 constexpr long long kSmallLayerElements = 4096LL * 4096;
@@ -54,12 +55,11 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   if (device.sm_version >= 90 && m >= kDequantCublasMinM_Sm90 && is_available(dequant)) return dequant;
 
   const TileChoice* table_tile = &kTileTable[0];
-  while (m > table_tile->max_m) ++table_tile;
+  while (m > table_tile->max_m) ++table_tile;  // the last entry's max_m is INT_MAX: always stops
   // Small layers at decode: even split 8 ways, a 128-channel tile leaves each warp only 4
   // k-blocks; 16-channel tiles with all 8 warps along k give 256 blocks without split-K.
-  std::vector<const TileChoice*> candidates;
-  if (m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements) candidates.push_back(&kSmallLayerTile);
-  candidates.push_back(table_tile);
+  const bool small_layer = m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements;
+  const TileChoice* const candidates[] = {small_layer ? &kSmallLayerTile : table_tile, table_tile};
 
   for (const TileChoice* tile : candidates) {
     KernelConfig config;
@@ -70,8 +70,8 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     config.warps_n = tile->warps_n;
     config.warps_k = tile->warps_k;
     config.stages = tile->stages;
-    const long long tiles = static_cast<long long>((m + tile->tile_m - 1) / tile->tile_m) *
-                            ((n + tile->tile_n - 1) / tile->tile_n);
+    const long long tiles = ((static_cast<long long>(m) + tile->tile_m - 1) / tile->tile_m) *
+                            ((static_cast<long long>(n) + tile->tile_n - 1) / tile->tile_n);
     const int k_blocks = k / 64;
     config.split_k = 1;
     for (int split : split_k_choices()) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 
 #include <cublas_v2.h>
@@ -17,16 +18,22 @@ namespace w4a16 {
 
 struct GemmRunner::Impl {
   cublasHandle_t cublas = nullptr;
-  // Parallel to the tensor-core entries of configs_: which compiled kernel serves each config.
-  std::vector<std::pair<KernelConfig, tensor_core_sm80::CompiledKernel>> tensor_core_kernels;
+  // Which compiled kernel serves each tensor-core config, and the virtual arch its body was
+  // compiled from (programmatic launch is only safe where griddepcontrol.wait is compiled in: >= 90).
+  struct TensorCoreEntry {
+    KernelConfig config;
+    tensor_core_sm80::CompiledKernel kernel;
+    int compiled_arch;
+  };
+  std::vector<TensorCoreEntry> tensor_core_kernels;
 
   ~Impl() {
     if (cublas != nullptr) cublasDestroy(cublas);
   }
 
-  const tensor_core_sm80::CompiledKernel* find(const KernelConfig& config) const {
+  const TensorCoreEntry* find(const KernelConfig& config) const {
     for (const auto& entry : tensor_core_kernels)
-      if (entry.first == config) return &entry.second;
+      if (entry.config == config) return &entry;
     return nullptr;
   }
 };
@@ -77,7 +84,8 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     tensor_core_sm80::append_medium_m_kernels(compiled);
     tensor_core_sm80::append_large_m_kernels(compiled);
     for (const auto& kernel : compiled) {
-      if (kernel.compiled_for() < 80 || kernel.prepare() != cudaSuccess) {
+      const int compiled_arch = kernel.compiled_for();
+      if (compiled_arch < 80 || kernel.prepare() != cudaSuccess) {
         cudaGetLastError();  // a missing binary is expected on some builds, not an error state
         continue;
       }
@@ -92,7 +100,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
         config.stages = kernel.shape.stages;
         config.split_k = split;
         configs_.push_back(config);
-        impl_->tensor_core_kernels.emplace_back(config, kernel);
+        impl_->tensor_core_kernels.push_back({config, kernel, compiled_arch});
       }
     }
   }
@@ -134,7 +142,13 @@ size_t GemmRunner::workspace_bytes(int m, int n, int k, const KernelConfig& conf
   if (m <= 0 || n <= 0 || k <= 0) return 0;
   if (config.family == KernelFamily::kDequantCublas) return dequant_cublas::workspace_bytes(n, k);
   if (config.split_k <= 1) return 0;
-  return size_t(config.split_k) * size_t(m) * size_t(n) * sizeof(float);
+  // split * m * n fp32 partials; saturates instead of wrapping (check() then reports the size).
+  size_t bytes = 0;
+  if (__builtin_mul_overflow(size_t(config.split_k) * sizeof(float), size_t(m), &bytes) ||
+      __builtin_mul_overflow(bytes, size_t(n), &bytes)) {
+    return std::numeric_limits<size_t>::max();
+  }
+  return bytes;
 }
 
 size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size) const {
@@ -144,6 +158,12 @@ size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size) const {
 Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                          size_t workspace_size) const {
   if (!status_.ok()) return status_;
+  // Kernel attributes (shared-memory limits) and the cuBLAS handle belong to the runner's device.
+  int current_device = -1;
+  if (cudaGetDevice(&current_device) != cudaSuccess || current_device != device_) {
+    return Status(StatusCode::kInvalidArgument, "the runner was created on device " + std::to_string(device_) +
+                                                    " but the current device is " + std::to_string(current_device));
+  }
   if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
     return Status(StatusCode::kUnsupportedArch,
                   "config " + config.name() + " has no kernel for sm_" + std::to_string(sm_version_) + " in this build");
@@ -206,28 +226,39 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   if (Status s = check(args, config, workspace, workspace_size); !s.ok()) return s;
 
   if (config.family == KernelFamily::kDequantCublas) {
-    const dequant_cublas::Params params{args.a, args.packed_weights, args.scales, args.bias, args.c,
-                                        args.m, args.n, args.k, args.group_size, args.alpha};
+    dequant_cublas::Params params;
+    params.a = args.a;
+    params.packed_weights = args.packed_weights;
+    params.scales = args.scales;
+    params.bias = args.bias;
+    params.c = args.c;
+    params.m = args.m;
+    params.n = args.n;
+    params.k = args.k;
+    params.group_size = args.group_size;
+    params.alpha = args.alpha;
     return dequant_cublas::run(params, impl_->cublas, workspace, stream);
   }
 
-  const tensor_core_sm80::CompiledKernel* kernel = impl_->find(config);
-  const tensor_core_sm80::Params params{args.a,
-                                        args.packed_weights,
-                                        args.scales,
-                                        args.bias,
-                                        args.c,
-                                        static_cast<float*>(workspace),
-                                        args.m,
-                                        args.n,
-                                        args.k,
-                                        args.group_size,
-                                        group_shift(args.k, args.group_size),
-                                        args.alpha,
-                                        config.split_k};
-  // See tensor_core_sm80/mainloop.cuh (prologue) for what programmatic launch overlaps.
-  const bool programmatic = programmatic_dependent_launch();
-  if (cudaError_t error = kernel->launch(params, stream, programmatic); error != cudaSuccess) {
+  const Impl::TensorCoreEntry* entry = impl_->find(config);
+  tensor_core_sm80::Params params;
+  params.a = args.a;
+  params.packed_weights = args.packed_weights;
+  params.scales = args.scales;
+  params.bias = args.bias;
+  params.c = args.c;
+  params.partials = static_cast<float*>(workspace);
+  params.m = args.m;
+  params.n = args.n;
+  params.k = args.k;
+  params.group_size = args.group_size;
+  params.group_shift = group_shift(args.k, args.group_size);
+  params.alpha = args.alpha;
+  params.split_k = config.split_k;
+  // See tensor_core_sm80/mainloop.cuh (prologue) for what programmatic launch overlaps. The reduce
+  // kernel is built for the same targets as the fused one, so one arch check covers both.
+  const bool programmatic = programmatic_dependent_launch() && entry->compiled_arch >= 90;
+  if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, "tensor_core_sm80 launch");
   }
   if (config.split_k > 1) {
@@ -263,15 +294,20 @@ Status GemmRunner::profile(const GemmArguments& args, void* workspace, size_t wo
     }
     std::vector<float> samples;
     for (int r = 0; r < repeats && outcome.ok(); ++r) {
-      cudaEventRecord(start, stream);
-      for (int i = 0; i < iterations && outcome.ok(); ++i) outcome = gemm(args, config, workspace, workspace_size, stream);
-      cudaEventRecord(stop, stream);
-      if (cudaError_t error = cudaEventSynchronize(stop); error != cudaSuccess) {
-        outcome = cuda_status(error, "profile");
+      if (cudaError_t error = cudaEventRecord(start, stream); error != cudaSuccess) {
+        outcome = cuda_status(error, "profile: cudaEventRecord");
         break;
       }
+      for (int i = 0; i < iterations && outcome.ok(); ++i) outcome = gemm(args, config, workspace, workspace_size, stream);
+      if (!outcome.ok()) break;
       float milliseconds = 0.0f;
-      cudaEventElapsedTime(&milliseconds, start, stop);
+      cudaError_t error = cudaEventRecord(stop, stream);
+      if (error == cudaSuccess) error = cudaEventSynchronize(stop);
+      if (error == cudaSuccess) error = cudaEventElapsedTime(&milliseconds, start, stop);
+      if (error != cudaSuccess) {
+        outcome = cuda_status(error, "profile: timing");
+        break;
+      }
       samples.push_back(milliseconds * 1000.0f / iterations);
     }
     if (!outcome.ok()) break;
@@ -282,7 +318,9 @@ Status GemmRunner::profile(const GemmArguments& args, void* workspace, size_t wo
   cudaEventDestroy(stop);
   if (!outcome.ok()) return outcome;
   if (result->timings.empty()) {
-    return Status(StatusCode::kWorkspaceTooSmall, "profile: no config could run with this workspace");
+    // Every config was rejected by check(): report why the first one was.
+    const Status first = check(args, configs_.front(), workspace, workspace_size);
+    return Status(first.code(), "profile: no config could run; first rejection: " + first.message());
   }
   const auto best = std::min_element(result->timings.begin(), result->timings.end(),
                                      [](const auto& x, const auto& y) { return x.second < y.second; });

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "common/packed_layout.h"
+#include "kernels/common/launch.cuh"
 
 namespace w4a16::dequant_cublas {
 
@@ -87,14 +88,16 @@ Status run(const Params& params, cublasHandle_t handle, void* workspace, cudaStr
 
   const long long tiles = static_cast<long long>(params.n / layout::kTileRows) * (params.k / layout::kTileCols);
   const int blocks = static_cast<int>((tiles + kTilesPerBlock - 1) / kTilesPerBlock);
-  dequantize_kernel<<<blocks, 32 * kTilesPerBlock, 0, stream>>>(params, dense);
-  if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
+  if (cudaError_t error = launch_kernel(dequantize_kernel, dim3(blocks), dim3(32 * kTilesPerBlock), 0, stream,
+                                        /*programmatic=*/false, params, dense);
+      error != cudaSuccess) {
     return Status(StatusCode::kCudaError, std::string("dequantize launch: ") + cudaGetErrorString(error));
   }
   float beta = 0.0f;
   if (params.bias != nullptr) {
-    broadcast_bias_kernel<<<1024, 256, 0, stream>>>(params.c, params.bias, params.m, params.n);
-    if (cudaError_t error = cudaGetLastError(); error != cudaSuccess) {
+    if (cudaError_t error = launch_kernel(broadcast_bias_kernel, dim3(1024), dim3(256), 0, stream,
+                                          /*programmatic=*/false, params.c, params.bias, params.m, params.n);
+        error != cudaSuccess) {
       return Status(StatusCode::kCudaError, std::string("bias broadcast launch: ") + cudaGetErrorString(error));
     }
     beta = 1.0f;

@@ -13,13 +13,13 @@
 namespace w4a16::dequant_cublas {
 
 struct Params {
-  const __half* a;
-  const void* packed_weights;
-  const __half* scales;
-  const __half* bias;
-  __half* c;
-  int m, n, k, group_size;
-  float alpha;
+  const __half* a = nullptr;
+  const void* packed_weights = nullptr;
+  const __half* scales = nullptr;
+  const __half* bias = nullptr;
+  __half* c = nullptr;
+  int m = 0, n = 0, k = 0, group_size = 0;
+  float alpha = 1.0f;
 };
 
 // cuBLAS gets its own slice of the caller's workspace so that it never allocates (graph capture).

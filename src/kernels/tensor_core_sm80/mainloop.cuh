@@ -295,7 +295,8 @@ struct Mainloop {
         for (int i = 0; i < 4; ++i) accumulators[n][m][i] = 0.0f;
 
     const CopyPlan plan(params, work);
-    const int stages = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
+    // Mainloop iterations: one per stage's worth (WarpsK k-blocks) of this block's k range.
+    const int iterations = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
     // Prologue. Weights and scales are constant inputs, so their first Stages - 1 stages are
     // requested before waiting for the previous kernel in the stream (programmatic dependent
     // launch): at decode sizes that hides this kernel's ramp-up behind the previous one's tail.
@@ -304,25 +305,25 @@ struct Mainloop {
     // every copy of stage i has landed.
     #pragma unroll
     for (int s = 0; s < Tile::kStages - 1; ++s) {
-      if (s < stages) {
+      if (s < iterations) {
         plan.issue_weights_and_scales(params, shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
       }
     }
     ptx::grid_dependency_wait();
     #pragma unroll
     for (int s = 0; s < Tile::kStages - 1; ++s) {
-      if (s < stages) plan.issue_activations(shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
+      if (s < iterations) plan.issue_activations(shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
       ptx::cp_async_commit();
     }
 
     const bool two_groups = params.group_size == 32;
-    for (int i = 0; i < stages; ++i) {
+    for (int i = 0; i < iterations; ++i) {
       ptx::cp_async_wait<Tile::kStages - 2>();
       // Makes stage i visible to every warp, and guarantees every warp has finished computing on
       // the buffer the next copy overwrites (it held stage i - 1).
       __syncthreads();
       const int next = i + Tile::kStages - 1;
-      if (next < stages) {
+      if (next < iterations) {
         const int first = work.k_block_begin + next * Tile::kWarpsK;
         plan.issue_weights_and_scales(params, shared, next % Tile::kStages, first, work.k_block_end);
         plan.issue_activations(shared, next % Tile::kStages, first, work.k_block_end);

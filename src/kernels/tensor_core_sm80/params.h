@@ -10,19 +10,19 @@
 namespace w4a16::tensor_core_sm80 {
 
 struct Params {
-  const __half* a;             // [m][k]
-  const void* packed_weights;  // packed layout, see common/packed_layout.h
-  const __half* scales;        // [k / group_size][n]
-  const __half* bias;          // [n] or nullptr
-  __half* c;                   // [m][n]
-  float* partials;             // split_k > 1: [split_k][m][n] fp32 in the workspace
-  int m, n, k, group_size;
-  // Group of column j is j >> group_shift: log2(group_size) for power-of-two groups, 31 for a
-  // per-channel group (group_size == k), where every column is in group 0. A shift instead of a
-  // division keeps the per-stage address arithmetic to one instruction.
-  int group_shift;
-  float alpha;
-  int split_k;
+  const __half* a = nullptr;             // [m][k]
+  const void* packed_weights = nullptr;  // packed layout, see common/packed_layout.h
+  const __half* scales = nullptr;        // [k / group_size][n]
+  const __half* bias = nullptr;          // [n] or nullptr
+  __half* c = nullptr;                   // [m][n]
+  float* partials = nullptr;             // split_k > 1: [split_k][m][n] fp32 in the workspace
+  int m = 0, n = 0, k = 0, group_size = 0;
+  // Group of column j is j >> group_shift: log2(group_size) for power-of-two groups, and 31 for a
+  // per-channel group whose size (k) is not a power of two, where every column is in group 0. A
+  // shift instead of a division keeps the per-stage address arithmetic to one instruction.
+  int group_shift = 0;
+  float alpha = 1.0f;
+  int split_k = 1;
 };
 
 struct TileShape {

@@ -45,6 +45,8 @@ __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
 cudaError_t launch_split_k_reduce(const Params& params, cudaStream_t stream, bool programmatic) {
   constexpr int kThreads = 256;
   const long long quads = static_cast<long long>(params.m) * params.n / 4;
+  // A grid-stride loop over at most 1024 blocks (~8 per SM): enough to saturate bandwidth on this
+  // small pass without a grid that grows with m * n.
   const dim3 grid(static_cast<unsigned>(std::min<long long>((quads + kThreads - 1) / kThreads, 1024)));
   return launch_kernel(split_k_reduce_kernel, grid, dim3(kThreads), 0, stream, programmatic, params);
 }
