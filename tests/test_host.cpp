@@ -707,6 +707,28 @@ TEST(Heuristics, ChoicesAreValidForTheProblem) {
   }
 }
 
+TEST(Heuristics, ExtremeShapesStayInBounds) {
+  // m beyond every table row (and near INT_MAX) must still land on a listed config.
+  const std::vector<KernelConfig> available = every_config(true);
+  for (const heuristics::DeviceTraits device : {heuristics::DeviceTraits{80, 108}, heuristics::DeviceTraits{90, 132}}) {
+    for (int m : {(1 << 30) + 1, std::numeric_limits<int>::max()}) {
+      const KernelConfig c = heuristics::choose(m, 4096, 4096, device, available);
+      EXPECT_NE(std::find(available.begin(), available.end(), c), available.end()) << c.name() << " for m " << m;
+    }
+  }
+}
+
+TEST(Runner, WorkspaceSizeSaturatesInsteadOfWrapping) {
+  // workspace_bytes is pure arithmetic: no device needed.
+  GemmRunner runner;
+  KernelConfig split = tc_config(128, 128, 2, 4, 1, 4, 16);
+  const int big = std::numeric_limits<int>::max();
+  EXPECT_EQ(runner.workspace_bytes(big, big, 4096, split), std::numeric_limits<size_t>::max());
+  EXPECT_EQ(runner.workspace_bytes(8, 64, 4096, split), size_t(16) * 8 * 64 * sizeof(float));
+  split.split_k = 1;
+  EXPECT_EQ(runner.workspace_bytes(big, big, 4096, split), 0u);
+}
+
 TEST(Heuristics, FamilyAndFallback) {
   const heuristics::DeviceTraits hopper{90, 132}, ampere{80, 108};
   const std::vector<KernelConfig> everything = every_config(true);
