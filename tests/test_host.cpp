@@ -721,7 +721,7 @@ TEST(Heuristics, ExtremeShapesStayInBounds) {
 TEST(Runner, WorkspaceSizeSaturatesInsteadOfWrapping) {
   // workspace_bytes is pure arithmetic: no device needed.
   GemmRunner runner;
-  KernelConfig split = tc_config(128, 128, 2, 4, 1, 4, 16);
+  KernelConfig split = tc_config(128, 128, 2, 2, 1, 4, 16);
   const int big = std::numeric_limits<int>::max();
   EXPECT_EQ(runner.workspace_bytes(big, big, 4096, split), std::numeric_limits<size_t>::max());
   EXPECT_EQ(runner.workspace_bytes(8, 64, 4096, split), size_t(16) * 8 * 64 * sizeof(float));

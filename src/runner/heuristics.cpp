@@ -13,17 +13,18 @@ struct TileChoice {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
 };
 
-// One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, run 4):
+// One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, runs 4 and 9):
 //  - m <= 32: 128 channels, 8 warps split 4 x 2 along n x k; what wins is many warps with a
 //    stage in flight each, not wide warp tiles (issue-bound dequant, not bandwidth-bound).
 //  - m <= 64: two 32-row tiles beat one 64-row tile (half the accumulators, twice the blocks).
-//  - m > 64: 128 x 128, 8 mma per dequantized weight fragment.
+//  - m > 64: 128 x 128 with four 64 x 64 warp tiles: 32 mma per k slice per warp, each
+//    dequantized weight fragment feeds 8 of them; two blocks per SM.
 constexpr TileChoice kTileTable[] = {
     {8, 8, 128, 1, 4, 2, 6},
     {16, 16, 128, 1, 4, 2, 6},
     {32, 32, 128, 1, 4, 2, 4},
     {64, 32, 128, 1, 4, 1, 6},
-    {std::numeric_limits<int>::max(), 128, 128, 2, 4, 1, 4},
+    {std::numeric_limits<int>::max(), 128, 128, 2, 2, 1, 4},
 };
 
 constexpr long long kSmallLayerElements = 4096LL * 4096;

@@ -51,7 +51,13 @@ bool aligned(const void* pointer, size_t alignment) {
 constexpr size_t kPointerAlignment = 16;     // every cp.async / vector access is 16 bytes
 constexpr size_t kWorkspaceAlignment = 256;  // cuBLAS and the fp32 partials
 
-int max_grid_rows(const KernelConfig& config) { return config.tile_m * 65535; }  // grid.y limit
+// The tensor-core grid is one-dimensional over output tiles (see tile_scheduler.cuh); grid.x and
+// the kernel's int tile index both stop at 2^31 - 1.
+long long output_tiles(const GemmArguments& args, const KernelConfig& config) {
+  return ((static_cast<long long>(args.m) + config.tile_m - 1) / config.tile_m) *
+         ((static_cast<long long>(args.n) + config.tile_n - 1) / config.tile_n);
+}
+constexpr long long kMaxOutputTiles = 2147483647LL;
 
 // See tensor_core_sm80::Params::group_shift. check_group_size() has already admitted the group.
 int group_shift(int k, int group_size) {
@@ -192,9 +198,9 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
     }
   }
   if (config.family == KernelFamily::kTensorCoreSm80) {
-    if (args.m > max_grid_rows(config)) {
-      return Status(StatusCode::kUnsupportedShape, "m = " + std::to_string(args.m) + " exceeds " +
-                                                       std::to_string(max_grid_rows(config)) + " for config " +
+    if (output_tiles(args, config) > kMaxOutputTiles) {
+      return Status(StatusCode::kUnsupportedShape, "m x n = " + std::to_string(args.m) + " x " +
+                                                       std::to_string(args.n) + " has more than 2^31 - 1 output tiles for config " +
                                                        config.name());
     }
     if (config.split_k > args.k / 64) {

@@ -18,6 +18,12 @@ __device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)), "l"(global));
 }
 
+// The same with the destination given as a shared-space address (what shared_address() returns):
+// the mainloop computes those once, which saves a generic-to-shared conversion per copy.
+__device__ __forceinline__ void cp_async_16(uint32_t shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(global));
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Wait until at most `pending` committed groups are still in flight.
@@ -34,11 +40,21 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&out)[4], const void* shar
                : "r"(shared_address(shared)));
 }
 
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&out)[4], uint32_t shared) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
+               : "r"(shared));
+}
+
 // Two 8x8 matrices; lanes 0..15 supply the addresses (the others' are ignored but must be valid).
 __device__ __forceinline__ void ldmatrix_x2(uint32_t (&out)[2], const void* shared) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
                : "=r"(out[0]), "=r"(out[1])
                : "r"(shared_address(shared)));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&out)[2], uint32_t shared) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(out[0]), "=r"(out[1]) : "r"(shared));
 }
 
 // D = A * B + D, A 16x16 fp16 (row), B 16x8 fp16 (col), D 16x8 fp32.
@@ -55,9 +71,14 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
 template <int lut>
 __device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
-  asm volatile("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"(lut));
+  asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"(lut));
   return d;
 }
+
+// An empty asm the compiler cannot see through: the value must live in a register from here on
+// instead of being recomputed (rematerialized) where it is used.
+__device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }
+__device__ __forceinline__ void pin(int& value) { asm volatile("" : "+r"(value)); }
 
 // Programmatic dependent launch (sm_90+; no-ops on older targets). A kernel launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel in the

@@ -7,7 +7,7 @@ namespace w4a16::tensor_core_sm80 {
 
 void append_large_m_kernels(std::vector<CompiledKernel>& table) {
   //                                 TileM TileN WarpsM WarpsN WarpsK Stages
-  table.push_back(compiled_kernel<Tile<128, 128, 2, 4, 1, 4>>());
+  table.push_back(compiled_kernel<Tile<128, 128, 2, 2, 1, 4>>());
   table.push_back(compiled_kernel<Tile<128, 256, 2, 4, 1, 3>>());
 }
 

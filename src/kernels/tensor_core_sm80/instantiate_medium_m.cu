@@ -11,6 +11,7 @@ void append_medium_m_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_kernel<Tile<32, 128, 1, 4, 2, 4>>());
   table.push_back(compiled_kernel<Tile<64, 128, 2, 4, 1, 5>>());
   table.push_back(compiled_kernel<Tile<64, 64, 2, 2, 2, 5>>());
+  table.push_back(compiled_kernel<Tile<64, 128, 2, 2, 1, 5>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80

@@ -23,15 +23,9 @@ template <class Tile>
 struct Mainloop {
   using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
 
-  struct Slot {
-    const uint8_t* weights;      // (TileN / 16) packed tiles of 512 bytes
-    const uint8_t* activations;  // TileM rows of 128 bytes, swizzled (see swizzled_offset)
-    const __half* scales;        // two rows of TileN
-  };
-
-  static __device__ __forceinline__ int slot_offset(int stage, int slot) {
-    return stage * Tile::kStageBytes + slot * Tile::kSlotBytes;
-  }
+  // Shared memory: Stages buffers of WarpsK slots; a slot holds one k-block: (TileN / 16) packed
+  // weight tiles of 512 bytes, TileM activation rows of 128 bytes (swizzled, see swizzled_offset),
+  // and two rows of TileN scales.
 
   // Activation rows are 128 bytes = 8 chunks of 16 bytes. ldmatrix reads the same chunk column of 8
   // consecutive rows at once; unswizzled, those 8 addresses are 128 bytes apart and all hit the same
@@ -41,11 +35,15 @@ struct Mainloop {
     return row * Tile::kActivationRowBytes + ((chunk ^ (row & 7)) << 4);
   }
 
-  // Which 16-byte chunks of a stage this thread copies, fixed for the whole k loop. A source is
-  // stored as its address for a stage starting at k-block 0; stage s adds first_block * stride.
-  // Chunks hanging over the m or n edge are never copied: the rows they would feed are outputs
-  // the epilogue does not store (an mma output row depends only on its own operand row), so
-  // whatever stale data sits there is harmless and no zero-fill is needed.
+  // Which 16-byte chunks of a stage this thread copies, fixed for the whole k loop. At decode sizes
+  // the loop is bound by instruction issue, so a copy must cost little more than the cp.async
+  // itself: each destination is a shared-space address in buffer 0 (a stage adds its buffer's
+  // offset), each weight and activation source is a running pointer advanced by one stage's k
+  // extent per issue (stages are issued exactly once each, in order), and "is this chunk copied in
+  // this stage" is one compare of the chunk's slot against the stage's number of valid slots.
+  // Chunks hanging over the m or n edge get slot kNever and are never copied: the rows they would
+  // feed are outputs the epilogue does not store (an mma output row depends only on its own
+  // operand row), so whatever stale data sits there is harmless and no zero-fill is needed.
   struct CopyPlan {
     static constexpr int kWeightChunks = Tile::kWarpsK * Tile::kWeightBytes / 16;
     static constexpr int kActivationChunks = Tile::kWarpsK * Tile::kTileM * 8;
@@ -53,19 +51,20 @@ struct Mainloop {
     static constexpr int kWeightCopies = (kWeightChunks + Tile::kThreads - 1) / Tile::kThreads;
     static constexpr int kActivationCopies = (kActivationChunks + Tile::kThreads - 1) / Tile::kThreads;
     static constexpr int kScaleCopies = (kScaleChunks + Tile::kThreads - 1) / Tile::kThreads;
+    static constexpr int kNever = 1 << 30;
 
     const uint8_t* weight_source[kWeightCopies];
-    int weight_destination[kWeightCopies];  // byte offset in the stage, -1: nothing to copy
+    uint32_t weight_destination[kWeightCopies];
     int weight_slot[kWeightCopies];
     const __half* activation_source[kActivationCopies];
-    int activation_destination[kActivationCopies];
+    uint32_t activation_destination[kActivationCopies];
     int activation_slot[kActivationCopies];
     const __half* scale_source[kScaleCopies];  // channel's column; the row is chosen per stage
-    int scale_destination[kScaleCopies];
+    uint32_t scale_destination[kScaleCopies];
     int scale_slot[kScaleCopies];
     int scale_row[kScaleCopies];  // 0, or 1 for the second group of a k-block (group 32 only)
 
-    __device__ __forceinline__ CopyPlan(const Params& params, const TileWork& work) {
+    __device__ __forceinline__ CopyPlan(const Params& params, const TileWork& work, uint32_t shared_base) {
       const int thread = threadIdx.x;
       const uint8_t* packed = static_cast<const uint8_t*>(params.packed_weights);
       constexpr int kWeightChunksPerSlot = Tile::kWeightBytes / 16;
@@ -75,9 +74,10 @@ struct Mainloop {
         const int slot = chunk / kWeightChunksPerSlot, in_slot = chunk % kWeightChunksPerSlot;
         const int row_block = work.n_begin / layout::kTileRows + in_slot / 32;
         const bool valid = chunk < kWeightChunks && row_block < params.n / layout::kTileRows;
-        weight_slot[i] = slot;
-        weight_destination[i] = valid ? slot * Tile::kSlotBytes + in_slot * 16 : -1;
-        weight_source[i] = packed + layout::tile_offset_bytes(row_block, slot, params.k) + (in_slot % 32) * 16;
+        weight_slot[i] = valid ? slot : kNever;
+        weight_destination[i] = shared_base + slot * Tile::kSlotBytes + in_slot * 16;
+        weight_source[i] = packed + layout::tile_offset_bytes(row_block, work.k_block_begin + slot, params.k) +
+                           (in_slot % 32) * 16;
       }
       constexpr int kActivationChunksPerSlot = Tile::kTileM * 8;
       #pragma unroll
@@ -86,11 +86,11 @@ struct Mainloop {
         const int slot = chunk / kActivationChunksPerSlot, in_slot = chunk % kActivationChunksPerSlot;
         const int row = in_slot / 8, column_chunk = in_slot % 8;
         const bool valid = chunk < kActivationChunks && work.m_begin + row < params.m;
-        activation_slot[i] = slot;
+        activation_slot[i] = valid ? slot : kNever;
         activation_destination[i] =
-            valid ? slot * Tile::kSlotBytes + Tile::kWeightBytes + swizzled_offset(row, column_chunk) : -1;
+            shared_base + slot * Tile::kSlotBytes + Tile::kWeightBytes + swizzled_offset(row, column_chunk);
         activation_source[i] = params.a + static_cast<long long>(work.m_begin + row) * params.k +
-                               slot * Tile::kBlockK + column_chunk * 8;
+                               (work.k_block_begin + slot) * Tile::kBlockK + column_chunk * 8;
       }
       constexpr int kScaleChunksPerRow = Tile::kTileN / 8;
       constexpr int kScaleChunksPerSlot = 2 * kScaleChunksPerRow;
@@ -102,68 +102,85 @@ struct Mainloop {
         const int row = in_slot / kScaleChunksPerRow, column_chunk = in_slot % kScaleChunksPerRow;
         const int channel = work.n_begin + column_chunk * 8;
         const bool valid = chunk < kScaleChunks && channel < params.n && (row == 0 || two_groups);
-        scale_slot[i] = slot;
+        scale_slot[i] = valid ? slot : kNever;
         scale_row[i] = row;
-        scale_destination[i] = valid ? slot * Tile::kSlotBytes + Tile::kWeightBytes + Tile::kActivationBytes +
-                                           row * Tile::kTileN * 2 + column_chunk * 16
-                                     : -1;
+        scale_destination[i] = shared_base + slot * Tile::kSlotBytes + Tile::kWeightBytes + Tile::kActivationBytes +
+                               row * Tile::kTileN * 2 + column_chunk * 16;
         scale_source[i] = params.scales + channel;
       }
     }
 
-    // Issues the copies of the stage whose first k-block is `first_block` into buffer `stage`.
-    // Slots past the end of this block's k range are skipped (their warps skip compute too).
-    // Weights and scales are split from activations so that the prologue can fetch the former
-    // before waiting for the previous kernel (see run()).
-    __device__ __forceinline__ void issue_weights_and_scales(const Params& params, uint8_t* shared, int stage,
-                                                             int first_block, int end_block) const {
-      uint8_t* stage_base = shared + stage * Tile::kStageBytes;
+    // Issues the weight and scale copies of the next stage, whose first k-block is `first_block`
+    // and which has `slots` (1..WarpsK) k-blocks before the end of this block's k range, into the
+    // buffer at byte offset `buffer`. Weights and scales are split from activations so that the
+    // prologue can fetch the former before waiting for the previous kernel (see run()).
+    __device__ __forceinline__ void issue_weights_and_scales(const Params& params, uint32_t buffer, int first_block,
+                                                             int slots) {
       #pragma unroll
       for (int i = 0; i < kWeightCopies; ++i) {
-        if (weight_destination[i] >= 0 && first_block + weight_slot[i] < end_block) {
-          ptx::cp_async_16(stage_base + weight_destination[i],
-                           weight_source[i] + static_cast<long long>(first_block) * layout::kTileBytes);
-        }
+        if (weight_slot[i] < slots) ptx::cp_async_16(weight_destination[i] + buffer, weight_source[i]);
+        weight_source[i] += Tile::kWarpsK * layout::kTileBytes;
       }
       #pragma unroll
       for (int i = 0; i < kScaleCopies; ++i) {
-        const int block = first_block + scale_slot[i];
-        if (scale_destination[i] >= 0 && block < end_block) {
+        if (scale_slot[i] < slots) {
           // Group of the block's first column (or its second half, for group 32); see
           // Params::group_shift.
-          const int group = ((block * Tile::kBlockK) >> params.group_shift) + scale_row[i];
-          ptx::cp_async_16(stage_base + scale_destination[i],
-                           scale_source[i] + static_cast<long long>(group) * params.n);
+          const int group = (((first_block + scale_slot[i]) * Tile::kBlockK) >> params.group_shift) + scale_row[i];
+          ptx::cp_async_16(scale_destination[i] + buffer, scale_source[i] + static_cast<long long>(group) * params.n);
         }
       }
     }
 
-    __device__ __forceinline__ void issue_activations(uint8_t* shared, int stage, int first_block,
-                                                      int end_block) const {
-      uint8_t* stage_base = shared + stage * Tile::kStageBytes;
+    __device__ __forceinline__ void issue_activations(uint32_t buffer, int slots) {
       #pragma unroll
       for (int i = 0; i < kActivationCopies; ++i) {
-        if (activation_destination[i] >= 0 && first_block + activation_slot[i] < end_block) {
-          ptx::cp_async_16(stage_base + activation_destination[i],
-                           activation_source[i] + first_block * Tile::kBlockK);
-        }
+        if (activation_slot[i] < slots) ptx::cp_async_16(activation_destination[i] + buffer, activation_source[i]);
+        activation_source[i] += Tile::kWarpsK * Tile::kBlockK;
       }
     }
   };
 
+  // Per-lane shared-memory offsets inside a slot, fixed for the whole k loop.
+  struct LaneOffsets {
+    uint32_t activation[4];  // ldmatrix row address of k slice 0..3 (first fragment pair)
+    int weights;             // this lane's 16 bytes of the warp's first weight tile
+    int scales;              // byte offset of channel (lane / 4) of the warp's first fragment
+
+    __device__ __forceinline__ LaneOffsets(int warp_m, int warp_n) {
+      const int lane = threadIdx.x % 32;
+      // ldmatrix: lane L supplies row L % 8 of matrix L / 8. Matrix bit 0 picks the k half (k 0..7
+      // or 8..15) of the slice; with x4, bit 1 picks the second 8-row fragment. Rows of a fragment
+      // pair start at a multiple of 8, so row % 8 == lane % 8 and the swizzle (see
+      // swizzled_offset) of slice s is just (2s + matrix bit 0) ^ (lane % 8); later pairs add a
+      // constant 16 rows, which folds into the instruction's immediate offset.
+      const int row = warp_m * Tile::kWarpTileM + (Tile::kFragmentsM % 2 == 0 ? (lane / 16) * 8 : 0) + lane % 8;
+      #pragma unroll
+      for (int k_slice = 0; k_slice < 4; ++k_slice) {
+        activation[k_slice] = swizzled_offset(row, 2 * k_slice + ((lane / 8) & 1));
+      }
+      weights = (warp_n * Tile::kFragmentsN * 32 + lane) * 16;
+      scales = (warp_n * Tile::kWarpTileN + lane / 4) * 2;
+      // Left to itself ptxas recomputes these from threadIdx in every iteration (it trades the
+      // registers for ~15 instructions per k-block); an opaque move pins them in registers.
+      #pragma unroll
+      for (int k_slice = 0; k_slice < 4; ++k_slice) ptx::pin(activation[k_slice]);
+      ptx::pin(weights);
+      ptx::pin(scales);
+    }
+  };
+
   // Activation fragments for one 16-wide k slice via ldmatrix: matrix 2j covers k 0..7 and matrix
-  // 2j+1 k 8..15 of 8 rows, which is exactly the mma's B fragment {b0, b1}.
-  static __device__ __forceinline__ void load_activations(const Slot& slot, int warp_m, int k_slice,
-                                                          uint32_t (&activation)[Tile::kFragmentsM][2]) {
-    const int lane = threadIdx.x % 32;
-    const int warp_row = warp_m * Tile::kWarpTileM;
+  // 2j+1 k 8..15 of 8 rows, which is exactly the mma's B fragment {b0, b1}. `activations` is the
+  // slot's activation tile as a shared-space address.
+  static __device__ __forceinline__ void load_activations(uint32_t activations, const LaneOffsets& lane_offsets,
+                                                          int k_slice, uint32_t (&activation)[Tile::kFragmentsM][2]) {
+    const uint32_t address = activations + lane_offsets.activation[k_slice];
     if constexpr (Tile::kFragmentsM % 2 == 0) {
       #pragma unroll
       for (int pair = 0; pair < Tile::kFragmentsM / 2; ++pair) {
-        const int matrix = lane / 8;
-        const int row = warp_row + pair * 16 + (matrix / 2) * 8 + lane % 8;
         uint32_t registers[4];
-        ptx::ldmatrix_x4(registers, slot.activations + swizzled_offset(row, 2 * k_slice + (matrix & 1)));
+        ptx::ldmatrix_x4(registers, address + pair * 16 * Tile::kActivationRowBytes);
         activation[2 * pair][0] = registers[0];
         activation[2 * pair][1] = registers[1];
         activation[2 * pair + 1][0] = registers[2];
@@ -172,9 +189,7 @@ struct Mainloop {
     } else {
       #pragma unroll
       for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
-        const int matrix = (lane / 8) & 1;
-        const int row = warp_row + fragment_m * 8 + lane % 8;
-        ptx::ldmatrix_x2(activation[fragment_m], slot.activations + swizzled_offset(row, 2 * k_slice + matrix));
+        ptx::ldmatrix_x2(activation[fragment_m], address + fragment_m * 8 * Tile::kActivationRowBytes);
       }
     }
   }
@@ -192,21 +207,23 @@ struct Mainloop {
   static constexpr bool kScaleAfterMma = Tile::kFragmentsM <= 2;
 
   // Multiplies one k-block (one slot of a stage) into the accumulators.
-  static __device__ __forceinline__ void compute_slot(const Slot& slot, bool two_groups, int warp_m, int warp_n,
-                                                      Accumulators& accumulators) {
-    const int lane = threadIdx.x % 32;
+  // `slot` points at the slot in shared memory (generic pointer, for the plain loads) and
+  // `slot_address` is the same place as a shared-space address (for ldmatrix).
+  static __device__ __forceinline__ void compute_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
+                                                      const LaneOffsets& lane_offsets, Accumulators& accumulators) {
+    const uint32_t activations = slot_address + Tile::kWeightBytes;
+    const uint8_t* scales = slot + Tile::kWeightBytes + Tile::kActivationBytes + lane_offsets.scales;
     // Each lane's 16 packed bytes of each of its weight tiles: four words = four 16-wide k slices.
     uint4 packed[Tile::kFragmentsN];
     #pragma unroll
     for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
-      const int tile_in_slot = warp_n * Tile::kFragmentsN + fragment_n;
-      packed[fragment_n] = reinterpret_cast<const uint4*>(slot.weights)[tile_in_slot * 32 + lane];
+      packed[fragment_n] =
+          *reinterpret_cast<const uint4*>(slot + lane_offsets.weights + fragment_n * layout::kTileBytes);
     }
     // Scale of channel r (low) and r + 8 (high) of fragment n in scale row `row` (0, or 1 for the
     // second group of a k-block when group = 32).
     auto scale = [&](int row, int fragment_n, bool high) {
-      const int channel = warp_n * Tile::kWarpTileN + fragment_n * 16 + lane / 4 + (high ? 8 : 0);
-      return slot.scales[row * Tile::kTileN + channel];
+      return *reinterpret_cast<const __half*>(scales + (row * Tile::kTileN + fragment_n * 16 + (high ? 8 : 0)) * 2);
     };
 
     if constexpr (kScaleAfterMma) {
@@ -240,7 +257,7 @@ struct Mainloop {
           clear();
         }
         uint32_t activation[Tile::kFragmentsM][2];
-        load_activations(slot, warp_m, k_slice, activation);
+        load_activations(activations, lane_offsets, k_slice, activation);
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t codes[4];
@@ -266,7 +283,7 @@ struct Mainloop {
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
         if (k_slice == 2 && two_groups) load_scales(1);
         uint32_t activation[Tile::kFragmentsM][2];
-        load_activations(slot, warp_m, k_slice, activation);
+        load_activations(activations, lane_offsets, k_slice, activation);
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t weights[4];
@@ -294,9 +311,12 @@ struct Mainloop {
         #pragma unroll
         for (int i = 0; i < 4; ++i) accumulators[n][m][i] = 0.0f;
 
-    const CopyPlan plan(params, work);
+    const uint32_t shared_base = ptx::shared_address(shared);
+    CopyPlan plan(params, work, shared_base);
+    const LaneOffsets lane_offsets(warp_m, warp_n);
     // Mainloop iterations: one per stage's worth (WarpsK k-blocks) of this block's k range.
     const int iterations = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
+    auto slots_of = [&](int stage) { return min(Tile::kWarpsK, work.k_block_end - work.k_block_begin - stage * Tile::kWarpsK); };
     // Prologue. Weights and scales are constant inputs, so their first Stages - 1 stages are
     // requested before waiting for the previous kernel in the stream (programmatic dependent
     // launch): at decode sizes that hides this kernel's ramp-up behind the previous one's tail.
@@ -306,17 +326,24 @@ struct Mainloop {
     #pragma unroll
     for (int s = 0; s < Tile::kStages - 1; ++s) {
       if (s < iterations) {
-        plan.issue_weights_and_scales(params, shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
+        plan.issue_weights_and_scales(params, s * Tile::kStageBytes, work.k_block_begin + s * Tile::kWarpsK, slots_of(s));
       }
     }
     ptx::grid_dependency_wait();
     #pragma unroll
     for (int s = 0; s < Tile::kStages - 1; ++s) {
-      if (s < iterations) plan.issue_activations(shared, s, work.k_block_begin + s * Tile::kWarpsK, work.k_block_end);
+      if (s < iterations) plan.issue_activations(s * Tile::kStageBytes, slots_of(s));
       ptx::cp_async_commit();
     }
 
     const bool two_groups = params.group_size == 32;
+    // Byte offsets of the buffer computed on (stage i) and the one refilled (stage i + Stages - 1),
+    // advanced with a wrap instead of a modulo per iteration.
+    auto advance = [](int offset) {
+      return offset + Tile::kStageBytes == Tile::kPipelineBytes ? 0 : offset + Tile::kStageBytes;
+    };
+    int read_buffer = 0, write_buffer = (Tile::kStages - 1) * Tile::kStageBytes;
+    const int slot_bytes = warp_k * Tile::kSlotBytes;
     for (int i = 0; i < iterations; ++i) {
       ptx::cp_async_wait<Tile::kStages - 2>();
       // Makes stage i visible to every warp, and guarantees every warp has finished computing on
@@ -324,18 +351,16 @@ struct Mainloop {
       __syncthreads();
       const int next = i + Tile::kStages - 1;
       if (next < iterations) {
-        const int first = work.k_block_begin + next * Tile::kWarpsK;
-        plan.issue_weights_and_scales(params, shared, next % Tile::kStages, first, work.k_block_end);
-        plan.issue_activations(shared, next % Tile::kStages, first, work.k_block_end);
+        plan.issue_weights_and_scales(params, write_buffer, work.k_block_begin + next * Tile::kWarpsK, slots_of(next));
+        plan.issue_activations(write_buffer, slots_of(next));
       }
       ptx::cp_async_commit();
-      const int block = work.k_block_begin + i * Tile::kWarpsK + warp_k;
-      if (block < work.k_block_end) {
-        const int offset = slot_offset(i % Tile::kStages, warp_k);
-        const Slot slot{shared + offset, shared + offset + Tile::kWeightBytes,
-                        reinterpret_cast<const __half*>(shared + offset + Tile::kWeightBytes + Tile::kActivationBytes)};
-        compute_slot(slot, two_groups, warp_m, warp_n, accumulators);
+      if (warp_k < slots_of(i)) {
+        const int offset = read_buffer + slot_bytes;
+        compute_slot(shared + offset, shared_base + offset, two_groups, lane_offsets, accumulators);
       }
+      read_buffer = advance(read_buffer);
+      write_buffer = advance(write_buffer);
     }
     ptx::cp_async_wait<0>();
   }

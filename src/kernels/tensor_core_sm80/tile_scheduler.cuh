@@ -13,16 +13,31 @@ struct TileWork {
   int split;          // which split-K slice (0 when split_k == 1)
 };
 
-// Grid: x = n tiles (fastest, so neighbouring blocks share the activation tile in L2),
-// y = m tiles, z = split-K slices. The k-blocks are dealt out as evenly as integers allow, so no
-// slice is empty as long as split_k <= k / 64 (the runner checks that).
+// The grid is one-dimensional over output tiles (y is unused, z = split-K slice). Blocks start in
+// roughly blockIdx order, so the tiles resident at once are a contiguous run of indices; the order
+// decides what that run shares through L2. Tiles are numbered in bands of kBandM m-tiles: inside a
+// band the m-tile varies fastest, then the n-tile. A run of ~2 waves (~264 blocks on an H100) then
+// covers 8 m-tiles x ~33 n-tiles, so each weight tile is fetched from HBM once per band instead
+// of once per m-tile (at m = 4096 that is 4 instead of 32 passes over the weights), and the
+// band's activation rows stay in L2 across its n-tiles. At decode sizes (one m-tile) the order is
+// simply n-tile after n-tile.
+constexpr int kBandM = 8;
+
 template <class Tile>
 __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
   const int k_blocks = params.k / Tile::kBlockK;
+  const int n_tiles = (params.n + Tile::kTileN - 1) / Tile::kTileN;
+  const int m_tiles = (params.m + Tile::kTileM - 1) / Tile::kTileM;
+  const int tiles_per_band = kBandM * n_tiles;
+  const int band = blockIdx.x / tiles_per_band, in_band = blockIdx.x % tiles_per_band;
+  const int band_first_m = band * kBandM;
+  const int band_height = min(kBandM, m_tiles - band_first_m);
   const int split = blockIdx.z;
   TileWork work;
-  work.n_begin = blockIdx.x * Tile::kTileN;
-  work.m_begin = blockIdx.y * Tile::kTileM;
+  work.m_begin = (band_first_m + in_band % band_height) * Tile::kTileM;
+  work.n_begin = (in_band / band_height) * Tile::kTileN;
+  // The k-blocks are dealt out as evenly as integers allow, so no slice is empty as long as
+  // split_k <= k / 64 (the runner checks that).
   work.k_block_begin = static_cast<int>((static_cast<long long>(split) * k_blocks) / params.split_k);
   work.k_block_end = static_cast<int>((static_cast<long long>(split + 1) * k_blocks) / params.split_k);
   work.split = split;
@@ -31,8 +46,9 @@ __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
 
 template <class Tile>
 inline dim3 grid_shape(const Params& params) {
-  return dim3((params.n + Tile::kTileN - 1) / Tile::kTileN, (params.m + Tile::kTileM - 1) / Tile::kTileM,
-              params.split_k);
+  const long long n_tiles = (params.n + Tile::kTileN - 1) / Tile::kTileN;
+  const long long m_tiles = (params.m + Tile::kTileM - 1) / Tile::kTileM;
+  return dim3(static_cast<unsigned>(n_tiles * m_tiles), 1, params.split_k);
 }
 
 }  // namespace w4a16::tensor_core_sm80
