@@ -331,6 +331,15 @@ int run_bench(const BenchOptions& options) {
         ProfileResult profile;
         check_status(runner.profile(args, workspace.get(), workspace.bytes(), stream, &profile, 10, 3), "profile");
         config = profile.best;
+        // The runner-up configs too (a '#' line, so the table stays machine-readable): how close
+        // the field is tells whether the heuristic's choice matters at this shape.
+        std::vector<std::pair<KernelConfig, float>> ranked = profile.timings;
+        std::sort(ranked.begin(), ranked.end(), [](const auto& x, const auto& y) { return x.second < y.second; });
+        std::printf("# profile %dx%dx%d:", m, n, k);
+        for (size_t i = 0; i < std::min<size_t>(ranked.size(), 6); ++i) {
+          std::printf(" %s %.1f", ranked[i].first.name().c_str(), ranked[i].second);
+        }
+        std::printf("\n");
       }
       const size_t need = runner.workspace_bytes(m, n, k, config);
       if (workspace.bytes() < need) workspace = DeviceBuffer(need);

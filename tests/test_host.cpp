@@ -742,6 +742,13 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_EQ(decode.family, KernelFamily::kTensorCoreSm80);
   const long long decode_blocks = (long long)((4096 + decode.tile_n - 1) / decode.tile_n) * decode.split_k;
   EXPECT_GE(decode_blocks, hopper.sm_count / 2) << decode.name();
+  // A mid-sized layer at decode: one kernel (in-block split along k), no split-K reduction.
+  const KernelConfig mid = heuristics::choose(1, 11008, 4096, hopper, everything);
+  EXPECT_EQ(mid.split_k, 1) << mid.name();
+  EXPECT_EQ(mid.warps_k, 4) << mid.name();
+  // ... but a big one splits k across blocks only where its tiles leave SMs idle.
+  EXPECT_EQ(heuristics::choose(1, 28672, 8192, hopper, everything).split_k, 1);
+  EXPECT_GT(heuristics::choose(1, 8192, 28672, hopper, everything).split_k, 1);
   // Nothing compiled that the table names: dequant_cublas.
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;

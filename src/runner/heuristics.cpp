@@ -11,24 +11,32 @@ namespace {
 struct TileChoice {
   int max_m;  // use this tile for m up to here
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
+  int max_split_k = 16;
 };
 
 // One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, runs 4 and 9):
 //  - m <= 32: 128 channels, 8 warps split 4 x 2 along n x k; what wins is many warps with a
 //    stage in flight each, not wide warp tiles (issue-bound dequant, not bandwidth-bound).
-//  - m <= 64: two 32-row tiles beat one 64-row tile (half the accumulators, twice the blocks).
+//  - m <= 64: one 64-row tile, four warps side by side along n: every dequantized weight fragment
+//    feeds 8 mma (two 32-row tiles dequantized every weight twice and ran 20% slower).
 //  - m > 64: 128 x 128 with four 64 x 64 warp tiles: 32 mma per k slice per warp, each
 //    dequantized weight fragment feeds 8 of them; two blocks per SM.
 constexpr TileChoice kTileTable[] = {
     {8, 8, 128, 1, 4, 2, 6},
     {16, 16, 128, 1, 4, 2, 6},
     {32, 32, 128, 1, 4, 2, 4},
-    {64, 32, 128, 1, 4, 1, 6},
+    {64, 64, 128, 1, 4, 1, 4},
     {std::numeric_limits<int>::max(), 128, 128, 2, 2, 1, 4},
 };
 
 constexpr long long kSmallLayerElements = 4096LL * 4096;
 constexpr TileChoice kSmallLayerTile = {8, 8, 16, 1, 1, 8, 8};
+
+// Mid-sized layers at decode (e.g. 11008 x 4096): when the 128-channel tiles already give ~0.6
+// blocks per SM, 16 warps per block (4 along k) without split-K beat the 8-warp tile split 4 ways:
+// no reducing kernel, whose launch is a good part of a 14 us call (bench/NOTES.md, entry 9).
+constexpr TileChoice kWideKDecodeTile = {8, 8, 128, 1, 4, 4, 4, /*max_split_k=*/1};
+constexpr double kWideKMinBlocksPerSm = 0.6;
 
 // From this m on, Hopper's cuBLAS (wgmma) on dequantized weights beats the mma.sync kernel.
 constexpr int kDequantCublasMinM_Sm90 = 512;
@@ -60,7 +68,11 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   // Small layers at decode: even split 8 ways, a 128-channel tile leaves each warp only 4
   // k-blocks; 16-channel tiles with all 8 warps along k give 256 blocks without split-K.
   const bool small_layer = m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements;
-  const TileChoice* const candidates[] = {small_layer ? &kSmallLayerTile : table_tile, table_tile};
+  const long long wide_k_blocks = (static_cast<long long>(n) + kWideKDecodeTile.tile_n - 1) / kWideKDecodeTile.tile_n;
+  const bool wide_k = m <= 8 && !small_layer && wide_k_blocks >= kWideKMinBlocksPerSm * device.sm_count &&
+                      wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
+  const TileChoice* const candidates[] = {small_layer ? &kSmallLayerTile : wide_k ? &kWideKDecodeTile : table_tile,
+                                          table_tile};
 
   for (const TileChoice* tile : candidates) {
     KernelConfig config;
@@ -76,7 +88,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     const int k_blocks = k / 64;
     config.split_k = 1;
     for (int split : split_k_choices()) {
-      if (k_blocks / (split * tile->warps_k) < kMinKBlocksPerWarp) break;
+      if (split > tile->max_split_k || k_blocks / (split * tile->warps_k) < kMinKBlocksPerWarp) break;
       config.split_k = split;
       if (tiles * split >= kTargetBlocksPerSm * device.sm_count) break;
     }

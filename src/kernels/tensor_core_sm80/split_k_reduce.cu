@@ -15,7 +15,6 @@ namespace {
 // One thread per 4 consecutive channels (n % 16 == 0, so a float4 never crosses a row).
 __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
   ptx::grid_dependency_wait();  // the partials come from the kernel just before this one
-  ptx::launch_dependent_grids();
   const long long quads = static_cast<long long>(params.m) * params.n / 4;
   const long long slice_stride = static_cast<long long>(params.m) * params.n / 4;
   const float4* partials = reinterpret_cast<const float4*>(params.partials);
@@ -38,6 +37,11 @@ __global__ void split_k_reduce_kernel(const __grid_constant__ Params params) {
     out[0] = __floats2half2_rn(params.alpha * sum.x + bias[0], params.alpha * sum.y + bias[1]);
     out[1] = __floats2half2_rn(params.alpha * sum.z + bias[2], params.alpha * sum.w + bias[3]);
   }
+  // Only now may the next kernel launch. Triggering at entry (as first written) let the next GEMM's
+  // blocks launch while this grid still had blocks to place: they took the SM slots and then idled
+  // in grid_dependency_wait until this kernel finished, and split-K shapes ran up to 1.7x slower
+  // with PDL than without (bench/NOTES.md, entries 5 and 9).
+  ptx::launch_dependent_grids();
 }
 
 }  // namespace
