@@ -13,13 +13,9 @@ __device__ __forceinline__ uint32_t shared_address(const void* pointer) {
 }
 
 // 16-byte global -> shared copy that bypasses L1 (.cg): the weights are streamed once, and the
-// activation tile is re-read from shared memory, never from L1.
-__device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared_address(shared)), "l"(global));
-}
-
-// The same with the destination given as a shared-space address (what shared_address() returns):
-// the mainloop computes those once, which saves a generic-to-shared conversion per copy.
+// activation tile is re-read from shared memory, never from L1. The destination is a shared-space
+// address (what shared_address() returns): the mainloop computes those once, which saves a
+// generic-to-shared conversion per copy. So do the ldmatrix wrappers below.
 __device__ __forceinline__ void cp_async_16(uint32_t shared, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(global));
 }
@@ -34,12 +30,6 @@ __device__ __forceinline__ void cp_async_wait() {
 
 // Four 8x8 fp16 matrices from shared memory; lane L supplies the row address of matrix L / 8,
 // row L % 8. Every address must be 16-byte aligned.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&out)[4], const void* shared) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
-               : "r"(shared_address(shared)));
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&out)[4], uint32_t shared) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(out[0]), "=r"(out[1]), "=r"(out[2]), "=r"(out[3])
@@ -47,12 +37,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&out)[4], uint32_t shared)
 }
 
 // Two 8x8 matrices; lanes 0..15 supply the addresses (the others' are ignored but must be valid).
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&out)[2], const void* shared) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
-               : "=r"(out[0]), "=r"(out[1])
-               : "r"(shared_address(shared)));
-}
-
 __device__ __forceinline__ void ldmatrix_x2(uint32_t (&out)[2], uint32_t shared) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(out[0]), "=r"(out[1]) : "r"(shared));
 }

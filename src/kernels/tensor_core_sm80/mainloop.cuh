@@ -7,8 +7,10 @@
 // mma rows are wasted at m <= 8 (decode), and one packed word per lane is exactly one A fragment.
 //
 // At decode sizes this loop is bound by instruction issue, not by bandwidth, unless it is lean:
-// every address a thread copies from is computed once (CopyPlan) and then advanced by a constant
-// per stage, and scales are read from shared memory once per k-block rather than per fragment.
+// every copy address and every shared-memory offset a lane reads from is computed once (CopyPlan,
+// LaneOffsets) and then advanced by a constant per stage, and scales are read from shared memory
+// once per k-block rather than per fragment. About 180 instructions per warp per 1 KB k-block of
+// weights at decode (was ~260 before; bench/NOTES.md, entry 9).
 
 #include <cstdint>
 
