@@ -208,7 +208,7 @@ TEST_F(Gpu, ConfigListIsConsistent) {
     KernelConfig parsed;
     ASSERT_TRUE(parse_kernel_config(config.name(), &parsed));
     EXPECT_EQ(parsed, config);
-    if (config.family == KernelFamily::kTensorCoreSm80) {
+    if (config.tensor_core()) {
       has_tensor_core = true;
       const auto& splits = heuristics::split_k_choices();
       EXPECT_NE(std::find(splits.begin(), splits.end(), config.split_k), splits.end());
@@ -307,7 +307,7 @@ TEST_P(EveryConfig, MatchesReference) {
   for (const KernelConfig& config : runner().configs()) {
     if (!test::family_selected(config.family)) continue;
     SCOPED_TRACE(describe(m, w, p, config));
-    if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k > k / 64) {
+    if (config.tensor_core() && config.split_k > k / 64) {
       W4A16_EXPECT_CODE(runner().check(args, config, workspace.get(), workspace.bytes()), StatusCode::kInvalidArgument);
       continue;
     }
@@ -353,7 +353,7 @@ TEST_F(Gpu, RepeatedRunsAreBitIdentical) {
   int split_configs = 0;
   for (const KernelConfig& config : runner().configs()) {
     if (!test::family_selected(config.family)) continue;
-    if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k > k / 64) continue;
+    if (config.tensor_core() && config.split_k > k / 64) continue;
     SCOPED_TRACE(describe(m, w, p, config));
     std::vector<__half> first, second;
     ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &first, /*workspace_poison=*/0xFF));
@@ -439,7 +439,7 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
     ASSERT_NO_FATAL_FAILURE(
         expect_rejected(std::string(c.what) + " (default config)", args, nullptr, workspace.get(), workspace.bytes(), c.code));
     for (const KernelConfig& config : runner().configs()) {
-      if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k > 1 && config.split_k != 4) continue;
+      if (config.tensor_core() && config.split_k > 1 && config.split_k != 4) continue;
       ASSERT_NO_FATAL_FAILURE(expect_rejected(std::string(c.what) + " (" + config.name() + ")", args, &config,
                                               workspace.get(), workspace.bytes(), c.code));
     }
@@ -483,7 +483,7 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
 
   // split_k beyond the k / 64 k-blocks.
   for (const KernelConfig& config : runner().configs()) {
-    if (config.family != KernelFamily::kTensorCoreSm80 || config.split_k < 2) continue;
+    if (!config.tensor_core() || config.split_k < 2) continue;
     GemmArguments args = valid;
     args.k = 64 * (config.split_k - 1);  // one k-block short
     args.group_size = args.k;

@@ -526,6 +526,15 @@ TEST(KernelConfigName, RoundTrips) {
   EXPECT_EQ(parsed, tc);
   EXPECT_EQ(parsed.family, KernelFamily::kTensorCoreSm80);
   EXPECT_EQ(parsed.name(), name);
+  // The wgmma family: same fields, its own prefix, and the family is part of the identity.
+  KernelConfig wg = tc;
+  wg.family = KernelFamily::kWgmmaSm90;
+  EXPECT_EQ(wg.name(), "wg" + name.substr(2));
+  EXPECT_NE(wg, tc);
+  ASSERT_TRUE(parse_kernel_config(wg.name(), &parsed)) << wg.name();
+  EXPECT_EQ(parsed, wg);
+  EXPECT_TRUE(parsed.tensor_core());
+  EXPECT_FALSE(parse_kernel_config("wx" + name.substr(2), &parsed));
 
   // Every field is part of the name: changing any one changes the name, and each name parses back.
   std::vector<KernelConfig> variants = {tc,
@@ -653,16 +662,21 @@ TEST(StatusTest, ToString) {
 // Heuristic (src/runner/heuristics.cpp), against a synthetic config list that contains every tile the
 // table could name, so that the properties below hold whatever the table says.
 
-std::vector<KernelConfig> every_config(bool with_dequant) {
+std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = false) {
   std::vector<KernelConfig> all;
   for (int tile_m : {8, 16, 32, 64, 128, 256})
-    for (int tile_n : {32, 64, 128, 256})
+    for (int tile_n : {16, 32, 64, 128, 256})
       for (int warps_m : {1, 2, 4})
         for (int warps_n : {1, 2, 4, 8})
-          for (int warps_k : {1, 2, 4})
+          for (int warps_k : {1, 2, 4, 8})
             for (int stages = 2; stages <= 8; ++stages)
-              for (int split : heuristics::split_k_choices())
+              for (int split : heuristics::split_k_choices()) {
                 all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
+                if (with_wgmma) {
+                  all.push_back(all.back());
+                  all.back().family = KernelFamily::kWgmmaSm90;
+                }
+              }
   if (with_dequant) {
     KernelConfig c;
     c.family = KernelFamily::kDequantCublas;
@@ -672,7 +686,7 @@ std::vector<KernelConfig> every_config(bool with_dequant) {
 }
 
 TEST(Heuristics, ChoicesAreValidForTheProblem) {
-  const std::vector<KernelConfig> available = every_config(true);
+  const std::vector<KernelConfig> available = every_config(true, /*with_wgmma=*/true);
   const std::vector<int>& splits = heuristics::split_k_choices();
   ASSERT_FALSE(splits.empty());
   EXPECT_EQ(splits.front(), 1);
@@ -749,6 +763,18 @@ TEST(Heuristics, FamilyAndFallback) {
   // ... but a big one splits k across blocks only where its tiles leave SMs idle.
   EXPECT_EQ(heuristics::choose(1, 28672, 8192, hopper, everything).split_k, 1);
   EXPECT_GT(heuristics::choose(1, 8192, 28672, hopper, everything).split_k, 1);
+  // Hopper with the wgmma tiles: mma.sync up to m = 32, wgmma above, dequant_cublas from 2048.
+  const std::vector<KernelConfig> with_wgmma = every_config(true, /*with_wgmma=*/true);
+  EXPECT_EQ(heuristics::choose(32, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kTensorCoreSm80);
+  const KernelConfig wg64 = heuristics::choose(64, 28672, 8192, hopper, with_wgmma);
+  EXPECT_EQ(wg64.family, KernelFamily::kWgmmaSm90);
+  EXPECT_EQ(wg64.tile_m, 64);
+  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kWgmmaSm90);
+  EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kDequantCublas);
+  // ... never on other GPUs, even if the list held them.
+  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_wgmma).family, KernelFamily::kTensorCoreSm80);
+  // Without them, Hopper hands m >= 512 to dequant_cublas.
+  EXPECT_EQ(heuristics::choose(512, 28672, 8192, hopper, everything).family, KernelFamily::kDequantCublas);
   // Nothing compiled that the table names: dequant_cublas.
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;

@@ -30,6 +30,10 @@ enum class KernelFamily {
   // Fused tensor-core kernel (mma.sync m16n8k16, cp.async pipeline, in-register int4 dequant).
   // sm_80 and newer. Optional split-K with a deterministic reduction through the workspace.
   kTensorCoreSm80,
+  // The same kernel with Hopper's warpgroup MMA (wgmma, A = dequantized weights from registers,
+  // B = activations from shared memory) as its math step. sm_90a builds on sm_90 devices only.
+  // Same packed weights, same config fields; names start with "wg_".
+  kWgmmaSm90,
   // Dequantize W to fp16 in the workspace, then cuBLAS. sm_75 and newer; the fallback on GPUs
   // without a fused kernel, and a contender at large m.
   kDequantCublas,
@@ -47,7 +51,8 @@ struct KernelConfig {
   int stages = 0;    // cp.async pipeline depth
   int split_k = 1;   // thread blocks sharing one output tile along k
 
-  std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "dequant_cublas"
+  std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "wg_m128n128_w1x8x1_s4_k1", "dequant_cublas"
+  bool tensor_core() const { return family != KernelFamily::kDequantCublas; }  // the fused families
   bool operator==(const KernelConfig& other) const;
   bool operator!=(const KernelConfig& other) const { return !(*this == other); }
 };

@@ -10,6 +10,7 @@ namespace w4a16 {
 const char* to_string(KernelFamily family) {
   switch (family) {
     case KernelFamily::kTensorCoreSm80: return "tensor_core_sm80";
+    case KernelFamily::kWgmmaSm90: return "wgmma_sm90";
     case KernelFamily::kDequantCublas: return "dequant_cublas";
   }
   return "unknown";
@@ -18,8 +19,9 @@ const char* to_string(KernelFamily family) {
 std::string KernelConfig::name() const {
   if (family == KernelFamily::kDequantCublas) return "dequant_cublas";
   char buffer[96];
-  std::snprintf(buffer, sizeof(buffer), "tc_m%dn%d_w%dx%dx%d_s%d_k%d", tile_m, tile_n, warps_m, warps_n, warps_k,
-                stages, split_k);
+  std::snprintf(buffer, sizeof(buffer), "%s_m%dn%d_w%dx%dx%d_s%d_k%d",
+                family == KernelFamily::kWgmmaSm90 ? "wg" : "tc", tile_m, tile_n, warps_m, warps_n, warps_k, stages,
+                split_k);
   return buffer;
 }
 
@@ -39,12 +41,13 @@ bool parse_kernel_config(const std::string& name, KernelConfig* config) {
   }
   KernelConfig parsed;
   int consumed = 0;
-  if (std::sscanf(name.c_str(), "tc_m%dn%d_w%dx%dx%d_s%d_k%d%n", &parsed.tile_m, &parsed.tile_n, &parsed.warps_m,
+  if (name.size() < 3 || (name.compare(0, 3, "tc_") != 0 && name.compare(0, 3, "wg_") != 0)) return false;
+  parsed.family = name[0] == 'w' ? KernelFamily::kWgmmaSm90 : KernelFamily::kTensorCoreSm80;
+  if (std::sscanf(name.c_str() + 3, "m%dn%d_w%dx%dx%d_s%d_k%d%n", &parsed.tile_m, &parsed.tile_n, &parsed.warps_m,
                   &parsed.warps_n, &parsed.warps_k, &parsed.stages, &parsed.split_k, &consumed) != 7 ||
-      consumed != static_cast<int>(name.size())) {
+      consumed + 3 != static_cast<int>(name.size())) {
     return false;
   }
-  parsed.family = KernelFamily::kTensorCoreSm80;
   // sscanf's %d also takes spaces, signs and leading zeros; only the canonical spelling of
   // positive fields counts.
   if (parsed.name() != name || parsed.tile_m <= 0 || parsed.tile_n <= 0 || parsed.warps_m <= 0 ||

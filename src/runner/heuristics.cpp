@@ -12,6 +12,7 @@ struct TileChoice {
   int max_m;  // use this tile for m up to here
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
   int max_split_k = 16;
+  KernelFamily family = KernelFamily::kTensorCoreSm80;
 };
 
 // One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, runs 4 and 9):
@@ -38,8 +39,20 @@ constexpr TileChoice kSmallLayerTile = {8, 8, 16, 1, 1, 8, 8};
 constexpr TileChoice kWideKDecodeTile = {8, 8, 128, 1, 4, 4, 4, /*max_split_k=*/1};
 constexpr double kWideKMinBlocksPerSm = 0.6;
 
-// From this m on, Hopper's cuBLAS (wgmma) on dequantized weights beats the mma.sync kernel.
+// Hopper with the wgmma tiles (sm_90a build), read off `bench --profile` (bench/NOTES.md, entry
+// 11): above m = 32 the wgmma tiles win (mma.sync keeps m <= 32, where its decode tiles stream
+// better); one warpgroup per 64 channels, wgmma N = 64 or 128.
+constexpr int kWgmmaMinM = 33;
+constexpr TileChoice kWgmmaTable[] = {
+    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90},
+    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90},
+};
+
+// From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our
+// kernels: with the wgmma tiles at m = 1024 (0.78x vs 0.69x cuBLAS FP16) the fused kernel still
+// wins, at 4096 (0.80x vs 0.93x) not; without them already at 512.
 constexpr int kDequantCublasMinM_Sm90 = 512;
+constexpr int kDequantCublasMinM_Wgmma = 2048;
 
 // Split-K (fp32 partials + a reducing kernel) until the grid has this many blocks per SM: the
 // profiler's winners all had ~1.5-3 blocks per SM.
@@ -61,22 +74,37 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     return std::find(available.begin(), available.end(), config) != available.end();
   };
 
-  if (device.sm_version >= 90 && m >= kDequantCublasMinM_Sm90 && is_available(dequant)) return dequant;
+  KernelConfig wgmma_probe;
+  wgmma_probe.family = KernelFamily::kWgmmaSm90;
+  wgmma_probe.tile_m = kWgmmaTable[1].tile_m;
+  wgmma_probe.tile_n = kWgmmaTable[1].tile_n;
+  wgmma_probe.warps_m = kWgmmaTable[1].warps_m;
+  wgmma_probe.warps_n = kWgmmaTable[1].warps_n;
+  wgmma_probe.warps_k = kWgmmaTable[1].warps_k;
+  wgmma_probe.stages = kWgmmaTable[1].stages;
+  const bool wgmma = device.sm_version == 90 && is_available(wgmma_probe);
+  const int dequant_min_m = wgmma ? kDequantCublasMinM_Wgmma : kDequantCublasMinM_Sm90;
+  if (device.sm_version >= 90 && m >= dequant_min_m && is_available(dequant)) return dequant;
 
   const TileChoice* table_tile = &kTileTable[0];
   while (m > table_tile->max_m) ++table_tile;  // the last entry's max_m is INT_MAX: always stops
+  const TileChoice* wgmma_tile = &kWgmmaTable[0];
+  while (m > wgmma_tile->max_m) ++wgmma_tile;
   // Small layers at decode: even split 8 ways, a 128-channel tile leaves each warp only 4
   // k-blocks; 16-channel tiles with all 8 warps along k give 256 blocks without split-K.
   const bool small_layer = m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements;
   const long long wide_k_blocks = (static_cast<long long>(n) + kWideKDecodeTile.tile_n - 1) / kWideKDecodeTile.tile_n;
   const bool wide_k = m <= 8 && !small_layer && wide_k_blocks >= kWideKMinBlocksPerSm * device.sm_count &&
                       wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
-  const TileChoice* const candidates[] = {small_layer ? &kSmallLayerTile : wide_k ? &kWideKDecodeTile : table_tile,
-                                          table_tile};
+  const TileChoice* const first = wgmma && m >= kWgmmaMinM ? wgmma_tile
+                                  : small_layer                ? &kSmallLayerTile
+                                  : wide_k                     ? &kWideKDecodeTile
+                                                               : table_tile;
+  const TileChoice* const candidates[] = {first, table_tile};
 
   for (const TileChoice* tile : candidates) {
     KernelConfig config;
-    config.family = KernelFamily::kTensorCoreSm80;
+    config.family = tile->family;
     config.tile_m = tile->tile_m;
     config.tile_n = tile->tile_n;
     config.warps_m = tile->warps_m;

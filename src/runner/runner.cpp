@@ -89,15 +89,17 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     tensor_core_sm80::append_small_m_kernels(compiled);
     tensor_core_sm80::append_medium_m_kernels(compiled);
     tensor_core_sm80::append_large_m_kernels(compiled);
+    // sm_90a machine code runs on sm_90 parts only; elsewhere prepare() fails and they are skipped.
+    if (sm_version_ == 90) tensor_core_sm80::append_wgmma_sm90_kernels(compiled);
     for (const auto& kernel : compiled) {
       const int compiled_arch = kernel.compiled_for();
-      if (compiled_arch < 80 || kernel.prepare() != cudaSuccess) {
+      if (compiled_arch < (kernel.shape.wgmma ? 90 : 80) || kernel.prepare() != cudaSuccess) {
         cudaGetLastError();  // a missing binary is expected on some builds, not an error state
         continue;
       }
       for (int split : heuristics::split_k_choices()) {
         KernelConfig config;
-        config.family = KernelFamily::kTensorCoreSm80;
+        config.family = kernel.shape.wgmma ? KernelFamily::kWgmmaSm90 : KernelFamily::kTensorCoreSm80;
         config.tile_m = kernel.shape.tile_m;
         config.tile_n = kernel.shape.tile_n;
         config.warps_m = kernel.shape.warps_m;
@@ -197,7 +199,7 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
       return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
     }
   }
-  if (config.family == KernelFamily::kTensorCoreSm80) {
+  if (config.tensor_core()) {
     if (output_tiles(args, config) > kMaxOutputTiles) {
       return Status(StatusCode::kUnsupportedShape, "m x n = " + std::to_string(args.m) + " x " +
                                                        std::to_string(args.n) + " has more than 2^31 - 1 output tiles for config " +

@@ -13,13 +13,30 @@
 
 namespace w4a16::tensor_core_sm80 {
 
+// Whether this compilation pass can run Tile's math step: mma.sync needs sm_80; wgmma needs sm_90a
+// (CuTe defines CUTE_ARCH_MMA_SM90A_ENABLED there). Elsewhere the kernel body is empty, and the
+// runner never offers the config (it checks compiled_for() against the device).
 template <class Tile>
-__global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_constant__ Params params) {
-  // cp.async, ldmatrix and mma.m16n8k16 need sm_80. When the library is also built for older
-  // targets (sm_75) this body compiles to nothing, and the runner never offers these configs there
-  // (it checks compiled_for() against the device).
+constexpr bool compiled_here() {
+#if defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+  constexpr bool wgmma = true;
+#else
+  constexpr bool wgmma = false;
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  extern __shared__ __align__(128) uint8_t shared[];
+  return !Tile::kWgmma || wgmma;
+#else
+  return false;
+#endif
+}
+
+template <class Tile>
+__device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* dynamic_shared) {
+  uint8_t* shared = dynamic_shared;
+  if constexpr (Tile::kBaseSlack > 0) {  // wgmma tiles: 1024-byte aligned slots (see Tile)
+    const uint32_t misalignment = ptx::shared_address(dynamic_shared) % Tile::kBaseSlack;
+    shared += misalignment == 0 ? 0 : Tile::kBaseSlack - misalignment;
+  }
   const TileWork work = schedule_tile<Tile>(params);
   // Warp index = (warp_k * WarpsM + warp_m) * WarpsN + warp_n.
   const int warp = threadIdx.x / 32;
@@ -36,7 +53,12 @@ __global__ void __launch_bounds__(Tile::kThreads) gemm_kernel(const __grid_const
   ptx::launch_dependent_grids();
   Mainloop<Tile>::reduce_across_warps_k(shared, warp_m, warp_n, warp_k, accumulators);
   if (warp_k == 0) Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
-#endif
+}
+
+template <class Tile>
+__global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocksPerSM) gemm_kernel(const __grid_constant__ Params params) {
+  extern __shared__ __align__(128) uint8_t dynamic_shared[];
+  if constexpr (compiled_here<Tile>()) gemm_tile<Tile>(params, dynamic_shared);
 }
 
 // `programmatic`: launch with programmatic stream serialization (sm_90+), see ptx::grid_dependency_wait.
@@ -66,7 +88,8 @@ int compiled_for() {
 
 template <class Tile>
 CompiledKernel compiled_kernel() {
-  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages},
+  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages,
+                         Tile::kWgmma},
                         &launch<Tile>,
                         &prepare<Tile>,
                         &compiled_for<Tile>};

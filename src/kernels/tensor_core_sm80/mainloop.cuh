@@ -19,6 +19,13 @@
 #include "kernels/common/ptx.cuh"
 #include "kernels/tensor_core_sm80/tile_scheduler.cuh"
 
+namespace w4a16::wgmma_sm90 {
+// The wgmma math step (kernels/wgmma_sm90/wgmma_math.cuh). Only Wgmma tiles instantiate it, and
+// only their translation unit includes its definition (and CuTe with it).
+template <class Tile>
+struct WgmmaMath;
+}  // namespace w4a16::wgmma_sm90
+
 namespace w4a16::tensor_core_sm80 {
 
 template <class Tile>
@@ -148,6 +155,7 @@ struct Mainloop {
     uint32_t activation[4];  // ldmatrix row address of k slice 0..3 (first fragment pair)
     int weights;             // this lane's 16 bytes of the warp's first weight tile
     int scales;              // byte offset of channel (lane / 4) of the warp's first fragment
+    int activation_rows;     // byte offset of the warp tile's first activation row (wgmma's B)
 
     __device__ __forceinline__ LaneOffsets(int warp_m, int warp_n) {
       const int lane = threadIdx.x % 32;
@@ -163,6 +171,7 @@ struct Mainloop {
       }
       weights = (warp_n * Tile::kFragmentsN * 32 + lane) * 16;
       scales = (warp_n * Tile::kWarpTileN + lane / 4) * 2;
+      activation_rows = warp_m * Tile::kWarpTileM * Tile::kActivationRowBytes;
       // Left to itself ptxas recomputes these from threadIdx in every iteration (it trades the
       // registers for ~15 instructions per k-block); an opaque move pins them in registers.
       #pragma unroll
@@ -211,6 +220,8 @@ struct Mainloop {
   // Multiplies one k-block (one slot of a stage) into the accumulators.
   // `slot` points at the slot in shared memory (generic pointer, for the plain loads) and
   // `slot_address` is the same place as a shared-space address (for ldmatrix).
+  // The mma.sync math step: weights dequantized from shared memory, activations via ldmatrix.
+  // (wgmma tiles use wgmma_sm90::WgmmaMath instead, see run().)
   static __device__ __forceinline__ void compute_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
                                                       const LaneOffsets& lane_offsets, Accumulators& accumulators) {
     const uint32_t activations = slot_address + Tile::kWeightBytes;
@@ -301,9 +312,17 @@ struct Mainloop {
   }
 
   // The pipeline. Stage i covers k-blocks first + i * WarpsK ... (+ WarpsK - 1) and lives in ring
-  // buffer i % Stages. Invariant at the top of iteration i: stages i .. i + Stages - 2 have been
-  // issued, one commit group each (empty groups past the end keep the count uniform), so waiting
-  // until at most Stages - 2 groups are pending means stage i has landed.
+  // buffer i % Stages. A buffer is refilled kRefillLag stages after it was computed on: 1 for
+  // mma.sync (its math is done when the warp reaches the next barrier), 2 for wgmma, whose k-block
+  // may still be reading its buffer when the next one starts (see the wgmma loop below). So
+  // Stages - kRefillLag stages are in flight. Invariant at the top of iteration i: stages
+  // i .. i + Stages - 1 - kRefillLag have been issued, one commit group each (empty groups past
+  // the end keep the count uniform), so waiting until at most Stages - 1 - kRefillLag groups are
+  // pending means stage i has landed.
+  static constexpr int kRefillLag = Tile::kWgmma ? 2 : 1;
+  static constexpr int kInFlight = Tile::kStages - kRefillLag;
+  static_assert(kInFlight >= 1, "the pipeline needs a stage in flight");
+
   static __device__ __forceinline__ void run(const Params& params, const TileWork& work, uint8_t* shared, int warp_m,
                                              int warp_n, int warp_k, Accumulators& accumulators) {
     #pragma unroll
@@ -319,39 +338,41 @@ struct Mainloop {
     // Mainloop iterations: one per stage's worth (WarpsK k-blocks) of this block's k range.
     const int iterations = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
     auto slots_of = [&](int stage) { return min(Tile::kWarpsK, work.k_block_end - work.k_block_begin - stage * Tile::kWarpsK); };
-    // Prologue. Weights and scales are constant inputs, so their first Stages - 1 stages are
-    // requested before waiting for the previous kernel in the stream (programmatic dependent
-    // launch): at decode sizes that hides this kernel's ramp-up behind the previous one's tail.
-    // Activations (the previous kernel's output, typically) are only read after the wait. All the
-    // prologue's weight copies land in commit group 0, so the wait for stage i below still implies
-    // every copy of stage i has landed.
+    // Prologue. Weights and scales are constant inputs, so their first stages are requested before
+    // waiting for the previous kernel in the stream (programmatic dependent launch): at decode
+    // sizes that hides this kernel's ramp-up behind the previous one's tail. Activations (the
+    // previous kernel's output, typically) are only read after the wait. All the prologue's weight
+    // copies land in commit group 0, so the wait for stage i below still implies every copy of
+    // stage i has landed.
     #pragma unroll
-    for (int s = 0; s < Tile::kStages - 1; ++s) {
+    for (int s = 0; s < kInFlight; ++s) {
       if (s < iterations) {
         plan.issue_weights_and_scales(params, s * Tile::kStageBytes, work.k_block_begin + s * Tile::kWarpsK, slots_of(s));
       }
     }
     ptx::grid_dependency_wait();
     #pragma unroll
-    for (int s = 0; s < Tile::kStages - 1; ++s) {
+    for (int s = 0; s < kInFlight; ++s) {
       if (s < iterations) plan.issue_activations(s * Tile::kStageBytes, slots_of(s));
       ptx::cp_async_commit();
     }
 
     const bool two_groups = params.group_size == 32;
-    // Byte offsets of the buffer computed on (stage i) and the one refilled (stage i + Stages - 1),
+    // Byte offsets of the buffer computed on (stage i) and the one refilled (stage i + kInFlight),
     // advanced with a wrap instead of a modulo per iteration.
     auto advance = [](int offset) {
       return offset + Tile::kStageBytes == Tile::kPipelineBytes ? 0 : offset + Tile::kStageBytes;
     };
-    int read_buffer = 0, write_buffer = (Tile::kStages - 1) * Tile::kStageBytes;
+    int read_buffer = 0, write_buffer = kInFlight * Tile::kStageBytes;
     const int slot_bytes = warp_k * Tile::kSlotBytes;
-    for (int i = 0; i < iterations; ++i) {
-      ptx::cp_async_wait<Tile::kStages - 2>();
-      // Makes stage i visible to every warp, and guarantees every warp has finished computing on
-      // the buffer the next copy overwrites (it held stage i - 1).
+    // One iteration: wait for stage i, refill the buffer freed kRefillLag stages ago, compute.
+    auto iteration = [&](int i, auto&& compute) {
+      ptx::cp_async_wait<kInFlight - 1>();
+      // Makes stage i visible to every warp, and guarantees every warp is done with the buffer the
+      // next copy overwrites (mma.sync: it finished stage i - 1 before arriving here; wgmma: it
+      // waited for stage i - 2's wgmma at the end of iteration i - 1).
       __syncthreads();
-      const int next = i + Tile::kStages - 1;
+      const int next = i + kInFlight;
       if (next < iterations) {
         plan.issue_weights_and_scales(params, write_buffer, work.k_block_begin + next * Tile::kWarpsK, slots_of(next));
         plan.issue_activations(write_buffer, slots_of(next));
@@ -359,10 +380,39 @@ struct Mainloop {
       ptx::cp_async_commit();
       if (warp_k < slots_of(i)) {
         const int offset = read_buffer + slot_bytes;
-        compute_slot(shared + offset, shared_base + offset, two_groups, lane_offsets, accumulators);
+        compute(shared + offset, shared_base + offset);
       }
       read_buffer = advance(read_buffer);
       write_buffer = advance(write_buffer);
+    };
+
+    if constexpr (Tile::kWgmma) {
+      // wgmma runs asynchronously: a k-block's four wgmma are issued as one group and the warps go
+      // on to the next k-block, waiting only for the group before (wait_group 1), so dequantizing
+      // k-block i + 1 overlaps the tensor cores working on k-block i. wgmma reads its A registers
+      // until the group completes, so consecutive k-blocks alternate between two register sets;
+      // the loop is unrolled by two so that the set is known at compile time.
+      using Math = wgmma_sm90::WgmmaMath<Tile>;
+      uint32_t a_even[4][4], a_odd[4][4];
+      for (int i = 0; i < iterations; i += 2) {
+        iteration(i, [&](const uint8_t* slot, uint32_t address) {
+          Math::issue_slot(slot, address, two_groups, lane_offsets.weights, lane_offsets.scales,
+                           lane_offsets.activation_rows, a_even, accumulators);
+        });
+        if (i + 1 < iterations) {
+          iteration(i + 1, [&](const uint8_t* slot, uint32_t address) {
+            Math::issue_slot(slot, address, two_groups, lane_offsets.weights, lane_offsets.scales,
+                             lane_offsets.activation_rows, a_odd, accumulators);
+          });
+        }
+      }
+      Math::drain(accumulators);
+    } else {
+      for (int i = 0; i < iterations; ++i) {
+        iteration(i, [&](const uint8_t* slot, uint32_t address) {
+          compute_slot(slot, address, two_groups, lane_offsets, accumulators);
+        });
+      }
     }
     ptx::cp_async_wait<0>();
   }

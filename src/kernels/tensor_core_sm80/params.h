@@ -27,6 +27,7 @@ struct Params {
 
 struct TileShape {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
+  bool wgmma;  // math step: wgmma (KernelFamily::kWgmmaSm90) instead of mma.sync
 };
 
 // One compiled instantiation: its shape, a launcher, and a probe that reports whether the running
@@ -42,6 +43,9 @@ struct CompiledKernel {
 void append_small_m_kernels(std::vector<CompiledKernel>& table);
 void append_medium_m_kernels(std::vector<CompiledKernel>& table);
 void append_large_m_kernels(std::vector<CompiledKernel>& table);
+// The wgmma tiles (kernels/wgmma_sm90/instantiate.cu); appends nothing unless the build targets
+// sm_90a (W4A16_WITH_WGMMA).
+void append_wgmma_sm90_kernels(std::vector<CompiledKernel>& table);
 
 // Sums the split_k fp32 partial tiles in a fixed order (so results are bit-identical from run to
 // run), applies alpha and bias, writes fp16 C.

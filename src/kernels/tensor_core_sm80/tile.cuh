@@ -9,8 +9,14 @@ namespace w4a16::tensor_core_sm80 {
 // one (m, n) position each take their own 64-wide k-block of every stage and are summed through
 // shared memory at the end (in-block split-K): at decode sizes that multiplies the warps streaming
 // a narrow n tile without a second kernel or a workspace.
-template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages>
+//
+// Wgmma = true: the math step is Hopper's wgmma (kernels/wgmma_sm90/wgmma_math.cuh), one warpgroup
+// per 64 channels; each warp owns 16 channels (TileN = 16 * WarpsN, WarpsN a multiple of 4) and
+// the warp tile's m is the wgmma's N. Slots then start on 1024-byte boundaries, which the
+// 128-byte-swizzled operand layout wgmma reads requires.
+template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages, bool Wgmma = false>
 struct Tile {
+  static constexpr bool kWgmma = Wgmma;
   static constexpr int kTileM = TileM;  // activation rows (the mma's 8-wide N side)
   static constexpr int kTileN = TileN;  // output channels (the mma's 16-wide M side)
   static constexpr int kBlockK = layout::kTileCols;  // one packed k-block: 64
@@ -36,14 +42,30 @@ struct Tile {
   // Two scale rows per k-block: group 32 splits a 64-wide k-block into two groups; every other
   // supported group size (64, 128, k) covers the whole block with one.
   static constexpr int kScaleBytes = 2 * TileN * 2;
-  static constexpr int kSlotBytes = kWeightBytes + kActivationBytes + kScaleBytes;
+  static constexpr int kSlotAlignment = Wgmma ? 1024 : 16;
+  static constexpr int kSlotBytes =
+      (kWeightBytes + kActivationBytes + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
   static constexpr int kStageBytes = WarpsK * kSlotBytes;
   static constexpr int kPipelineBytes = Stages * kStageBytes;
 
   // The in-block split-K reduction reuses the pipeline's shared memory after the last stage.
   static constexpr int kAccumulatorsPerWarp = kFragmentsN * kFragmentsM * 4 * 32;
   static constexpr int kReductionBytes = (WarpsK - 1) * WarpsM * WarpsN * kAccumulatorsPerWarp * 4;
-  static constexpr int kSharedBytes = kPipelineBytes > kReductionBytes ? kPipelineBytes : kReductionBytes;
+  // Dynamic shared memory is only guaranteed 16-byte alignment; wgmma tiles round their base up to
+  // 1024 bytes (see kernel.cuh) and reserve the slack.
+  static constexpr int kBaseSlack = Wgmma ? 1024 : 0;
+  static constexpr int kSharedBytes = (kPipelineBytes > kReductionBytes ? kPipelineBytes : kReductionBytes) + kBaseSlack;
+
+  // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument). The 8-warp
+  // wgmma tile lands at 130 registers left alone, which rounds to one block (two warpgroups) per
+  // SM; capped at 128 it keeps two, so one block's barrier wait overlaps the other's wgmma.
+  static constexpr int kMinBlocksPerSM = (Wgmma && kThreads == 256) ? 2 : 1;
+
+  static_assert(!Wgmma || (kFragmentsN == 1 && WarpsN % 4 == 0), "wgmma: 16 channels per warp, warpgroups along n");
+  static_assert(!Wgmma || (kWarpTileM == 8 || kWarpTileM == 16 || kWarpTileM == 32 || kWarpTileM == 64 ||
+                           kWarpTileM == 128 || kWarpTileM == 256),
+                "wgmma: the warp tile's m is the instruction's N (one of the compiled sizes)");
+  static_assert(!Wgmma || kWeightBytes % 1024 == 0, "wgmma: the activation tile must start 1024-byte aligned");
 };
 
 }  // namespace w4a16::tensor_core_sm80

@@ -1,0 +1,121 @@
+#pragma once
+// The math step of the wgmma_sm90 family: one k-block of a pipeline slot multiplied with Hopper's
+// warpgroup MMA (wgmma.mma_async, sm_90a) instead of mma.sync. Everything around it (tile
+// scheduler, cp.async pipeline, split-K, epilogue) is tensor_core_sm80's: see mainloop.cuh.
+//
+// Operands. A warpgroup (4 consecutive warps along n) computes 64 output channels x N activation
+// rows (N = the warp tile's m, 8..256) per wgmma.m64nNk16:
+//  - A = weights, from registers. wgmma's register fragment for A gives warp w of the warpgroup rows
+//    16w..16w+15 in exactly mma.m16n8k16's A layout, which is what one packed word per lane
+//    dequantizes to (common/packed_layout.h): the packed buffer needs no Hopper variant.
+//  - B = activations, read by the tensor cores straight from the pipeline's shared-memory tile.
+//    That tile is already in wgmma's canonical K-major layout with the 128-byte swizzle: rows of
+//    64 fp16 = 128 bytes, 16-byte chunk c of row r stored at c ^ (r % 8) (Mainloop::swizzled_offset),
+//    8-row groups 1024 bytes apart; it only has to start on a 1024-byte boundary (Tile pads slots).
+//  - D: m64nNk16's accumulator fragment gives warp w, per 8-column chunk j, the same 4 values
+//    (channels 16w + lane/4 (+8), rows 8j + 2 (lane % 4) (+1)) as mma.m16n8k16's C, so the
+//    accumulators keep tensor_core_sm80's [1][N/8][4] shape and its epilogue.
+
+#include <cstdint>
+#include <utility>
+
+#include <cute/arch/mma_sm90_desc.hpp>
+#include <cute/arch/mma_sm90_gmma.hpp>
+
+#include "kernels/common/dequant.cuh"
+
+namespace w4a16::wgmma_sm90 {
+
+namespace gmma = cute::SM90::GMMA;
+
+// The CuTe atom for m64nNk16, fp16 x fp16 -> fp32, A from registers, both operands K-major.
+template <int N> struct Atom;
+template <> struct Atom<8> { using type = gmma::MMA_64x8x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<16> { using type = gmma::MMA_64x16x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<32> { using type = gmma::MMA_64x32x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<64> { using type = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<128> { using type = gmma::MMA_64x128x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<256> { using type = gmma::MMA_64x256x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+
+// Shared-memory descriptor of a K-major, 128-byte-swizzled operand starting at `address` (a
+// shared-space address): stride 1024 bytes between 8-row groups; the leading-dimension offset is
+// unused for swizzled K-major layouts (1 by convention). A 16-wide k slice s of the tile starts
+// 32 * s bytes into each row: the hardware applies the swizzle to the absolute address bits, so
+// stepping along k inside the 128-byte row is just a larger start address.
+__device__ __forceinline__ uint64_t k_major_sw128_descriptor(uint32_t address) {
+  cute::GmmaDescriptor descriptor;
+  descriptor.bitfield.start_address_ = static_cast<uint16_t>((address & 0x3FFFF) >> 4);
+  descriptor.bitfield.leading_byte_offset_ = 1;
+  descriptor.bitfield.stride_byte_offset_ = 1024 >> 4;
+  descriptor.bitfield.base_offset_ = 0;
+  descriptor.bitfield.layout_type_ = 1;  // SWIZZLE_128B
+  return descriptor.desc_;
+}
+
+template <class Tile>
+struct WgmmaMath {
+  static constexpr int kN = Tile::kWarpTileM;
+  static constexpr int kAccumulators = kN / 2;  // per thread: 64 x N fp32 over 128 threads
+  using MmaAtom = typename Atom<kN>::type;
+  static_assert(Tile::kFragmentsN == 1, "a warp of a warpgroup owns 16 channels");
+  static_assert(Tile::kWarpsN % 4 == 0, "warpgroups are 4 consecutive warps along n");
+
+  template <size_t... I>
+  static __device__ __forceinline__ void mma(const uint32_t (&a)[4], uint64_t b, float* d, std::index_sequence<I...>) {
+    MmaAtom::fma(a[0], a[1], a[2], a[3], b, d[I]...);
+  }
+
+  // Keeps the compiler from moving accumulator reads or writes across the asynchronous wgmma.
+  static __device__ __forceinline__ void fence(float* d) {
+    #pragma unroll
+    for (int i = 0; i < kAccumulators; ++i) cute::warpgroup_fence_operand(d[i]);
+  }
+
+  // Issues one k-block (a pipeline slot): dequantizes the lane's weights into `a`, one fragment
+  // per 16-wide k slice, and multiplies them with the activation tile in four wgmma, committed as
+  // one group; then waits for the previous group, so that on return the previous k-block's A
+  // registers and shared-memory buffer are free again (see Mainloop::run). `a` must stay untouched
+  // until then: the caller alternates two sets.
+  // `slot` / `slot_address`: the slot as a generic pointer and as a shared-space address;
+  // `weights`, `scales`: this lane's offsets in it; `activation_rows`: the byte offset of the
+  // warpgroup's first activation row in the slot's activation tile.
+  template <class Accumulators>
+  static __device__ __forceinline__ void issue_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
+                                                    int weights, int scales, int activation_rows, uint32_t (&a)[4][4],
+                                                    Accumulators& accumulators) {
+    float* d = &accumulators[0][0][0];
+    const uint4 packed = *reinterpret_cast<const uint4*>(slot + weights);
+    const uint8_t* scale_row = slot + Tile::kWeightBytes + Tile::kActivationBytes + scales;
+    auto scale = [&](int row, bool high) {
+      return __half2half2(*reinterpret_cast<const __half*>(scale_row + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
+    };
+    const __half2 low0 = scale(0, false), high0 = scale(0, true);
+    const __half2 low1 = two_groups ? scale(1, false) : low0, high1 = two_groups ? scale(1, true) : high0;
+    const uint32_t activations = slot_address + Tile::kWeightBytes + activation_rows;
+
+    #pragma unroll
+    for (int k_slice = 0; k_slice < 4; ++k_slice) {
+      const uint32_t word = k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
+      const bool second_group = k_slice >= 2;
+      dequantize_fragment(word, second_group ? low1 : low0, second_group ? high1 : high0, a[k_slice]);
+    }
+    fence(d);
+    #pragma unroll
+    for (int k_slice = 0; k_slice < 4; ++k_slice) {
+      cute::warpgroup_arrive();  // wgmma.fence: the A registers written above are visible to wgmma
+      mma(a[k_slice], k_major_sw128_descriptor(activations + k_slice * 32), d, std::make_index_sequence<kAccumulators>{});
+    }
+    cute::warpgroup_commit_batch();
+    cute::warpgroup_wait<1>();
+    fence(d);
+  }
+
+  // After the last k-block: every wgmma done, accumulators readable.
+  template <class Accumulators>
+  static __device__ __forceinline__ void drain(Accumulators& accumulators) {
+    cute::warpgroup_wait<0>();
+    fence(&accumulators[0][0][0]);
+  }
+};
+
+}  // namespace w4a16::wgmma_sm90
