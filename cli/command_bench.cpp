@@ -84,8 +84,8 @@ struct Timing {
   int iterations = 0;
 };
 
-// Captures `iterations` calls of enqueue(i) into a graph, replays it once to warm up, then times
-// `repeats` replays.
+// Captures `iterations` calls of enqueue(i) into a graph, replays it until its time settles (the
+// warm-up, below), then times `repeats` replays.
 Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int repeats, cudaStream_t stream,
                   double min_warm_up_ms = 25) {
   cudaGraph_t graph = nullptr;
@@ -104,8 +104,8 @@ Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int r
   check_cuda(cudaEventCreate(&start), "cudaEventCreate");
   check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
   // Warm-up: replay until the replay time has settled, at least `min_warm_up_ms` and at most
-  // max(500 ms, min_warm_up_ms). Settled means the last three replays took within 1% of the three
-  // before them. The SM clock recovers slowly (about a second) after a compute-heavy phase, too
+  // max(500 ms, min_warm_up_ms) (plus the replay in progress). Settled means the last three
+  // replays took within 2% of the three before them (host-timed, so launch jitter counts too). The SM clock recovers slowly (about a second) after a compute-heavy phase, too
   // slowly for that test to see, so the caller asks for a long minimum after one (entry 9 of
   // bench/NOTES.md: the first decode shape after the ceilings ran 10-18% slow otherwise).
   std::vector<double> warm_up_ms;
@@ -115,7 +115,7 @@ Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int r
     if (n < 6) return false;
     const double recent = warm_up_ms[n - 1] + warm_up_ms[n - 2] + warm_up_ms[n - 3];
     const double before = warm_up_ms[n - 4] + warm_up_ms[n - 5] + warm_up_ms[n - 6];
-    return std::abs(recent - before) <= 0.01 * before;
+    return std::abs(recent - before) <= 0.02 * before;
   };
   for (;;) {
     const auto replay_begin = std::chrono::steady_clock::now();

@@ -329,7 +329,9 @@ TEST_P(EveryConfig, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, EveryConfig,
                          ::testing::Values(ConfigShape{17, 80, 1088, 32}, ConfigShape{130, 1040, 1024, 128},
-                                           ConfigShape{1, 272, 4096, 0}, ConfigShape{40, 208, 640, 64}),
+                                           ConfigShape{1, 272, 4096, 0}, ConfigShape{40, 208, 640, 64},
+                                           // several bands of 8 m-tiles, the last one partial (tile_scheduler.cuh)
+                                           ConfigShape{700, 1040, 1024, 128}),
                          [](const ::testing::TestParamInfo<ConfigShape>& info) {
                            const ConfigShape& s = info.param;
                            return "m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +

@@ -11,7 +11,7 @@ enum class StatusCode {
   kSuccess = 0,
   kInvalidArgument,      // null pointer, m/n/k out of range, bad alpha ...
   kMisalignedPointer,    // a device pointer that breaks the documented alignment
-  kUnsupportedShape,     // n or k not a multiple of what the packed layout needs
+  kUnsupportedShape,     // n or k not a multiple of what the packed layout needs, or too many output tiles
   kUnsupportedGroupSize, // group size not in {32, 64, 128, k}, or k not a multiple of it
   kWorkspaceTooSmall,    // the caller's workspace is smaller than workspace_bytes() said
   kUnsupportedArch,      // the device has no kernel for this config (or none at all)

@@ -1,6 +1,6 @@
-// Prefill-sized tiles (m >= 128): compute bound, so warps own 64 x 32 or 64 x 64 output tiles (8
-// mma per dequantized weight fragment) and the pipeline is only as deep as shared memory allows
-// two blocks per SM on H100 (228 KB); on A100 (164 KB) the 4-stage 128 x 128 tile fits one.
+// Prefill-sized tiles (m >= 128): compute bound, so warps own 64 x 64 output tiles (8 mma per
+// dequantized weight fragment, 4 per activation fragment) and the pipeline is only as deep as
+// shared memory allows two blocks per SM on H100 (228 KB); on A100 (164 KB) too for 128 x 128.
 #include "kernels/tensor_core_sm80/kernel.cuh"
 
 namespace w4a16::tensor_core_sm80 {

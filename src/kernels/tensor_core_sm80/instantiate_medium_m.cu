@@ -1,5 +1,5 @@
-// Medium tiles (m 17..64): warps cover 32 x 32 (activation rows x channels), so each dequantized
-// weight fragment feeds four mma instructions.
+// Medium tiles (m 17..64): warps cover 32 or 64 activation rows x 32 or 64 channels, so each
+// dequantized weight fragment feeds four or eight mma instructions.
 #include "kernels/tensor_core_sm80/kernel.cuh"
 
 namespace w4a16::tensor_core_sm80 {

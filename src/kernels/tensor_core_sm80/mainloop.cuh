@@ -8,9 +8,9 @@
 //
 // At decode sizes this loop is bound by instruction issue, not by bandwidth, unless it is lean:
 // every copy address and every shared-memory offset a lane reads from is computed once (CopyPlan,
-// LaneOffsets) and then advanced by a constant per stage, and scales are read from shared memory
-// once per k-block rather than per fragment. About 180 instructions per warp per 1 KB k-block of
-// weights at decode (was ~260 before; bench/NOTES.md, entry 9).
+// LaneOffsets) and then advanced by a constant per stage (scale sources by their group row), and
+// scales are read from shared memory once per k-block rather than per fragment. About 180
+// instructions per warp per 1 KB k-block of weights at decode (~260 before; bench/NOTES.md, 9).
 
 #include <cstdint>
 
@@ -99,7 +99,7 @@ struct Mainloop {
         activation_destination[i] =
             shared_base + slot * Tile::kSlotBytes + Tile::kWeightBytes + swizzled_offset(row, column_chunk);
         activation_source[i] = params.a + static_cast<long long>(work.m_begin + row) * params.k +
-                               (work.k_block_begin + slot) * Tile::kBlockK + column_chunk * 8;
+                               static_cast<long long>(work.k_block_begin + slot) * Tile::kBlockK + column_chunk * 8;
       }
       constexpr int kScaleChunksPerRow = Tile::kTileN / 8;
       constexpr int kScaleChunksPerSlot = 2 * kScaleChunksPerRow;
@@ -152,7 +152,7 @@ struct Mainloop {
 
   // Per-lane shared-memory offsets inside a slot, fixed for the whole k loop.
   struct LaneOffsets {
-    uint32_t activation[4];  // ldmatrix row address of k slice 0..3 (first fragment pair)
+    uint32_t activation[4];  // ldmatrix row address of k slice 0..3 (of the first fragment or pair)
     int weights;             // this lane's 16 bytes of the warp's first weight tile
     int scales;              // byte offset of channel (lane / 4) of the warp's first fragment
     int activation_rows;     // byte offset of the warp tile's first activation row (wgmma's B)
@@ -311,7 +311,7 @@ struct Mainloop {
     }
   }
 
-  // The pipeline. Stage i covers k-blocks first + i * WarpsK ... (+ WarpsK - 1) and lives in ring
+  // The pipeline. Stage i covers k-blocks k_block_begin + i * WarpsK ... (+ WarpsK - 1) and lives in ring
   // buffer i % Stages. A buffer is refilled kRefillLag stages after it was computed on: 1 for
   // mma.sync (its math is done when the warp reaches the next barrier), 2 for wgmma, whose k-block
   // may still be reading its buffer when the next one starts (see the wgmma loop below). So

@@ -26,8 +26,9 @@ constexpr int kBandM = 8;
 template <class Tile>
 __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
   const int k_blocks = params.k / Tile::kBlockK;
-  const int n_tiles = (params.n + Tile::kTileN - 1) / Tile::kTileN;
-  const int m_tiles = (params.m + Tile::kTileM - 1) / Tile::kTileM;
+  // n / tile + (n % tile != 0): rounding up without forming n + tile - 1, which can overflow an int.
+  const int n_tiles = params.n / Tile::kTileN + (params.n % Tile::kTileN != 0);
+  const int m_tiles = params.m / Tile::kTileM + (params.m % Tile::kTileM != 0);
   const int tiles_per_band = kBandM * n_tiles;
   const int band = blockIdx.x / tiles_per_band, in_band = blockIdx.x % tiles_per_band;
   const int band_first_m = band * kBandM;
@@ -46,8 +47,8 @@ __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
 
 template <class Tile>
 inline dim3 grid_shape(const Params& params) {
-  const long long n_tiles = (params.n + Tile::kTileN - 1) / Tile::kTileN;
-  const long long m_tiles = (params.m + Tile::kTileM - 1) / Tile::kTileM;
+  const long long n_tiles = (static_cast<long long>(params.n) + Tile::kTileN - 1) / Tile::kTileN;
+  const long long m_tiles = (static_cast<long long>(params.m) + Tile::kTileM - 1) / Tile::kTileM;
   return dim3(static_cast<unsigned>(n_tiles * m_tiles), 1, params.split_k);
 }
 
