@@ -2,6 +2,7 @@
 // and every compiled config), determinism, argument validation, the profiler and graph capture.
 // Every test skips when the machine has no CUDA device.
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -218,6 +219,14 @@ TEST_F(Gpu, ConfigListIsConsistent) {
     }
   }
   if (runner().sm_version() >= 80) { EXPECT_TRUE(has_tensor_core) << "sm_" << runner().sm_version() << " without tc configs"; }
+  // wgmma tiles: listed exactly when the build has sm_90a code and the device is sm_90.
+  const bool has_wgmma = std::any_of(configs.begin(), configs.end(),
+                                     [](const KernelConfig& c) { return c.family == KernelFamily::kWgmmaSm90; });
+#if defined(W4A16_WITH_WGMMA)
+  EXPECT_EQ(has_wgmma, runner().sm_version() == 90);
+#else
+  EXPECT_FALSE(has_wgmma);
+#endif
   std::printf("device sm_%d, %d SMs, %zu configs\n", runner().sm_version(), runner().sm_count(), configs.size());
   // The heuristic only ever names listed configs.
   for (int m : {1, 16, 17, 100, 1000, 5000})
@@ -480,6 +489,20 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
     KernelConfig split3 = config;  // a listed tile with a split the list does not offer
     split3.split_k = 3;
     expect_rejected(split3.name(), valid, &split3, workspace.get(), workspace.bytes(), StatusCode::kUnsupportedArch);
+    break;
+  }
+
+  // More output tiles than a one-dimensional grid (and the kernel's int tile index) can number:
+  // rejected before anything is launched or read (the pointers point at far smaller buffers).
+  for (const KernelConfig& config : runner().configs()) {
+    if (!config.tensor_core() || config.split_k != 1 || config.tile_m != 8) continue;
+    GemmArguments huge = valid;
+    huge.m = std::numeric_limits<int>::max();
+    huge.n = std::numeric_limits<int>::max() / 16 * 16;
+    huge.k = 64;
+    huge.group_size = 64;
+    expect_rejected(config.name() + " with 2^31 x 2^31 outputs", huge, &config, workspace.get(), workspace.bytes(),
+                    StatusCode::kUnsupportedShape);
     break;
   }
 
