@@ -13,6 +13,9 @@ struct TileChoice {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
   int max_split_k = 16;
   KernelFamily family = KernelFamily::kTensorCoreSm80;
+  // Split-K never leaves a warp fewer k-blocks than this: below it the pipeline never reaches
+  // steady state (mma.sync: 4; wgmma, whose buffers are refilled two stages late: 16).
+  int min_k_blocks_per_warp = 4;
 };
 
 // One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, runs 4 and 9):
@@ -32,6 +35,9 @@ constexpr TileChoice kTileTable[] = {
 
 constexpr long long kSmallLayerElements = 4096LL * 4096;
 constexpr TileChoice kSmallLayerTile = {8, 8, 16, 1, 1, 8, 8};
+// ... and up to m = 32 the same idea with 16-row tiles (at m = 32 two of them): 16x4096x4096
+// 10.3 us vs 11.9 for the table's tile, 32x4096x4096 11.7 vs 12.7 (bench/NOTES.md, entry 13).
+constexpr TileChoice kSmallLayerTileM16 = {32, 16, 32, 1, 2, 4, 8};
 
 // Mid-sized layers at decode (e.g. 11008 x 4096): when the 128-channel tiles already give ~0.6
 // blocks per SM, 16 warps per block (4 along k) without split-K beat the 8-warp tile split 4 ways:
@@ -44,8 +50,8 @@ constexpr double kWideKMinBlocksPerSm = 0.6;
 // better); one warpgroup per 64 channels, wgmma N = 64 or 128.
 constexpr int kWgmmaMinM = 33;
 constexpr TileChoice kWgmmaTable[] = {
-    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90},
-    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90},
+    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16},
+    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16},
 };
 
 // From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our
@@ -57,8 +63,6 @@ constexpr int kDequantCublasMinM_Wgmma = 2048;
 // Split-K (fp32 partials + a reducing kernel) until the grid has this many blocks per SM: the
 // profiler's winners all had ~1.5-3 blocks per SM.
 constexpr double kTargetBlocksPerSm = 1.5;
-// ... but never below 4 k-blocks per warp, or the pipeline never reaches steady state.
-constexpr int kMinKBlocksPerWarp = 4;
 
 }  // namespace
 
@@ -90,14 +94,15 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   while (m > table_tile->max_m) ++table_tile;  // the last entry's max_m is INT_MAX: always stops
   const TileChoice* wgmma_tile = &kWgmmaTable[0];
   while (m > wgmma_tile->max_m) ++wgmma_tile;
-  // Small layers at decode: even split 8 ways, a 128-channel tile leaves each warp only 4
-  // k-blocks; 16-channel tiles with all 8 warps along k give 256 blocks without split-K.
-  const bool small_layer = m <= 8 && static_cast<long long>(n) * k <= kSmallLayerElements;
+  // Small layers up to m = 32: even split 8 ways, a 128-channel tile leaves each warp only 4
+  // k-blocks; 16- or 32-channel tiles with the warps along k fill the GPU without split-K.
+  const bool small_layer = m <= kSmallLayerTileM16.max_m && static_cast<long long>(n) * k <= kSmallLayerElements;
+  const TileChoice* const small_layer_tile = m <= kSmallLayerTile.max_m ? &kSmallLayerTile : &kSmallLayerTileM16;
   const long long wide_k_blocks = (static_cast<long long>(n) + kWideKDecodeTile.tile_n - 1) / kWideKDecodeTile.tile_n;
   const bool wide_k = m <= 8 && !small_layer && wide_k_blocks >= kWideKMinBlocksPerSm * device.sm_count &&
                       wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
   const TileChoice* const first = wgmma && m >= kWgmmaMinM ? wgmma_tile
-                                  : small_layer                ? &kSmallLayerTile
+                                  : small_layer                ? small_layer_tile
                                   : wide_k                     ? &kWideKDecodeTile
                                                                : table_tile;
   const TileChoice* const candidates[] = {first, table_tile};
@@ -116,7 +121,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     const int k_blocks = k / 64;
     config.split_k = 1;
     for (int split : split_k_choices()) {
-      if (split > tile->max_split_k || k_blocks / (split * tile->warps_k) < kMinKBlocksPerWarp) break;
+      if (split > tile->max_split_k || k_blocks / (split * tile->warps_k) < tile->min_k_blocks_per_warp) break;
       config.split_k = split;
       if (tiles * split >= kTargetBlocksPerSm * device.sm_count) break;
     }
