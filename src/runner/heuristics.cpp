@@ -16,6 +16,11 @@ struct TileChoice {
   // Split-K never leaves a warp fewer k-blocks than this: below it the pipeline never reaches
   // steady state (mma.sync: 4; wgmma, whose buffers are refilled two stages late: 16).
   int min_k_blocks_per_warp = 4;
+  // Split-K stops at the first factor giving this many blocks per SM. The mma.sync winners had
+  // 1.5-3 blocks per SM (bench/NOTES.md, entry 4); the wgmma tiles are bigger and their split-K
+  // partials (split x m x n fp32, written and read back) cost as much as the weights at m = 128
+  // and k = 4096, so one wave is enough (entry 14).
+  double target_blocks_per_sm = 1.5;
 };
 
 // One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, runs 4 and 9):
@@ -50,8 +55,8 @@ constexpr double kWideKMinBlocksPerSm = 0.6;
 // better); one warpgroup per 64 channels, wgmma N = 64 or 128.
 constexpr int kWgmmaMinM = 33;
 constexpr TileChoice kWgmmaTable[] = {
-    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16},
-    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16},
+    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16, 1.0},
+    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16, 1.0},
 };
 
 // From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our
@@ -60,8 +65,8 @@ constexpr TileChoice kWgmmaTable[] = {
 constexpr int kDequantCublasMinM_Sm90 = 512;
 constexpr int kDequantCublasMinM_Wgmma = 2048;
 
-// Split-K (fp32 partials + a reducing kernel) until the grid has this many blocks per SM: the
-// profiler's winners all had ~1.5-3 blocks per SM.
+// Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
+// The mid-sized decode rule below uses the mma.sync target.
 constexpr double kTargetBlocksPerSm = 1.5;
 
 }  // namespace
@@ -123,7 +128,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     for (int split : split_k_choices()) {
       if (split > tile->max_split_k || k_blocks / (split * tile->warps_k) < tile->min_k_blocks_per_warp) break;
       config.split_k = split;
-      if (tiles * split >= kTargetBlocksPerSm * device.sm_count) break;
+      if (tiles * split >= tile->target_blocks_per_sm * device.sm_count) break;
     }
     if (is_available(config)) return config;
   }
