@@ -333,6 +333,12 @@ TEST_P(EveryConfig, MatchesReference) {
     families.insert(config.family);
   }
   EXPECT_GT(ran, 0);
+  // Every family this device offers (and the test was asked to cover) was exercised.
+  for (const KernelConfig& config : runner().configs()) {
+    if (test::family_selected(config.family)) {
+      EXPECT_EQ(families.count(config.family), 1u) << to_string(config.family);
+    }
+  }
   std::printf("%d of %zu configs ran\n", ran, runner().configs().size());
 }
 

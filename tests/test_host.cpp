@@ -686,36 +686,39 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = fals
 }
 
 TEST(Heuristics, ChoicesAreValidForTheProblem) {
-  const std::vector<KernelConfig> available = every_config(true, /*with_wgmma=*/true);
   const std::vector<int>& splits = heuristics::split_k_choices();
   ASSERT_FALSE(splits.empty());
   EXPECT_EQ(splits.front(), 1);
-  const std::pair<int, int> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192},
-                                        {1040, 320},  {272, 1088},   {16, 64},      {128, 65536}};
-  for (const heuristics::DeviceTraits device : {heuristics::DeviceTraits{80, 108}, heuristics::DeviceTraits{90, 132},
-                                                heuristics::DeviceTraits{86, 84}}) {
-    for (const auto& [n, k] : shapes) {
-      int previous_tile_m = 0;
-      for (int m : {1, 2, 3, 8, 9, 16, 17, 31, 33, 64, 65, 127, 128, 129, 511, 512, 1000, 4096, 65536}) {
-        SCOPED_TRACE("sm_" + std::to_string(device.sm_version) + " x" + std::to_string(device.sm_count) + ": m " +
-                     std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k));
-        const KernelConfig c = heuristics::choose(m, n, k, device, available);
-        ASSERT_NE(std::find(available.begin(), available.end(), c), available.end()) << c.name();
-        if (c.family == KernelFamily::kDequantCublas) {
-          EXPECT_GE(device.sm_version, 90) << "dequant_cublas chosen although a tensor-core tile was available";
-          continue;
+  for (const bool with_wgmma : {false, true}) {
+    SCOPED_TRACE(with_wgmma ? "with the wgmma tiles" : "without the wgmma tiles");
+    const std::vector<KernelConfig> available = every_config(true, with_wgmma);
+    const std::pair<int, int> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192},
+                                          {1040, 320},  {272, 1088},   {16, 64},      {128, 65536}};
+    for (const heuristics::DeviceTraits device : {heuristics::DeviceTraits{80, 108}, heuristics::DeviceTraits{90, 132},
+                                                  heuristics::DeviceTraits{86, 84}}) {
+      for (const auto& [n, k] : shapes) {
+        int previous_tile_m = 0;
+        for (int m : {1, 2, 3, 8, 9, 16, 17, 31, 33, 64, 65, 127, 128, 129, 511, 512, 1000, 4096, 65536}) {
+          SCOPED_TRACE("sm_" + std::to_string(device.sm_version) + " x" + std::to_string(device.sm_count) + ": m " +
+                       std::to_string(m) + " n " + std::to_string(n) + " k " + std::to_string(k));
+          const KernelConfig c = heuristics::choose(m, n, k, device, available);
+          ASSERT_NE(std::find(available.begin(), available.end(), c), available.end()) << c.name();
+          if (c.family == KernelFamily::kDequantCublas) {
+            EXPECT_GE(device.sm_version, 90) << "dequant_cublas chosen although a tensor-core tile was available";
+            continue;
+          }
+          // What check() demands: split_k a listed choice and no larger than the k / 64 k-blocks.
+          EXPECT_NE(std::find(splits.begin(), splits.end(), c.split_k), splits.end()) << c.name();
+          EXPECT_LE(c.split_k, k / 64) << c.name();
+          if (c.split_k > 1) {
+            const long long tiles = (long long)((m + c.tile_m - 1) / c.tile_m) * ((n + c.tile_n - 1) / c.tile_n);
+            // Split-K stops at the first factor that gives ~1.5 blocks per SM, so half of it fell short:
+            // anything beyond 3 blocks per SM means it split further than filling the GPU needs.
+            EXPECT_LT(tiles * c.split_k, 3LL * device.sm_count) << c.name() << ": split-K beyond filling the GPU";
+          }
+          EXPECT_GE(c.tile_m, previous_tile_m) << c.name() << ": a larger m got a smaller tile";
+          previous_tile_m = c.tile_m;
         }
-        // What check() demands: split_k a listed choice and no larger than the k / 64 k-blocks.
-        EXPECT_NE(std::find(splits.begin(), splits.end(), c.split_k), splits.end()) << c.name();
-        EXPECT_LE(c.split_k, k / 64) << c.name();
-        if (c.split_k > 1) {
-          const long long tiles = (long long)((m + c.tile_m - 1) / c.tile_m) * ((n + c.tile_n - 1) / c.tile_n);
-          // Split-K stops at the first factor that gives ~1.5 blocks per SM, so half of it fell short:
-          // anything beyond 3 blocks per SM means it split further than filling the GPU needs.
-          EXPECT_LT(tiles * c.split_k, 3LL * device.sm_count) << c.name() << ": split-K beyond filling the GPU";
-        }
-        EXPECT_GE(c.tile_m, previous_tile_m) << c.name() << ": a larger m got a smaller tile";
-        previous_tile_m = c.tile_m;
       }
     }
   }

@@ -89,7 +89,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     tensor_core_sm80::append_small_m_kernels(compiled);
     tensor_core_sm80::append_medium_m_kernels(compiled);
     tensor_core_sm80::append_large_m_kernels(compiled);
-    // sm_90a machine code runs on sm_90 parts only; elsewhere prepare() fails and they are skipped.
+    // sm_90a machine code runs on sm_90 parts only, so the wgmma tiles are only offered there.
     if (sm_version_ == 90) tensor_core_sm80::append_wgmma_sm90_kernels(compiled);
     for (const auto& kernel : compiled) {
       const int compiled_arch = kernel.compiled_for();
@@ -267,7 +267,7 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   // kernel is built for the same targets as the fused one, so one arch check covers both.
   const bool programmatic = programmatic_dependent_launch() && entry->compiled_arch >= 90;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
-    return cuda_status(error, "tensor_core_sm80 launch");
+    return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }
   if (config.split_k > 1) {
     if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, programmatic);

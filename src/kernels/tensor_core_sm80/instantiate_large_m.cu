@@ -1,6 +1,6 @@
 // Prefill-sized tiles (m >= 128): compute bound, so warps own 64 x 64 output tiles (8 mma per
 // dequantized weight fragment, 4 per activation fragment) and the pipeline is only as deep as
-// shared memory allows two blocks per SM on H100 (228 KB); on A100 (164 KB) too for 128 x 128.
+// shared memory allows two 128 x 128 blocks per SM on H100 (228 KB); A100 (164 KB) fits one.
 #include "kernels/tensor_core_sm80/kernel.cuh"
 
 namespace w4a16::tensor_core_sm80 {

@@ -368,6 +368,10 @@ struct Mainloop {
     // One iteration: wait for stage i, refill the buffer freed kRefillLag stages ago, compute.
     auto iteration = [&](int i, auto&& compute) {
       ptx::cp_async_wait<kInFlight - 1>();
+      // wgmma reads its B operand through the async proxy, cp.async wrote it through the generic
+      // one: each thread makes its own landed copies visible to the async proxy before the barrier
+      // hands them to the warpgroups.
+      if constexpr (Tile::kWgmma) ptx::fence_proxy_async_shared();
       // Makes stage i visible to every warp, and guarantees every warp is done with the buffer the
       // next copy overwrites (mma.sync: it finished stage i - 1 before arriving here; wgmma: it
       // waited for stage i - 2's wgmma at the end of iteration i - 1).
