@@ -17,6 +17,12 @@ void fill_random_half(__half* data, size_t count, float low, float high, uint64_
 
 // Reads `bytes` of `data` once with 16-byte loads across the whole GPU (the result is folded into
 // `sink` so the loads cannot be optimized away). Enqueue-only; time it with events.
+// The per-shape read floor: reads `first_bytes` of `first` and `second_bytes` of `second` (both
+// multiples of 16) once, in one kernel that does nothing else. A GEMM streaming the same bytes
+// cannot beat it; how close it comes is the kernel's efficiency net of launch and HBM latency.
+void launch_read_floor(const void* first, size_t first_bytes, const void* second, size_t second_bytes, unsigned* sink,
+                       cudaStream_t stream);
+
 void launch_read_probe(const void* data, size_t bytes, unsigned* sink, int sm_count, cudaStream_t stream);
 
 }  // namespace w4a16::cli

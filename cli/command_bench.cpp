@@ -263,8 +263,8 @@ int run_bench(const BenchOptions& options) {
   std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d, "
               "programmatic dependent launch %s\n\n",
               options.group, options.repeats, runner.programmatic_dependent_launch() ? "on" : "off");
-  std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
-              "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "cuBLAS us", "eff%", "speedup");
+  std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %8s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
+              "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "floor us", "flr%", "cuBLAS us", "eff%", "speedup");
 
   nlohmann::json results = nlohmann::json::array();
   const size_t l2 = size_t(properties.l2CacheSize);
@@ -304,6 +304,8 @@ int run_bench(const BenchOptions& options) {
     fill_random_half(a.get<__half>(), size_t(max_m) * k, -1, 1, 400);
     check_cuda(cudaDeviceSynchronize(), "fill");
 
+    DeviceBuffer sink(sizeof(unsigned));
+    Timing read_floor;
     for (size_t shape_index = 0; shape_index < ms.size(); ++shape_index) {
       const int m = ms[shape_index];
       // The first shape of a layer follows the ceilings or the previous layer's largest m, both
@@ -368,12 +370,23 @@ int run_bench(const BenchOptions& options) {
           },
           std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream);
 
+      // The read floor (see launch_read_floor): the same weight bytes, the same rotation and
+      // harness, no math. Measured once per layer: it does not depend on m.
+      if (shape_index == 0) {
+        read_floor = time_graph(
+            [&](int i) {
+              launch_read_floor(packed[i % w4_copies].get(), packed_bytes, scales[i % w4_copies].get(), scale_bytes,
+                                sink.get<unsigned>(), stream);
+            },
+            std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
+      }
+
       const double efficiency = roofline_us / w4.median_us;
       const double speedup = dense_timing.median_us / w4.median_us;
-      std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n, k,
+      std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %8.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n, k,
                   config.name().c_str(), w4.median_us, w4.min_us, flops / (w4.median_us * 1e6), bytes / (w4.median_us * 1e3),
-                  roofline_us, 100 * efficiency, dense_timing.median_us, 100 * cublas_roofline_us / dense_timing.median_us,
-                  speedup);
+                  roofline_us, 100 * efficiency, read_floor.median_us, 100 * read_floor.median_us / w4.median_us,
+                  dense_timing.median_us, 100 * cublas_roofline_us / dense_timing.median_us, speedup);
       std::fflush(stdout);
       results.push_back({{"m", m},
                          {"n", n},
@@ -391,6 +404,8 @@ int run_bench(const BenchOptions& options) {
                          {"flops", flops},
                          {"roofline_us", roofline_us},
                          {"efficiency", efficiency},
+                         {"read_floor_us", read_floor.median_us},
+                         {"read_floor_fraction", read_floor.median_us / w4.median_us},
                          {"cublas_us", dense_timing.median_us},
                          {"cublas_min_us", dense_timing.min_us},
                          {"cublas_weight_copies", dense_copies},
@@ -413,7 +428,8 @@ int run_bench(const BenchOptions& options) {
           {"programmatic_dependent_launch", runner.programmatic_dependent_launch()},
           {"statistic", "median per call over repeats of a CUDA graph of back-to-back calls"},
           {"weights_rotated_over_bytes_at_least", 4 * l2},
-          {"roofline", "max(bytes / hbm_read, 2mnk / fp16_rate), bytes = packed weights + scales + A + C"}}},
+          {"roofline", "max(bytes / hbm_read, 2mnk / fp16_rate), bytes = packed weights + scales + A + C"},
+          {"read_floor", "one kernel reading the packed weights and scales once, no math, same rotation and graph"}}},
         {"wall_seconds", seconds},
         {"results", results}};
     std::ofstream out(options.json);
