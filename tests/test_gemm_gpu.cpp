@@ -345,6 +345,9 @@ TEST_P(EveryConfig, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, EveryConfig,
                          ::testing::Values(ConfigShape{17, 80, 1088, 32}, ConfigShape{130, 1040, 1024, 128},
                                            ConfigShape{1, 272, 4096, 0}, ConfigShape{40, 208, 640, 64},
+                                           // per-channel group that is not a power of two; n
+                                           // smaller than the widest tiles' n
+                                           ConfigShape{3, 48, 1088, 0},
                                            // several bands of 8 m-tiles, the last one partial (tile_scheduler.cuh)
                                            ConfigShape{700, 1040, 1024, 128}),
                          [](const ::testing::TestParamInfo<ConfigShape>& info) {

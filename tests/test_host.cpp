@@ -535,6 +535,16 @@ TEST(KernelConfigName, RoundTrips) {
   EXPECT_EQ(parsed, wg);
   EXPECT_TRUE(parsed.tensor_core());
   EXPECT_FALSE(parse_kernel_config("wx" + name.substr(2), &parsed));
+  // The streaming family likewise.
+  KernelConfig st = tc;
+  st.family = KernelFamily::kStreamingSm80;
+  EXPECT_EQ(st.name(), "st" + name.substr(2));
+  EXPECT_NE(st, tc);
+  EXPECT_NE(st, wg);
+  ASSERT_TRUE(parse_kernel_config(st.name(), &parsed)) << st.name();
+  EXPECT_EQ(parsed, st);
+  EXPECT_TRUE(parsed.tensor_core());
+  EXPECT_FALSE(parse_kernel_config("s_" + name.substr(2), &parsed));
 
   // Every field is part of the name: changing any one changes the name, and each name parses back.
   std::vector<KernelConfig> variants = {tc,
@@ -571,6 +581,7 @@ TEST(KernelConfigName, RoundTrips) {
 
   EXPECT_STREQ(to_string(KernelFamily::kTensorCoreSm80), "tensor_core_sm80");
   EXPECT_STREQ(to_string(KernelFamily::kDequantCublas), "dequant_cublas");
+  EXPECT_STREQ(to_string(KernelFamily::kStreamingSm80), "streaming_sm80");
 }
 
 TEST(KernelConfigName, ParseRejectsGarbage) {

@@ -11,16 +11,37 @@ const char* to_string(KernelFamily family) {
   switch (family) {
     case KernelFamily::kTensorCoreSm80: return "tensor_core_sm80";
     case KernelFamily::kWgmmaSm90: return "wgmma_sm90";
+    case KernelFamily::kStreamingSm80: return "streaming_sm80";
     case KernelFamily::kDequantCublas: return "dequant_cublas";
   }
   return "unknown";
 }
 
+namespace {
+
+// Name prefixes of the fused families.
+constexpr struct {
+  KernelFamily family;
+  const char* prefix;
+} kPrefixes[] = {
+    {KernelFamily::kTensorCoreSm80, "tc"},
+    {KernelFamily::kWgmmaSm90, "wg"},
+    {KernelFamily::kStreamingSm80, "st"},
+};
+
+const char* prefix(KernelFamily family) {
+  for (const auto& entry : kPrefixes)
+    if (entry.family == family) return entry.prefix;
+  return "??";
+}
+
+}  // namespace
+
 std::string KernelConfig::name() const {
   if (family == KernelFamily::kDequantCublas) return "dequant_cublas";
   char buffer[96];
   std::snprintf(buffer, sizeof(buffer), "%s_m%dn%d_w%dx%dx%d_s%d_k%d",
-                family == KernelFamily::kWgmmaSm90 ? "wg" : "tc", tile_m, tile_n, warps_m, warps_n, warps_k, stages,
+                prefix(family), tile_m, tile_n, warps_m, warps_n, warps_k, stages,
                 split_k);
   return buffer;
 }
@@ -41,8 +62,14 @@ bool parse_kernel_config(const std::string& name, KernelConfig* config) {
   }
   KernelConfig parsed;
   int consumed = 0;
-  if (name.size() < 3 || (name.compare(0, 3, "tc_") != 0 && name.compare(0, 3, "wg_") != 0)) return false;
-  parsed.family = name[0] == 'w' ? KernelFamily::kWgmmaSm90 : KernelFamily::kTensorCoreSm80;
+  bool known = false;
+  for (const auto& entry : kPrefixes) {
+    if (name.size() >= 3 && name.compare(0, 2, entry.prefix) == 0 && name[2] == '_') {
+      parsed.family = entry.family;
+      known = true;
+    }
+  }
+  if (!known) return false;
   if (std::sscanf(name.c_str() + 3, "m%dn%d_w%dx%dx%d_s%d_k%d%n", &parsed.tile_m, &parsed.tile_n, &parsed.warps_m,
                   &parsed.warps_n, &parsed.warps_k, &parsed.stages, &parsed.split_k, &consumed) != 7 ||
       consumed + 3 != static_cast<int>(name.size())) {

@@ -3,9 +3,11 @@
 // launcher each instantiation group compiles.
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/common/launch.cuh"
 #include "kernels/tensor_core_sm80/epilogue.cuh"
+#include "kernels/streaming_sm80/mainloop.cuh"
 #include "kernels/tensor_core_sm80/mainloop.cuh"
 #include "kernels/tensor_core_sm80/params.h"
 #include "kernels/tensor_core_sm80/tile.cuh"
@@ -44,8 +46,11 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* dynamic
   const int warp_m = (warp / Tile::kWarpsN) % Tile::kWarpsM;
   const int warp_k = warp / (Tile::kWarpsN * Tile::kWarpsM);
 
-  typename Mainloop<Tile>::Accumulators accumulators;
-  Mainloop<Tile>::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
+  // The k loop: the multistage shared-memory pipeline (mma.sync or wgmma math), or for streaming
+  // tiles the register-only decode loop. Both leave the same mma.sync accumulator fragments.
+  using KLoop = std::conditional_t<Tile::kStreaming, streaming_sm80::Mainloop<Tile>, Mainloop<Tile>>;
+  typename KLoop::Accumulators accumulators;
+  KLoop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
   // Every load of this block is done: let the next kernel in the stream launch once all blocks got
   // here, so its prologue (weight prefetch) overlaps this kernel's reduction, epilogue and tail.
   // Triggering earlier (at kernel entry) was measured slower: the next kernel's blocks were then
@@ -89,7 +94,7 @@ int compiled_for() {
 template <class Tile>
 CompiledKernel compiled_kernel() {
   return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages,
-                         Tile::kWgmma},
+                         Tile::kWgmma, Tile::kStreaming},
                         &launch<Tile>,
                         &prepare<Tile>,
                         &compiled_for<Tile>};

@@ -27,7 +27,8 @@ struct Params {
 
 struct TileShape {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
-  bool wgmma;  // math step: wgmma (KernelFamily::kWgmmaSm90) instead of mma.sync
+  bool wgmma;      // math step: wgmma (KernelFamily::kWgmmaSm90) instead of mma.sync
+  bool streaming;  // k loop: streaming_sm80's register-only decode loop (KernelFamily::kStreamingSm80)
 };
 
 // One compiled instantiation: its shape, a launcher, and a probe that reports whether the running
@@ -43,6 +44,8 @@ struct CompiledKernel {
 void append_small_m_kernels(std::vector<CompiledKernel>& table);
 void append_medium_m_kernels(std::vector<CompiledKernel>& table);
 void append_large_m_kernels(std::vector<CompiledKernel>& table);
+// The streaming decode tiles (kernels/streaming_sm80/instantiate.cu).
+void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table);
 // The wgmma tiles (kernels/wgmma_sm90/instantiate.cu); appends nothing unless the build targets
 // sm_90a (W4A16_WITH_WGMMA).
 void append_wgmma_sm90_kernels(std::vector<CompiledKernel>& table);
