@@ -59,6 +59,17 @@ __device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
   return d;
 }
 
+// 16-byte shared-memory load written as asm volatile, so that the compiler keeps it after the
+// cp.async wait that makes its data valid (a plain load may be moved across that asm statement)
+// and before a later cp.async that overwrites the same bytes.
+__device__ __forceinline__ uint4 ld_shared_128(uint32_t shared) {
+  uint4 value;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
+               : "r"(shared));
+  return value;
+}
+
 // Orders this thread's earlier generic-proxy writes to shared memory (e.g. landed cp.async copies)
 // before later async-proxy reads of it (wgmma operands, TMA stores). sm_90+.
 __device__ __forceinline__ void fence_proxy_async_shared() {

@@ -15,8 +15,9 @@ namespace w4a16::tensor_core_sm80 {
 // the warp tile's m is the wgmma's N. Slots then start on 1024-byte boundaries, which the
 // 128-byte-swizzled operand layout wgmma reads requires.
 //
-// Streaming = true: the streaming_sm80 mainloop (decode): no shared-memory pipeline; each warp
-// keeps Stages k-blocks of its operands in flight in registers. WarpsM must be 1.
+// Streaming = true: the streaming_sm80 mainloop (decode): each lane streams its own weight bytes
+// through a private ring of Stages k-blocks in shared memory; no block barrier in the k loop.
+// WarpsM must be 1.
 template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages, bool Wgmma = false,
           bool Streaming = false>
 struct Tile {
@@ -52,7 +53,9 @@ struct Tile {
   static constexpr int kSlotBytes =
       (kWeightBytes + kActivationBytes + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
   static constexpr int kStageBytes = WarpsK * kSlotBytes;
-  static constexpr int kPipelineBytes = Streaming ? 0 : Stages * kStageBytes;
+  // Streaming tiles: a ring of Stages k-blocks of weights per warp (16 * FragmentsN channels each).
+  static constexpr int kPipelineBytes =
+      Streaming ? (kThreads / 32) * Stages * kFragmentsN * layout::kTileBytes : Stages * kStageBytes;
 
   // The in-block split-K reduction reuses the pipeline's shared memory after the last stage.
   static constexpr int kAccumulatorsPerWarp = kFragmentsN * kFragmentsM * 4 * 32;
@@ -65,11 +68,7 @@ struct Tile {
   // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument). The 8-warp
   // wgmma tile lands at 130 registers left alone, which rounds to one block (two warpgroups) per
   // SM; capped at 128 it keeps two, so one block's barrier wait overlaps the other's wgmma.
-  //
-  // Streaming tiles of 8 warps ask for two blocks per SM too: 16 warps keep the issue slots busy
-  // while each waits on its loads, and the 128 registers that leaves a thread hold two k-blocks
-  // of 64 channels (or three or four of 32) in flight; left alone ptxas takes 140-190.
-  static constexpr int kMinBlocksPerSM = ((Wgmma || Streaming) && kThreads == 256) ? 2 : 1;
+  static constexpr int kMinBlocksPerSM = (Wgmma && kThreads == 256) ? 2 : 1;
 
   static_assert(!Wgmma || (kFragmentsN == 1 && WarpsN % 4 == 0), "wgmma: 16 channels per warp, warpgroups along n");
   static_assert(!Wgmma || (kWarpTileM == 8 || kWarpTileM == 16 || kWarpTileM == 32 || kWarpTileM == 64 ||
