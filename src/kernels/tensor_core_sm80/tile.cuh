@@ -53,9 +53,13 @@ struct Tile {
   static constexpr int kSlotBytes =
       (kWeightBytes + kActivationBytes + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
   static constexpr int kStageBytes = WarpsK * kSlotBytes;
-  // Streaming tiles: a ring of Stages k-blocks of weights per warp (16 * FragmentsN channels each).
+  // Streaming tiles: a ring of Stages k-blocks per warp; one k-block holds each lane's 16 bytes of
+  // every weight tile, 32 bytes of activations per 8-row fragment and 8 bytes of scales per
+  // weight fragment, each in arrays of 16-byte lane cells (see streaming_sm80/mainloop.cuh).
+  static constexpr int kStreamingStageBytes = kFragmentsN * layout::kTileBytes + kFragmentsM * 2 * 512 +
+                                              (kFragmentsN + 1) / 2 * 512;
   static constexpr int kPipelineBytes =
-      Streaming ? (kThreads / 32) * Stages * kFragmentsN * layout::kTileBytes : Stages * kStageBytes;
+      Streaming ? (kThreads / 32) * Stages * kStreamingStageBytes : Stages * kStageBytes;
 
   // The in-block split-K reduction reuses the pipeline's shared memory after the last stage.
   static constexpr int kAccumulatorsPerWarp = kFragmentsN * kFragmentsM * 4 * 32;
