@@ -53,11 +53,11 @@ struct Tile {
   static constexpr int kSlotBytes =
       (kWeightBytes + kActivationBytes + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
   static constexpr int kStageBytes = WarpsK * kSlotBytes;
-  // Streaming tiles: a ring of Stages k-blocks per warp; one k-block holds each lane's 16 bytes of
-  // every weight tile, 32 bytes of activations per 8-row fragment and 8 bytes of scales per
-  // weight fragment, each in arrays of 16-byte lane cells (see streaming_sm80/mainloop.cuh).
-  static constexpr int kStreamingStageBytes = kFragmentsN * layout::kTileBytes + kFragmentsM * 2 * 512 +
-                                              (kFragmentsN + 1) / 2 * 512;
+  // Streaming tiles: a ring of Stages k-blocks per warp; one k-block holds the warp's weight tiles
+  // (each lane's 16 bytes at 16 L), its TileM activation rows (swizzled as above) and two rows of
+  // its channels' scales (see streaming_sm80/mainloop.cuh).
+  static constexpr int kStreamingStageBytes =
+      kFragmentsN * layout::kTileBytes + TileM * kActivationRowBytes + 2 * kWarpTileN * 2;
   static constexpr int kPipelineBytes =
       Streaming ? (kThreads / 32) * Stages * kStreamingStageBytes : Stages * kStageBytes;
 
