@@ -45,7 +45,7 @@ struct BenchOptions {
   std::string shapes = "default";
   std::vector<int> m, n, k;
   int group = 128;
-  std::string config;
+  std::vector<std::string> config;
   std::string json;
   int repeats = 9;
   bool profile = false;
@@ -239,9 +239,11 @@ int run_bench(const BenchOptions& options) {
   GemmRunner runner;
   check_status(runner.status(), "runner");
   runner.set_programmatic_dependent_launch(options.pdl);
-  KernelConfig forced;
-  if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
-    throw CliError("unknown config name '" + options.config + "' (see w4a16 info)");
+  std::vector<KernelConfig> forced;
+  for (const std::string& name : options.config) {
+    KernelConfig config;
+    if (!parse_kernel_config(name, &config)) throw CliError("unknown config name '" + name + "' (see w4a16 info)");
+    forced.push_back(config);
   }
   const std::vector<Shape> shapes = select_shapes(options);
 
@@ -308,9 +310,6 @@ int run_bench(const BenchOptions& options) {
     Timing read_floor;
     for (size_t shape_index = 0; shape_index < ms.size(); ++shape_index) {
       const int m = ms[shape_index];
-      // The first shape of a layer follows the ceilings or the previous layer's largest m, both
-      // compute-heavy: give the clock a second to recover (see time_graph).
-      const double min_warm_up_ms = shape_index == 0 ? 1000 : 25;
       GemmArguments args;
       args.a = a.get<__half>();
       args.c = c.get<__half>();
@@ -321,8 +320,10 @@ int run_bench(const BenchOptions& options) {
       args.packed_weights = packed[0].get();
       args.scales = scales[0].get<__half>();
 
-      KernelConfig config = options.config.empty() ? runner.default_config(m, n, k, options.group) : forced;
-      if (options.profile && options.config.empty()) {
+      // The configs to time at this shape: the forced ones, or the default (or profiled) one.
+      std::vector<KernelConfig> configs = forced;
+      if (configs.empty()) configs.push_back(runner.default_config(m, n, k, options.group));
+      if (options.profile && forced.empty()) {
         // Workspace for the profiler: every config up to 1 GiB of workspace.
         size_t bytes = 0;
         for (const KernelConfig& candidate : runner.configs()) {
@@ -332,7 +333,7 @@ int run_bench(const BenchOptions& options) {
         if (workspace.bytes() < bytes) workspace = DeviceBuffer(bytes);
         ProfileResult profile;
         check_status(runner.profile(args, workspace.get(), workspace.bytes(), stream, &profile, 10, 3), "profile");
-        config = profile.best;
+        configs = {profile.best};
         // The runner-up configs too (a '#' line, so the table stays machine-readable): how close
         // the field is tells whether the heuristic's choice matters at this shape.
         std::vector<std::pair<KernelConfig, float>> ranked = profile.timings;
@@ -343,23 +344,12 @@ int run_bench(const BenchOptions& options) {
         }
         std::printf("\n");
       }
-      const size_t need = runner.workspace_bytes(m, n, k, config);
-      if (workspace.bytes() < need) workspace = DeviceBuffer(need);
-      check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
-
       const double bytes = double(packed_bytes + scale_bytes) + 2.0 * m * k + 2.0 * m * n;
       const double flops = 2.0 * m * n * double(k);
       const double roofline_us = std::max(bytes / hbm_bytes_per_us, flops / flops_per_us);
       const double dense_bytes_total = double(dense_bytes) + 2.0 * m * k + 2.0 * m * n;
       const double cublas_roofline_us = std::max(dense_bytes_total / hbm_bytes_per_us, flops / flops_per_us);
 
-      const Timing w4 = time_graph(
-          [&](int i) {
-            args.packed_weights = packed[i % w4_copies].get();
-            args.scales = scales[i % w4_copies].get<__half>();
-            check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
-          },
-          std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream, min_warm_up_ms);
       const Timing dense_timing = time_graph(
           [&](int i) {
             cublasSetStream(cublas, stream);
@@ -368,7 +358,10 @@ int run_bench(const BenchOptions& options) {
                                              c.get<__half>(), m, n, k, 1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
               throw CliError("cuBLAS GEMM failed");
           },
-          std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream);
+          std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream,
+          // The first shape of a layer follows the ceilings or the previous layer's largest m,
+          // both compute-heavy: give the clock a second to recover (see time_graph).
+          shape_index == 0 ? 1000 : 25);
 
       // The read floor (see launch_read_floor): the same weight bytes, the same rotation and
       // harness, no math. Measured once per layer: it does not depend on m.
@@ -381,37 +374,51 @@ int run_bench(const BenchOptions& options) {
             std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
       }
 
-      const double efficiency = roofline_us / w4.median_us;
-      const double speedup = dense_timing.median_us / w4.median_us;
-      std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %8.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n, k,
-                  config.name().c_str(), w4.median_us, w4.min_us, flops / (w4.median_us * 1e6), bytes / (w4.median_us * 1e3),
-                  roofline_us, 100 * efficiency, read_floor.median_us, 100 * read_floor.median_us / w4.median_us,
-                  dense_timing.median_us, 100 * cublas_roofline_us / dense_timing.median_us, speedup);
-      std::fflush(stdout);
-      results.push_back({{"m", m},
-                         {"n", n},
-                         {"k", k},
-                         {"group_size", options.group},
-                         {"config", config.name()},
-                         {"config_source", !options.config.empty() ? "forced" : options.profile ? "profiled" : "default"},
-                         {"w4a16_us", w4.median_us},
-                         {"w4a16_min_us", w4.min_us},
-                         {"w4a16_iterations_per_replay", w4.iterations},
-                         {"w4a16_weight_copies", w4_copies},
-                         {"tflops", flops / (w4.median_us * 1e6)},
-                         {"effective_gbps", bytes / (w4.median_us * 1e3)},
-                         {"bytes", bytes},
-                         {"flops", flops},
-                         {"roofline_us", roofline_us},
-                         {"efficiency", efficiency},
-                         {"read_floor_us", read_floor.median_us},
-                         {"read_floor_fraction", read_floor.median_us / w4.median_us},
-                         {"cublas_us", dense_timing.median_us},
-                         {"cublas_min_us", dense_timing.min_us},
-                         {"cublas_weight_copies", dense_copies},
-                         {"cublas_roofline_us", cublas_roofline_us},
-                         {"cublas_efficiency", cublas_roofline_us / dense_timing.median_us},
-                         {"speedup_vs_cublas", speedup}});
+      for (const KernelConfig& config : configs) {
+        const size_t need = runner.workspace_bytes(m, n, k, config);
+        if (workspace.bytes() < need) workspace = DeviceBuffer(need);
+        check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
+        const Timing w4 = time_graph(
+            [&](int i) {
+              args.packed_weights = packed[i % w4_copies].get();
+              args.scales = scales[i % w4_copies].get<__half>();
+              check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
+            },
+            std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
+
+        const double efficiency = roofline_us / w4.median_us;
+        const double speedup = dense_timing.median_us / w4.median_us;
+        std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %8.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n,
+                    k, config.name().c_str(), w4.median_us, w4.min_us, flops / (w4.median_us * 1e6),
+                    bytes / (w4.median_us * 1e3), roofline_us, 100 * efficiency, read_floor.median_us,
+                    100 * read_floor.median_us / w4.median_us, dense_timing.median_us,
+                    100 * cublas_roofline_us / dense_timing.median_us, speedup);
+        std::fflush(stdout);
+        results.push_back({{"m", m},
+                           {"n", n},
+                           {"k", k},
+                           {"group_size", options.group},
+                           {"config", config.name()},
+                           {"config_source", !forced.empty() ? "forced" : options.profile ? "profiled" : "default"},
+                           {"w4a16_us", w4.median_us},
+                           {"w4a16_min_us", w4.min_us},
+                           {"w4a16_iterations_per_replay", w4.iterations},
+                           {"w4a16_weight_copies", w4_copies},
+                           {"tflops", flops / (w4.median_us * 1e6)},
+                           {"effective_gbps", bytes / (w4.median_us * 1e3)},
+                           {"bytes", bytes},
+                           {"flops", flops},
+                           {"roofline_us", roofline_us},
+                           {"efficiency", efficiency},
+                           {"read_floor_us", read_floor.median_us},
+                           {"read_floor_fraction", read_floor.median_us / w4.median_us},
+                           {"cublas_us", dense_timing.median_us},
+                           {"cublas_min_us", dense_timing.min_us},
+                           {"cublas_weight_copies", dense_copies},
+                           {"cublas_roofline_us", cublas_roofline_us},
+                           {"cublas_efficiency", cublas_roofline_us / dense_timing.median_us},
+                           {"speedup_vs_cublas", speedup}});
+      }
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_begin).count();
@@ -452,7 +459,8 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_option("--n", options->n, "n values (comma separated)")->delimiter(',');
   command->add_option("--k", options->k, "k values (comma separated)")->delimiter(',');
   command->add_option("--group", options->group, "group size");
-  command->add_option("--config", options->config, "force one kernel config (see info)");
+  command->add_option("--config", options->config, "time these kernel configs (comma separated, see info) instead of the default")
+      ->delimiter(',');
   command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
   command->add_flag("--pdl", options->pdl, "enable programmatic dependent launch (sm_90; off by default)");
   command->add_option("--json", options->json, "write every figure and the environment to this file");
