@@ -673,7 +673,7 @@ TEST(StatusTest, ToString) {
 // Heuristic (src/runner/heuristics.cpp), against a synthetic config list that contains every tile the
 // table could name, so that the properties below hold whatever the table says.
 
-std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = false) {
+std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = false, bool with_streaming = false) {
   std::vector<KernelConfig> all;
   for (int tile_m : {8, 16, 32, 64, 128, 256})
     for (int tile_n : {16, 32, 64, 128, 256})
@@ -683,9 +683,14 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = fals
             for (int stages = 2; stages <= 8; ++stages)
               for (int split : heuristics::split_k_choices()) {
                 all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
+                const KernelConfig tc = all.back();
                 if (with_wgmma) {
-                  all.push_back(all.back());
+                  all.push_back(tc);
                   all.back().family = KernelFamily::kWgmmaSm90;
+                }
+                if (with_streaming && warps_m == 1) {
+                  all.push_back(tc);
+                  all.back().family = KernelFamily::kStreamingSm80;
                 }
               }
   if (with_dequant) {
@@ -701,8 +706,8 @@ TEST(Heuristics, ChoicesAreValidForTheProblem) {
   ASSERT_FALSE(splits.empty());
   EXPECT_EQ(splits.front(), 1);
   for (const bool with_wgmma : {false, true}) {
-    SCOPED_TRACE(with_wgmma ? "with the wgmma tiles" : "without the wgmma tiles");
-    const std::vector<KernelConfig> available = every_config(true, with_wgmma);
+    SCOPED_TRACE(with_wgmma ? "with the wgmma and streaming tiles" : "without the wgmma and streaming tiles");
+    const std::vector<KernelConfig> available = every_config(true, with_wgmma, /*with_streaming=*/with_wgmma);
     const std::pair<int, int> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192},
                                           {1040, 320},  {272, 1088},   {16, 64},      {128, 65536}};
     for (const heuristics::DeviceTraits device : {heuristics::DeviceTraits{80, 108}, heuristics::DeviceTraits{90, 132},
@@ -789,6 +794,21 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_wgmma).family, KernelFamily::kTensorCoreSm80);
   // Without them, Hopper hands m >= 512 to dequant_cublas.
   EXPECT_EQ(heuristics::choose(512, 28672, 8192, hopper, everything).family, KernelFamily::kDequantCublas);
+  // With the streaming tiles: decode (m <= 16) on layers up to a few waves of their 32-channel
+  // tiles, without split-K; the multistage tiles keep the largest layers (and m = 9..16 on
+  // layers beyond 8192 x 11008).
+  const std::vector<KernelConfig> with_streaming = every_config(true, true, true);
+  for (const auto& [m, n, k] : {std::tuple{1, 4096, 4096}, {8, 11008, 4096}, {1, 8192, 28672}, {16, 8192, 8192}}) {
+    const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
+    EXPECT_EQ(c.family, KernelFamily::kStreamingSm80) << m << "x" << n << "x" << k << ": " << c.name();
+    EXPECT_EQ(c.split_k, 1) << c.name();
+    EXPECT_EQ(c.tile_m, m <= 8 ? 8 : 16) << c.name();
+  }
+  for (const auto& [m, n, k] : {std::tuple{1, 28672, 8192}, {16, 8192, 28672}, {17, 4096, 4096}}) {
+    const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
+    EXPECT_EQ(c.family, KernelFamily::kTensorCoreSm80) << m << "x" << n << "x" << k << ": " << c.name();
+  }
+
   // Nothing compiled that the table names: dequant_cublas.
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;

@@ -65,9 +65,36 @@ constexpr TileChoice kWgmmaTable[] = {
 constexpr int kDequantCublasMinM_Sm90 = 512;
 constexpr int kDequantCublasMinM_Wgmma = 2048;
 
+// Decode (m <= 16) on layers up to a few waves of 32-channel tiles: the streaming family (warp-
+// private stages, no block barrier), 8 warps along k, 4 stages, no split-K. Read off a forced-
+// config sweep in the benchmark's graph harness (bench/NOTES.md, entry 16): on H100 it beats the
+// multistage decode tiles by 10-20% on 4096x4096 .. 8192x28672 (e.g. 1x4096x4096 6.1 vs 7.4 us,
+// 1x11008x4096 11.3 vs 13.2), while on 28672x8192 (896 such tiles) the multistage 128-channel
+// tile stays ahead (45.4 vs 46.1 us). At m = 9..16 (two 8-row fragments per warp) its win holds up
+// to ~8192x8192 and turns into a 4% loss at 8192x28672, hence the element limit.
+constexpr TileChoice kStreamingTiles[] = {
+    {8, 8, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+    {16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+};
+constexpr double kStreamingMaxWaves = 3.0;  // tiles per SM
+constexpr long long kStreamingMaxElementsM16 = 8192LL * 11008;
+
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
 // The mid-sized decode rule below uses the mma.sync target.
 constexpr double kTargetBlocksPerSm = 1.5;
+
+// The tile's config without split-K (what is_available can look up).
+KernelConfig config_of(const TileChoice& tile) {
+  KernelConfig config;
+  config.family = tile.family;
+  config.tile_m = tile.tile_m;
+  config.tile_n = tile.tile_n;
+  config.warps_m = tile.warps_m;
+  config.warps_n = tile.warps_n;
+  config.warps_k = tile.warps_k;
+  config.stages = tile.stages;
+  return config;
+}
 
 }  // namespace
 
@@ -83,15 +110,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     return std::find(available.begin(), available.end(), config) != available.end();
   };
 
-  KernelConfig wgmma_probe;
-  wgmma_probe.family = KernelFamily::kWgmmaSm90;
-  wgmma_probe.tile_m = kWgmmaTable[1].tile_m;
-  wgmma_probe.tile_n = kWgmmaTable[1].tile_n;
-  wgmma_probe.warps_m = kWgmmaTable[1].warps_m;
-  wgmma_probe.warps_n = kWgmmaTable[1].warps_n;
-  wgmma_probe.warps_k = kWgmmaTable[1].warps_k;
-  wgmma_probe.stages = kWgmmaTable[1].stages;
-  const bool wgmma = device.sm_version == 90 && is_available(wgmma_probe);
+  const bool wgmma = device.sm_version == 90 && is_available(config_of(kWgmmaTable[1]));
   const int dequant_min_m = wgmma ? kDequantCublasMinM_Wgmma : kDequantCublasMinM_Sm90;
   if (device.sm_version >= 90 && m >= dequant_min_m && is_available(dequant)) return dequant;
 
@@ -106,21 +125,19 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   const long long wide_k_blocks = (static_cast<long long>(n) + kWideKDecodeTile.tile_n - 1) / kWideKDecodeTile.tile_n;
   const bool wide_k = m <= 8 && !small_layer && wide_k_blocks >= kWideKMinBlocksPerSm * device.sm_count &&
                       wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
+  const TileChoice* const streaming_tile = m <= kStreamingTiles[0].max_m ? &kStreamingTiles[0] : &kStreamingTiles[1];
+  const bool streaming = m <= kStreamingTiles[1].max_m &&
+                         static_cast<double>(n) / streaming_tile->tile_n <= kStreamingMaxWaves * device.sm_count &&
+                         (m <= kStreamingTiles[0].max_m || static_cast<long long>(n) * k <= kStreamingMaxElementsM16);
   const TileChoice* const first = wgmma && m >= kWgmmaMinM ? wgmma_tile
+                                  : streaming && is_available(config_of(*streaming_tile)) ? streaming_tile
                                   : small_layer                ? small_layer_tile
                                   : wide_k                     ? &kWideKDecodeTile
                                                                : table_tile;
   const TileChoice* const candidates[] = {first, table_tile};
 
   for (const TileChoice* tile : candidates) {
-    KernelConfig config;
-    config.family = tile->family;
-    config.tile_m = tile->tile_m;
-    config.tile_n = tile->tile_n;
-    config.warps_m = tile->warps_m;
-    config.warps_n = tile->warps_n;
-    config.warps_k = tile->warps_k;
-    config.stages = tile->stages;
+    KernelConfig config = config_of(*tile);
     const long long tiles = ((static_cast<long long>(m) + tile->tile_m - 1) / tile->tile_m) *
                             ((static_cast<long long>(n) + tile->tile_n - 1) / tile->tile_n);
     const int k_blocks = k / 64;
