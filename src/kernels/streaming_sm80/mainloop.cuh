@@ -116,42 +116,55 @@ struct Mainloop {
     const bool two_groups = params.group_size == 32;
     const bool scale_copier = (scale_row == 0 || (scale_row == 1 && two_groups)) &&
                               first_channel + scale_chunk * 8 < params.n;
-    const __half* scale_source = params.scales + static_cast<long long>(scale_row) * params.n + first_channel +
-                                 scale_chunk * 8;
     const uint32_t scale_destination = kScaleOffset + scale_row * kScaleRowBytes + scale_chunk * 16;
-    // A group ends after k-block b when (b + 1) * 64 is a multiple of the group. For a per-channel
-    // group that is not a power of two (group_shift 31, see Params) the mask keeps every bit, so
-    // it never ends inside the range; a warp folds at the end of its range in any case.
-    const int group_mask = params.group_shift >= 31 ? 0x7fffffff : (1 << params.group_shift) - 1;
-    auto folds_after = [&](int block) {
-      return two_groups || (((block + 1) * layout::kTileCols) & group_mask) == 0 || block + 1 == end;
-    };
+
+    // Group bookkeeping without divisions in the loop: a countdown of the k-blocks left in the
+    // current group, one for the copies and one for the math (they run Stages - 1 k-blocks
+    // apart). A group spans group / 64 k-blocks (one for groups 32 and 64; group 32 splits each
+    // k-block in two), or the whole k for a per-channel group; a warp also folds at the end of
+    // its range, wherever that falls in a group.
+    const int blocks_per_group =
+        params.group_size >= k_blocks * layout::kTileCols ? k_blocks : max(1, params.group_size / layout::kTileCols);
+    const int first_group_left = blocks_per_group - begin % blocks_per_group;
+    // Scale rows the copies step over at a group boundary: one, or two for group 32.
+    const long long scale_row_step = static_cast<long long>(two_groups ? 2 : 1) * params.n;
+    const __half* scale_source = params.scales +
+                                 static_cast<long long>((begin * layout::kTileCols) >> params.group_shift) * params.n +
+                                 static_cast<long long>(scale_row) * params.n + first_channel + scale_chunk * 8;
 
     // Copies this warp's next k-block (sources advance by one k-block per call) into the stage at
-    // byte offset `stage` of the ring; one commit group per call, empty past the end, so the
-    // group count stays uniform.
-    int next_block = begin;
-    auto copy_stage = [&](uint32_t stage) {
-      const uint32_t base = warp_ring + stage;
-      if (next_block < end) {
+    // byte offset `stage` of the ring. Weights, which no earlier kernel writes, are split from the
+    // rest so that the prologue can request them before the programmatic-launch wait; the rest
+    // ends with the commit, one group per k-block (empty past the end, so the count is uniform).
+    int copy_block = begin, copy_group_left = first_group_left;
+    auto copy_weights = [&](uint32_t stage) {
+      if (copy_block < end) {
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
-          if (fragment_valid[f]) ptx::cp_async_16(base + f * layout::kTileBytes + lane * 16, weight_source + f * fragment_stride);
-        }
-        #pragma unroll
-        for (int j = 0; j < kActivationCopies; ++j) {
-          if (activation_valid[j]) ptx::cp_async_16(base + activation_destination[j], activation_source[j]);
-        }
-        if (scale_copier && folds_after(next_block)) {
-          const long long group = (next_block * layout::kTileCols) >> params.group_shift;
-          ptx::cp_async_16(base + scale_destination, scale_source + group * params.n);
+          if (fragment_valid[f]) {
+            ptx::cp_async_16(warp_ring + stage + f * layout::kTileBytes + lane * 16, weight_source + f * fragment_stride);
+          }
         }
       }
-      ptx::cp_async_commit();
       weight_source += layout::kTileBytes;
+    };
+    auto copy_rest_and_commit = [&](uint32_t stage) {
+      if (copy_block < end) {
+        #pragma unroll
+        for (int j = 0; j < kActivationCopies; ++j) {
+          if (activation_valid[j]) ptx::cp_async_16(warp_ring + stage + activation_destination[j], activation_source[j]);
+        }
+        const bool group_ends = copy_group_left == 1;
+        if (scale_copier && (group_ends || copy_block + 1 == end)) {
+          ptx::cp_async_16(warp_ring + stage + scale_destination, scale_source);
+        }
+        if (group_ends) scale_source += scale_row_step;
+        copy_group_left = group_ends ? blocks_per_group : copy_group_left - 1;
+      }
+      ptx::cp_async_commit();
       #pragma unroll
       for (int j = 0; j < kActivationCopies; ++j) activation_source[j] += layout::kTileCols;
-      ++next_block;
+      ++copy_block;
     };
 
     float partial[kFragmentsN][kFragmentsM][4];
@@ -182,6 +195,7 @@ struct Mainloop {
     };
 
     const typename Multistage::LaneOffsets lane_offsets(0, 0);
+    int compute_group_left = first_group_left;
     auto compute = [&](uint32_t stage, int block) {
       const uint8_t* stage_pointer = warp_ring_pointer + stage;
       uint4 packed[kFragmentsN];
@@ -202,21 +216,33 @@ struct Mainloop {
           for (int fm = 0; fm < kFragmentsM; ++fm) ptx::mma_m16n8k16(partial[f][fm], codes, activation[fm]);
         }
       }
+      const bool group_ends = compute_group_left == 1;
       if (two_groups) {
         fold(stage_pointer, 1);
-      } else if (folds_after(block)) {
+      } else if (group_ends || block + 1 == end) {
         fold(stage_pointer, 0);
       }
+      compute_group_left = group_ends ? blocks_per_group : compute_group_left - 1;
     };
 
     clear(accumulators);
     clear(partial);
 
-    // Prologue: the first Stages - 1 k-blocks. (Unlike the multistage loop this one does not
-    // fetch weights ahead of the programmatic-launch wait: activations share the commit groups.)
+    // Prologue: the first Stages - 1 k-blocks. Weights are constant inputs, so they are requested
+    // before waiting for the previous kernel in the stream (programmatic dependent launch);
+    // activations, which that kernel typically writes, and scales after. Each k-block's weight
+    // copies land in the commit group of its activations, so "group i complete" still means
+    // "k-block i complete".
+    const int first_copy_block = copy_block;
+    #pragma unroll
+    for (int s = 0; s < kStages - 1; ++s) {
+      copy_weights(s * kStageBytes);
+      ++copy_block;
+    }
+    copy_block = first_copy_block;
     ptx::grid_dependency_wait();
     #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) copy_stage(s * kStageBytes);
+    for (int s = 0; s < kStages - 1; ++s) copy_rest_and_commit(s * kStageBytes);
 
     // Iteration i: wait for k-block i (Stages - 2 newer groups may still be pending), __syncwarp
     // (every lane's copies visible to all; every lane done with k-block i - 1's stage), refill
@@ -229,7 +255,8 @@ struct Mainloop {
     for (int i = 0; i < count; ++i) {
       ptx::cp_async_wait<kStages - 2>();
       __syncwarp();
-      copy_stage(write_stage);
+      copy_weights(write_stage);
+      copy_rest_and_commit(write_stage);
       compute(read_stage, begin + i);
       read_stage = advance(read_stage);
       write_stage = advance(write_stage);
