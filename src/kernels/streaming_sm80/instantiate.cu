@@ -22,7 +22,7 @@ void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_kernel<Tile<8, 64, 1, 2, 4, 4, false, true>>());
   table.push_back(compiled_kernel<Tile<8, 16, 1, 1, 8, 6, false, true>>());
   // 16 rows (two 8-row fragments per warp).
-  table.push_back(compiled_kernel<Tile<16, 64, 1, 1, 8, 3, false, true>>());
+  table.push_back(compiled_kernel<Tile<16, 64, 1, 1, 8, 4, false, true>>());
   table.push_back(compiled_kernel<Tile<16, 32, 1, 1, 8, 4, false, true>>());
   table.push_back(compiled_kernel<Tile<16, 64, 1, 2, 4, 4, false, true>>());
 }

@@ -72,7 +72,18 @@ struct Tile {
   // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument). The 8-warp
   // wgmma tile lands at 130 registers left alone, which rounds to one block (two warpgroups) per
   // SM; capped at 128 it keeps two, so one block's barrier wait overlaps the other's wgmma.
-  static constexpr int kMinBlocksPerSM = (Wgmma && kThreads == 256) ? 2 : 1;
+  //
+  // Streaming tiles of 8 warps ask for as many blocks per SM as their shared memory allows (up
+  // to 3): a 70 KB tile that lands at 86 registers fits only two blocks, not three, and
+  // 1x11008x4096 (344 blocks) then takes two waves: 13.3 instead of 11.3 us (bench/NOTES.md,
+  // entry 16). 227 KB is the H100's (and A100's: 163 KB) per-SM limit; on smaller parts the
+  // register cap is merely generous.
+  static constexpr int kStreamingBlocksBySharedMemory = (227 * 1024) / (kPipelineBytes > 0 ? kPipelineBytes : 1);
+  static constexpr int kMinBlocksPerSM =
+      (Wgmma && kThreads == 256) ? 2
+      : (Streaming && kThreads == 256)
+          ? (kStreamingBlocksBySharedMemory < 1 ? 1 : kStreamingBlocksBySharedMemory > 3 ? 3 : kStreamingBlocksBySharedMemory)
+          : 1;
 
   static_assert(!Wgmma || (kFragmentsN == 1 && WarpsN % 4 == 0), "wgmma: 16 channels per warp, warpgroups along n");
   static_assert(!Wgmma || (kWarpTileM == 8 || kWarpTileM == 16 || kWarpTileM == 32 || kWarpTileM == 64 ||
