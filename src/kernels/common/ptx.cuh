@@ -95,6 +95,7 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 // instead of being recomputed (rematerialized) where it is used.
 __device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }
 __device__ __forceinline__ void pin(int& value) { asm volatile("" : "+r"(value)); }
+__device__ __forceinline__ void pin(long long& value) { asm volatile("" : "+l"(value)); }
 
 // Programmatic dependent launch (sm_90+; no-ops on older targets). A kernel launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel in the

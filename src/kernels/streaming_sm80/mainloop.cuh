@@ -90,9 +90,14 @@ struct Mainloop {
     const int first_channel = work.n_begin + warp_n * Tile::kWarpTileN;
     const int first_row_block = first_channel / layout::kTileRows;
     const long long fragment_stride = static_cast<long long>(k_blocks) * layout::kTileBytes;
-    const uint8_t* weight_source = static_cast<const uint8_t*>(params.packed_weights) +
-                                   first_row_block * fragment_stride +
-                                   static_cast<long long>(begin) * layout::kTileBytes + lane * 16;
+    // One running source pointer per fragment: held in a register pair each, they cost one 64-bit
+    // add per k-block and no address arithmetic at the copy.
+    const uint8_t* weight_source[kFragmentsN];
+    #pragma unroll
+    for (int f = 0; f < kFragmentsN; ++f) {
+      weight_source[f] = static_cast<const uint8_t*>(params.packed_weights) + (first_row_block + f) * fragment_stride +
+                         static_cast<long long>(begin) * layout::kTileBytes + lane * 16;
+    }
     bool fragment_valid[kFragmentsN];
     #pragma unroll
     for (int f = 0; f < kFragmentsN; ++f) fragment_valid[f] = first_row_block + f < params.n / layout::kTileRows;
@@ -126,8 +131,10 @@ struct Mainloop {
     const int blocks_per_group =
         params.group_size >= k_blocks * layout::kTileCols ? k_blocks : max(1, params.group_size / layout::kTileCols);
     const int first_group_left = blocks_per_group - begin % blocks_per_group;
-    // Scale rows the copies step over at a group boundary: one, or two for group 32.
-    const long long scale_row_step = static_cast<long long>(two_groups ? 2 : 1) * params.n;
+    // Scale rows the copies step over at a group boundary: one, or two for group 32. Pinned: left
+    // alone, ptxas recomputes this 64-bit product in every iteration.
+    long long scale_row_step = static_cast<long long>(two_groups ? 2 : 1) * params.n;
+    ptx::pin(scale_row_step);
     const __half* scale_source = params.scales +
                                  static_cast<long long>((begin * layout::kTileCols) >> params.group_shift) * params.n +
                                  static_cast<long long>(scale_row) * params.n + first_channel + scale_chunk * 8;
@@ -141,12 +148,11 @@ struct Mainloop {
       if (copy_block < end) {
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
-          if (fragment_valid[f]) {
-            ptx::cp_async_16(warp_ring + stage + f * layout::kTileBytes + lane * 16, weight_source + f * fragment_stride);
-          }
+          if (fragment_valid[f]) ptx::cp_async_16(warp_ring + stage + f * layout::kTileBytes + lane * 16, weight_source[f]);
         }
       }
-      weight_source += layout::kTileBytes;
+      #pragma unroll
+      for (int f = 0; f < kFragmentsN; ++f) weight_source[f] += layout::kTileBytes;
     };
     auto copy_rest_and_commit = [&](uint32_t stage) {
       if (copy_block < end) {
