@@ -15,9 +15,6 @@ void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_kernel<Tile<8, 128, 1, 2, 4, 3, false, true>>());
   table.push_back(compiled_kernel<Tile<8, 256, 1, 4, 2, 3, false, true>>());
   table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 16, 3, false, true>>());
-  // 112 channels per warp (seven fragments): 28672 channels make 256 such blocks, two per SM on
-  // 132 SMs, where 64- or 128-channel tiles leave a 1.7-wave tail (bench/NOTES.md, entry 17).
-  table.push_back(compiled_kernel<Tile<8, 112, 1, 1, 8, 2, false, true>>());
   // 32 and 16 channels per warp (2.5 and 2 KB stages): more blocks for small layers.
   table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 4, false, true>>());
   table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 6, false, true>>());
