@@ -10,6 +10,7 @@
 #include <functional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -659,6 +660,68 @@ TEST_F(Gpu, GemmCanBeCapturedInAGraph) {
     ASSERT_NO_FATAL_FAILURE(p.out.download(&second));
     EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(__half)), 0) << "replays differ";
     W4A16_EXPECT_CUDA(cudaGraphExecDestroy(exec));
+  }
+}
+
+// =============================================================================================
+// Programmatic dependent launch (opt-in): each kernel requests its weights before waiting for the
+// previous kernel in the stream, so a call that reads the previous call's output is the case that
+// must still see that output, not the poison under it.
+
+TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
+  GemmRunner pdl_runner;
+  W4A16_ASSERT_OK(pdl_runner.status());
+  pdl_runner.set_programmatic_dependent_launch(true);
+  W4A16_RANDOM(rng);
+  // A long first call, so that the second one's blocks start while it is still running.
+  const int m = 5, n1 = 2048, k = 4096, n2 = 512, group = 128;
+  Weights w1, w2;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n1, k, group, &w1));
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n2, n1, group, &w2));
+  Problem first;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w1, m, /*use_bias=*/true, rng.alpha(), &first));
+  Output second;  // its activations are the first call's C, on the device only
+  ASSERT_NO_FATAL_FAILURE(second.allocate(m, n2));
+
+  // One config per fused family (with and without split-K), and the default.
+  std::vector<KernelConfig> configs = {pdl_runner.default_config(m, n1, k, group)};
+  std::set<std::pair<KernelFamily, bool>> seen;
+  for (const KernelConfig& config : pdl_runner.configs()) {
+    if (!config.tensor_core() || (config.split_k != 1 && config.split_k != 4)) continue;
+    if (seen.insert({config.family, config.split_k > 1}).second) configs.push_back(config);
+  }
+  for (const KernelConfig& config : configs) {
+    SCOPED_TRACE(config.name());
+    GemmArguments args1 = first.arguments(w1);
+    GemmArguments args2 = args1;
+    args2.a = first.out.c();
+    args2.packed_weights = w2.packed.get();
+    args2.scales = w2.scales.get();
+    args2.bias = nullptr;
+    args2.c = second.c();
+    args2.n = n2;
+    args2.k = n1;
+    args2.alpha = 1.0f;
+    DeviceArray<uint8_t> workspace;
+    ASSERT_NO_FATAL_FAILURE(workspace.allocate(std::max(pdl_runner.workspace_bytes(m, n1, k, config),
+                                                        pdl_runner.workspace_bytes(m, n2, n1, config))));
+    ASSERT_NO_FATAL_FAILURE(first.out.poison(stream_));
+    ASSERT_NO_FATAL_FAILURE(second.poison(stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    W4A16_ASSERT_OK(pdl_runner.gemm(args1, config, workspace.get(), workspace.bytes(), stream_));
+    W4A16_ASSERT_OK(pdl_runner.gemm(args2, config, workspace.get(), workspace.bytes(), stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+
+    std::vector<__half> c1, c2;
+    ASSERT_NO_FATAL_FAILURE(first.out.download(&c1));
+    ASSERT_NO_FATAL_FAILURE(second.download(&c2));
+    ASSERT_TRUE(test::all_finite(c1, m, n1));
+    // The second call against the reference on the first call's actual output.
+    std::vector<double> reference;
+    W4A16_ASSERT_OK(reference_gemm(c1.data(), m, w2.q, nullptr, 1.0f, {}, &reference));
+    const std::vector<double> magnitude = test::reference_magnitude(c1, m, w2.abs_q, 1.0f, {});
+    EXPECT_TRUE(test::all_finite(c2, m, n2)) << "the second call read poison: it did not wait for the first";
+    EXPECT_TRUE(test::matches_reference(c2, m, n2, {}, reference, magnitude));
   }
 }
 
