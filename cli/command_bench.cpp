@@ -350,6 +350,27 @@ int run_bench(const BenchOptions& options) {
       const double dense_bytes_total = double(dense_bytes) + 2.0 * m * k + 2.0 * m * n;
       const double cublas_roofline_us = std::max(dense_bytes_total / hbm_bytes_per_us, flops / flops_per_us);
 
+      // Our configs first, then cuBLAS, then the read floor. The order matters: a shape's first
+      // timing follows the previous shape's cuBLAS run, and after a compute-heavy one the SM
+      // clock takes a while to come back (time_graph); timing cuBLAS first put every w4a16 timing
+      // of m >= 256 right behind a dense GEMM and cost them 5-15% (bench/NOTES.md, entry 17).
+      std::vector<Timing> w4_timings;
+      for (size_t c = 0; c < configs.size(); ++c) {
+        const KernelConfig& config = configs[c];
+        const size_t need = runner.workspace_bytes(m, n, k, config);
+        if (workspace.bytes() < need) workspace = DeviceBuffer(need);
+        check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
+        w4_timings.push_back(time_graph(
+            [&](int i) {
+              args.packed_weights = packed[i % w4_copies].get();
+              args.scales = scales[i % w4_copies].get<__half>();
+              check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
+            },
+            std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream,
+            // The first shape of a layer follows the ceilings or the previous layer's largest m,
+            // both compute-heavy: give the clock a second to recover (see time_graph).
+            shape_index == 0 && c == 0 ? 1000 : 25));
+      }
       const Timing dense_timing = time_graph(
           [&](int i) {
             cublasSetStream(cublas, stream);
@@ -358,10 +379,7 @@ int run_bench(const BenchOptions& options) {
                                              c.get<__half>(), m, n, k, 1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
               throw CliError("cuBLAS GEMM failed");
           },
-          std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream,
-          // The first shape of a layer follows the ceilings or the previous layer's largest m,
-          // both compute-heavy: give the clock a second to recover (see time_graph).
-          shape_index == 0 ? 1000 : 25);
+          std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream);
 
       // The read floor (see launch_read_floor): the same weight bytes, the same rotation and
       // harness, no math. Measured once per layer: it does not depend on m.
@@ -374,18 +392,9 @@ int run_bench(const BenchOptions& options) {
             std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
       }
 
-      for (const KernelConfig& config : configs) {
-        const size_t need = runner.workspace_bytes(m, n, k, config);
-        if (workspace.bytes() < need) workspace = DeviceBuffer(need);
-        check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
-        const Timing w4 = time_graph(
-            [&](int i) {
-              args.packed_weights = packed[i % w4_copies].get();
-              args.scales = scales[i % w4_copies].get<__half>();
-              check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
-            },
-            std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
-
+      for (size_t c = 0; c < configs.size(); ++c) {
+        const KernelConfig& config = configs[c];
+        const Timing& w4 = w4_timings[c];
         const double efficiency = roofline_us / w4.median_us;
         const double speedup = dense_timing.median_us / w4.median_us;
         std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %8.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n,
