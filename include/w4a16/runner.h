@@ -34,10 +34,10 @@ enum class KernelFamily {
   // B = activations from shared memory) as its math step. sm_90a builds on sm_90 devices only.
   // Same packed weights, same config fields; names start with "wg_".
   kWgmmaSm90,
-  // Decode (m <= 16): the same mma.sync math and packed weights, but each warp streams its weights
-  // straight into registers, several k-blocks ahead, with no shared-memory pipeline and no barrier
-  // in the k loop. sm_80 and newer; names start with "st_", and `stages` is the number of k-blocks
-  // each warp keeps in flight.
+  // Decode (m <= 16): the same mma.sync math and packed weights, but each warp streams its own
+  // weights, activations and scales through a private ring of shared-memory stages, so the k loop
+  // has no block barrier. sm_80 and newer; names start with "st_", and `stages` is the ring depth
+  // (each warp keeps stages - 1 k-blocks in flight).
   kStreamingSm80,
   // Dequantize W to fp16 in the workspace, then cuBLAS. sm_75 and newer; the fallback on GPUs
   // without a fused kernel, and a contender at large m.
@@ -53,7 +53,7 @@ struct KernelConfig {
   int warps_m = 0;   // warp grid inside the block: warps_m x warps_n x warps_k, where the
   int warps_n = 0;   // warps_k warps of one output position split each stage's k range
   int warps_k = 1;
-  int stages = 0;    // pipeline depth: cp.async stages (tc_, wg_), k-blocks in flight per warp (st_)
+  int stages = 0;    // pipeline depth: cp.async stages per block (tc_, wg_) or per warp (st_)
   int split_k = 1;   // thread blocks sharing one output tile along k
 
   std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "wg_m128n128_w1x8x1_s4_k1", "dequant_cublas"

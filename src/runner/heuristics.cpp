@@ -71,12 +71,14 @@ constexpr int kDequantCublasMinM_Wgmma = 2048;
 // multistage decode tiles by 10-20% on 4096x4096 .. 8192x28672 (e.g. 1x4096x4096 6.1 vs 7.4 us,
 // 1x11008x4096 11.3 vs 13.2), while on 28672x8192 (896 such tiles) the multistage 128-channel
 // tile stays ahead (45.4 vs 46.1 us). At m = 9..16 (two 8-row fragments per warp) its win holds up
-// to ~8192x8192 and turns into a 4% loss at 8192x28672, hence the element limit.
+// to 8192x8192 and turns into a 4% loss at 8192x28672, hence the element limit (set between the
+// two, at 8192x11008). Measured on H100 only; on parts with 100 KB of shared memory per SM (sm_86,
+// sm_89) one of these 68 KB blocks fits per SM, so "3 tiles per SM" means three waves there.
 constexpr TileChoice kStreamingTiles[] = {
     {8, 8, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
     {16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
 };
-constexpr double kStreamingMaxWaves = 3.0;  // tiles per SM
+constexpr double kStreamingMaxTilesPerSm = 3.0;
 constexpr long long kStreamingMaxElementsM16 = 8192LL * 11008;
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
@@ -127,7 +129,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
                       wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
   const TileChoice* const streaming_tile = m <= kStreamingTiles[0].max_m ? &kStreamingTiles[0] : &kStreamingTiles[1];
   const bool streaming = m <= kStreamingTiles[1].max_m &&
-                         static_cast<double>(n) / streaming_tile->tile_n <= kStreamingMaxWaves * device.sm_count &&
+                         static_cast<double>(n) / streaming_tile->tile_n <= kStreamingMaxTilesPerSm * device.sm_count &&
                          (m <= kStreamingTiles[0].max_m || static_cast<long long>(n) * k <= kStreamingMaxElementsM16);
   const TileChoice* const first = wgmma && m >= kWgmmaMinM ? wgmma_tile
                                   : streaming && is_available(config_of(*streaming_tile)) ? streaming_tile

@@ -20,13 +20,6 @@ __device__ __forceinline__ void cp_async_16(uint32_t shared, const void* global)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(global));
 }
 
-// 4-byte global -> shared copy (.ca: 4- and 8-byte copies must go through L1, and the streaming
-// loop's activation and scale words are shared by the warps of an SM, so that is where they
-// should hit). Both addresses 4-byte aligned.
-__device__ __forceinline__ void cp_async_4(uint32_t shared, const void* global) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared), "l"(global));
-}
-
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Wait until at most `pending` committed groups are still in flight.
@@ -64,23 +57,6 @@ __device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, %4;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c), "n"(lut));
   return d;
-}
-
-// 16-byte shared-memory load written as asm volatile, so that the compiler keeps it after the
-// cp.async wait that makes its data valid (a plain load may be moved across that asm statement)
-// and before a later cp.async that overwrites the same bytes.
-__device__ __forceinline__ uint4 ld_shared_128(uint32_t shared) {
-  uint4 value;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
-               : "r"(shared));
-  return value;
-}
-
-// 16-byte shared-memory store of zeros, asm volatile for the same ordering reason (it must stay
-// before the cp.async copies that later land in the same bytes).
-__device__ __forceinline__ void st_shared_zero_128(uint32_t shared) {
-  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(shared), "r"(0));
 }
 
 // Orders this thread's earlier generic-proxy writes to shared memory (e.g. landed cp.async copies)

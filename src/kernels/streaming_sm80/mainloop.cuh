@@ -1,6 +1,7 @@
 #pragma once
 // The streaming mainloop (decode, m <= 16): every warp streams its own operands through a private
-// ring of shared-memory stages, so the k loop synchronizes warps with nothing but __syncwarp.
+// ring of shared-memory stages, so the k loop has no block barrier: warps never wait for each
+// other, and the lanes of a warp only meet at a __syncwarp per k-block.
 //
 // Why a second decode mainloop: at m <= 16 the multistage loop (tensor_core_sm80/mainloop.cuh)
 // is bound by instruction issue and barrier waits, not by HBM. Per 1 KB k-block a warp spends
@@ -17,9 +18,9 @@
 //                swizzled as in the multistage loop, read back with ldmatrix (rows past m are
 //                not copied; their outputs are not stored);
 //   scales       when the k-block ends a group: the group's row of the warp's channels.
-// A warp waits for its own copies (cp.async.wait_group) and a __syncwarp makes every lane's
+// Each lane waits for its own copies (cp.async.wait_group) and a __syncwarp makes every lane's
 // landed copies visible to the others (and says that every lane is done reading the stage the
-// next copy overwrites). Stages - 1 k-blocks stay in flight while it multiplies one.
+// next copy overwrites). Stages - 1 k-blocks stay in flight while the warp multiplies one.
 //
 // The codes go into the mma as exact small integers and the group scale multiplies each group's
 // fp32 partial sum once (as the multistage loop does for decode tiles); with contiguous k-blocks
@@ -65,10 +66,7 @@ struct Mainloop {
   static_assert(Tile::kWarpsM == 1, "streaming tiles keep all of the block's rows in each warp");
   static_assert(kStages >= 2, "the ring needs a k-block in flight");
   static_assert(Tile::kTileM % 4 == 0 && 2 * kScaleChunks <= 32, "copy assignment");
-
-  static __device__ __forceinline__ uint32_t word_of(const uint4& packed, int k_slice) {
-    return k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
-  }
+  static_assert(kScaleOffset + 2 * kScaleRowBytes == kStageBytes, "stage layout (Tile::kStreamingStageBytes)");
 
   static __device__ __forceinline__ void run(const Params& params, const TileWork& work, uint8_t* shared,
                                              int /*warp_m*/, int warp_n, int warp_k, Accumulators& accumulators) {
@@ -81,8 +79,9 @@ struct Mainloop {
     const int end = work.k_block_begin + range * (warp_k + 1) / Tile::kWarpsK;
     const int count = end - begin;
 
-    const uint32_t warp_ring = ptx::shared_address(shared) + (threadIdx.x / 32) * kWarpRingBytes;
-    const uint8_t* warp_ring_pointer = shared + (threadIdx.x / 32) * kWarpRingBytes;
+    // This warp's ring, as a shared-space address (for cp.async and ldmatrix) and as a pointer.
+    const uint32_t warp_ring_address = ptx::shared_address(shared) + (threadIdx.x / 32) * kWarpRingBytes;
+    const uint8_t* warp_ring = shared + (threadIdx.x / 32) * kWarpRingBytes;
 
     // Weights: fragment f is row block first_row_block + f; its k-block b is the 512-byte tile at
     // (row_block * k_blocks + b) * 512 (packed_layout.h). Row blocks past n are never copied:
@@ -117,11 +116,11 @@ struct Mainloop {
 
     // Scales: lanes 0 .. kScaleChunks - 1 copy the warp's channels of the group row, the next
     // kScaleChunks lanes the following row (group 32 only: the second group of the k-block).
-    const int scale_row = lane / kScaleChunks, scale_chunk = lane % kScaleChunks;
+    const int scale_copy_row = lane / kScaleChunks, scale_chunk = lane % kScaleChunks;
     const bool two_groups = params.group_size == 32;
-    const bool scale_copier = (scale_row == 0 || (scale_row == 1 && two_groups)) &&
+    const bool scale_copier = (scale_copy_row == 0 || (scale_copy_row == 1 && two_groups)) &&
                               first_channel + scale_chunk * 8 < params.n;
-    const uint32_t scale_destination = kScaleOffset + scale_row * kScaleRowBytes + scale_chunk * 16;
+    const uint32_t scale_destination = kScaleOffset + scale_copy_row * kScaleRowBytes + scale_chunk * 16;
 
     // Group bookkeeping without divisions in the loop: a countdown of the k-blocks left in the
     // current group, one for the copies and one for the math (they run Stages - 1 k-blocks
@@ -137,32 +136,33 @@ struct Mainloop {
     ptx::pin(scale_row_step);
     const __half* scale_source = params.scales +
                                  static_cast<long long>((begin * layout::kTileCols) >> params.group_shift) * params.n +
-                                 static_cast<long long>(scale_row) * params.n + first_channel + scale_chunk * 8;
+                                 static_cast<long long>(scale_copy_row) * params.n + first_channel + scale_chunk * 8;
 
-    // Copies this warp's next k-block (sources advance by one k-block per call) into the stage at
-    // byte offset `stage` of the ring. Weights, which no earlier kernel writes, are split from the
-    // rest so that the prologue can request them before the programmatic-launch wait; the rest
-    // ends with the commit, one group per k-block (empty past the end, so the count is uniform).
-    int copy_block = begin, copy_group_left = first_group_left;
-    auto copy_weights = [&](uint32_t stage) {
-      if (copy_block < end) {
+    // Copy k-block `block` into the stage at byte offset `stage` of the ring; each is called once
+    // per k-block, in order, because the sources (and the group countdown) advance by one k-block
+    // per call. Weights, which no earlier kernel writes, are split from the rest so that the
+    // prologue can request them before the programmatic-launch wait; the rest ends with the
+    // commit, one group per k-block (empty past the end, so the count is uniform).
+    int copy_group_left = first_group_left;
+    auto copy_weights = [&](uint32_t stage, int block) {
+      if (block < end) {
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
-          if (fragment_valid[f]) ptx::cp_async_16(warp_ring + stage + f * layout::kTileBytes + lane * 16, weight_source[f]);
+          if (fragment_valid[f]) ptx::cp_async_16(warp_ring_address + stage + f * layout::kTileBytes + lane * 16, weight_source[f]);
         }
       }
       #pragma unroll
       for (int f = 0; f < kFragmentsN; ++f) weight_source[f] += layout::kTileBytes;
     };
-    auto copy_rest_and_commit = [&](uint32_t stage) {
-      if (copy_block < end) {
+    auto copy_rest_and_commit = [&](uint32_t stage, int block) {
+      if (block < end) {
         #pragma unroll
         for (int j = 0; j < kActivationCopies; ++j) {
-          if (activation_valid[j]) ptx::cp_async_16(warp_ring + stage + activation_destination[j], activation_source[j]);
+          if (activation_valid[j]) ptx::cp_async_16(warp_ring_address + stage + activation_destination[j], activation_source[j]);
         }
         const bool group_ends = copy_group_left == 1;
-        if (scale_copier && (group_ends || copy_block + 1 == end)) {
-          ptx::cp_async_16(warp_ring + stage + scale_destination, scale_source);
+        if (scale_copier && (group_ends || block + 1 == end)) {
+          ptx::cp_async_16(warp_ring_address + stage + scale_destination, scale_source);
         }
         if (group_ends) scale_source += scale_row_step;
         copy_group_left = group_ends ? blocks_per_group : copy_group_left - 1;
@@ -170,7 +170,6 @@ struct Mainloop {
       ptx::cp_async_commit();
       #pragma unroll
       for (int j = 0; j < kActivationCopies; ++j) activation_source[j] += layout::kTileCols;
-      ++copy_block;
     };
 
     float partial[kFragmentsN][kFragmentsM][4];
@@ -200,10 +199,13 @@ struct Mainloop {
       clear(partial);
     };
 
+    // The multistage loop's ldmatrix offsets for warp (0, 0): WarpsM is 1 and each warp's stage
+    // holds its own copy of the block's activation tile from row 0, so every warp reads it as
+    // warp (0, 0) would. (Its weight and scale offsets are not used here.)
     const typename Multistage::LaneOffsets lane_offsets(0, 0);
     int compute_group_left = first_group_left;
     auto compute = [&](uint32_t stage, int block) {
-      const uint8_t* stage_pointer = warp_ring_pointer + stage;
+      const uint8_t* stage_pointer = warp_ring + stage;
       uint4 packed[kFragmentsN];
       #pragma unroll
       for (int f = 0; f < kFragmentsN; ++f) {
@@ -213,11 +215,11 @@ struct Mainloop {
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
         if (k_slice == 2 && two_groups) fold(stage_pointer, 0);
         uint32_t activation[kFragmentsM][2];
-        Multistage::load_activations(warp_ring + stage + kActivationOffset, lane_offsets, k_slice, activation);
+        Multistage::load_activations(warp_ring_address + stage + kActivationOffset, lane_offsets, k_slice, activation);
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
           uint32_t codes[4];
-          dequantize_codes(word_of(packed[f], k_slice), codes);
+          dequantize_codes(Multistage::word_of(packed[f], k_slice), codes);
           #pragma unroll
           for (int fm = 0; fm < kFragmentsM; ++fm) ptx::mma_m16n8k16(partial[f][fm], codes, activation[fm]);
         }
@@ -236,24 +238,25 @@ struct Mainloop {
 
     // Prologue: the first Stages - 1 k-blocks. Weights are constant inputs, so they are requested
     // before waiting for the previous kernel in the stream (programmatic dependent launch);
-    // activations, which that kernel typically writes, and scales after. Each k-block's weight
-    // copies land in the commit group of its activations, so "group i complete" still means
-    // "k-block i complete".
-    const int first_copy_block = copy_block;
+    // activations, which that kernel typically writes, and scales after. A commit takes every
+    // copy the thread has issued so far, so all the prologue's weight copies land in group 0:
+    // "group i complete" still implies "k-block i complete" (the first wait simply also covers
+    // the later prologue k-blocks' weights).
     #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) {
-      copy_weights(s * kStageBytes);
-      ++copy_block;
-    }
-    copy_block = first_copy_block;
+    for (int s = 0; s < kStages - 1; ++s) copy_weights(s * kStageBytes, begin + s);
     ptx::grid_dependency_wait();
     #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) copy_rest_and_commit(s * kStageBytes);
+    for (int s = 0; s < kStages - 1; ++s) copy_rest_and_commit(s * kStageBytes, begin + s);
 
     // Iteration i: wait for k-block i (Stages - 2 newer groups may still be pending), __syncwarp
     // (every lane's copies visible to all; every lane done with k-block i - 1's stage), refill
     // that stage with k-block i + Stages - 1, multiply k-block i. Stage offsets advance with a
     // wrap instead of a modulo.
+    //
+    // The __syncwarp is also what keeps the compiler in line: the cp.async wrappers are asm
+    // statements without a memory clobber and the weight and scale reads are plain loads, so it
+    // is the barrier that stops those loads from moving above the wait or below the next refill.
+    // It cannot be dropped even for the lane-private weights.
     uint32_t read_stage = 0, write_stage = (kStages - 1) * kStageBytes;
     auto advance = [](uint32_t offset) {
       return offset + kStageBytes == static_cast<uint32_t>(kWarpRingBytes) ? 0u : offset + kStageBytes;
@@ -261,8 +264,8 @@ struct Mainloop {
     for (int i = 0; i < count; ++i) {
       ptx::cp_async_wait<kStages - 2>();
       __syncwarp();
-      copy_weights(write_stage);
-      copy_rest_and_commit(write_stage);
+      copy_weights(write_stage, begin + i + kStages - 1);
+      copy_rest_and_commit(write_stage, begin + i + kStages - 1);
       compute(read_stage, begin + i);
       read_stage = advance(read_stage);
       write_stage = advance(write_stage);

@@ -47,7 +47,7 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* dynamic
   const int warp_k = warp / (Tile::kWarpsN * Tile::kWarpsM);
 
   // The k loop: the multistage shared-memory pipeline (mma.sync or wgmma math), or for streaming
-  // tiles the register-only decode loop. Both leave the same mma.sync accumulator fragments.
+  // tiles the per-warp decode loop. Both leave the same mma.sync accumulator fragments.
   using KLoop = std::conditional_t<Tile::kStreaming, streaming_sm80::Mainloop<Tile>, Mainloop<Tile>>;
   typename KLoop::Accumulators accumulators;
   KLoop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);

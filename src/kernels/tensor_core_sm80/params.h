@@ -28,7 +28,7 @@ struct Params {
 struct TileShape {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
   bool wgmma;      // math step: wgmma (KernelFamily::kWgmmaSm90) instead of mma.sync
-  bool streaming;  // k loop: streaming_sm80's register-only decode loop (KernelFamily::kStreamingSm80)
+  bool streaming;  // k loop: streaming_sm80's per-warp decode loop (KernelFamily::kStreamingSm80)
 };
 
 // One compiled instantiation: its shape, a launcher, and a probe that reports whether the running

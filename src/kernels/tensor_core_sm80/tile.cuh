@@ -15,9 +15,9 @@ namespace w4a16::tensor_core_sm80 {
 // the warp tile's m is the wgmma's N. Slots then start on 1024-byte boundaries, which the
 // 128-byte-swizzled operand layout wgmma reads requires.
 //
-// Streaming = true: the streaming_sm80 mainloop (decode): each lane streams its own weight bytes
-// through a private ring of Stages k-blocks in shared memory; no block barrier in the k loop.
-// WarpsM must be 1.
+// Streaming = true: the streaming_sm80 mainloop (decode): each warp streams its operands through
+// its own ring of Stages k-blocks in shared memory; no block barrier in the k loop. WarpsM must
+// be 1.
 template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages, bool Wgmma = false,
           bool Streaming = false>
 struct Tile {
@@ -76,9 +76,10 @@ struct Tile {
   // Streaming tiles of 8 warps ask for as many blocks per SM as their shared memory allows (up
   // to 3): a 70 KB tile that lands at 86 registers fits only two blocks, not three, and
   // 1x11008x4096 (344 blocks) then takes two waves: 13.3 instead of 11.3 us (bench/NOTES.md,
-  // entry 16). 227 KB is the H100's (and A100's: 163 KB) per-SM limit; on smaller parts the
-  // register cap is merely generous.
-  static constexpr int kStreamingBlocksBySharedMemory = (227 * 1024) / (kPipelineBytes > 0 ? kPipelineBytes : 1);
+  // entry 16). The count is the H100's: 228 KB of shared memory per SM, 1 KB of it reserved per
+  // block. On parts with less (A100 164 KB, sm_86/89 100 KB) fewer blocks fit and the register
+  // cap is stricter than it needs to be, never unsafe.
+  static constexpr int kStreamingBlocksBySharedMemory = (228 * 1024) / (kSharedBytes + 1024);
   static constexpr int kMinBlocksPerSM =
       (Wgmma && kThreads == 256) ? 2
       : (Streaming && kThreads == 256)
