@@ -545,6 +545,16 @@ TEST(KernelConfigName, RoundTrips) {
   EXPECT_EQ(parsed, st);
   EXPECT_TRUE(parsed.tensor_core());
   EXPECT_FALSE(parse_kernel_config("s_" + name.substr(2), &parsed));
+  // And the warp-specialized wgmma family.
+  KernelConfig ws = tc;
+  ws.family = KernelFamily::kWarpSpecializedSm90;
+  EXPECT_EQ(ws.name(), "ws" + name.substr(2));
+  EXPECT_NE(ws, wg);
+  EXPECT_NE(ws, st);
+  ASSERT_TRUE(parse_kernel_config(ws.name(), &parsed)) << ws.name();
+  EXPECT_EQ(parsed, ws);
+  EXPECT_TRUE(parsed.tensor_core());
+  EXPECT_STREQ(to_string(KernelFamily::kWarpSpecializedSm90), "warp_specialized_sm90");
 
   // Every field is part of the name: changing any one changes the name, and each name parses back.
   std::vector<KernelConfig> variants = {tc,
@@ -680,13 +690,17 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = fals
       for (int warps_m : {1, 2, 4})
         for (int warps_n : {1, 2, 4, 8})
           for (int warps_k : {1, 2, 4, 8})
-            for (int stages = 2; stages <= 8; ++stages)
+            for (int stages = 2; stages <= 10; ++stages)
               for (int split : heuristics::split_k_choices()) {
                 all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
                 const KernelConfig tc = all.back();
                 if (with_wgmma) {
                   all.push_back(tc);
                   all.back().family = KernelFamily::kWgmmaSm90;
+                  if (warps_k == 1) {
+                    all.push_back(tc);
+                    all.back().family = KernelFamily::kWarpSpecializedSm90;
+                  }
                 }
                 if (with_streaming && warps_m == 1) {
                   all.push_back(tc);
@@ -782,14 +796,21 @@ TEST(Heuristics, FamilyAndFallback) {
   // ... but a big one splits k across blocks only where its tiles leave SMs idle.
   EXPECT_EQ(heuristics::choose(1, 28672, 8192, hopper, everything).split_k, 1);
   EXPECT_GT(heuristics::choose(1, 8192, 28672, hopper, everything).split_k, 1);
-  // Hopper with the wgmma tiles: mma.sync up to m = 32, wgmma above, dequant_cublas from 2048.
+  // Hopper with the wgmma tiles: the warp-specialized ones from m = 17 (32-, 64-, 128-row tiles),
+  // dequant_cublas from 3072.
   const std::vector<KernelConfig> with_wgmma = every_config(true, /*with_wgmma=*/true);
-  EXPECT_EQ(heuristics::choose(32, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kTensorCoreSm80);
-  const KernelConfig wg64 = heuristics::choose(64, 28672, 8192, hopper, with_wgmma);
-  EXPECT_EQ(wg64.family, KernelFamily::kWgmmaSm90);
-  EXPECT_EQ(wg64.tile_m, 64);
-  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kWgmmaSm90);
+  for (const auto& [m, tile_m] : {std::pair{17, 32}, {32, 32}, {33, 64}, {64, 64}, {65, 128}, {2048, 128}}) {
+    const KernelConfig c = heuristics::choose(m, 28672, 8192, hopper, with_wgmma);
+    EXPECT_EQ(c.family, KernelFamily::kWarpSpecializedSm90) << m << ": " << c.name();
+    EXPECT_EQ(c.tile_m, tile_m) << m << ": " << c.name();
+    EXPECT_EQ(c.split_k, 1) << m << ": " << c.name();  // 224 tiles fill the GPU
+  }
   EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kDequantCublas);
+  // Split-K: to 0.6 blocks per SM, and at m <= 64 until a slice has at most 128 k-blocks.
+  EXPECT_EQ(heuristics::choose(64, 8192, 8192, hopper, with_wgmma).split_k, 2);
+  EXPECT_EQ(heuristics::choose(64, 8192, 28672, hopper, with_wgmma).split_k, 4);
+  EXPECT_EQ(heuristics::choose(128, 8192, 28672, hopper, with_wgmma).split_k, 2);
+  EXPECT_EQ(heuristics::choose(128, 4096, 4096, hopper, with_wgmma).split_k, 4);
   // ... never on other GPUs, even if the list held them.
   EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_wgmma).family, KernelFamily::kTensorCoreSm80);
   // Without them, Hopper hands m >= 512 to dequant_cublas.
@@ -804,7 +825,7 @@ TEST(Heuristics, FamilyAndFallback) {
     EXPECT_EQ(c.split_k, 1) << c.name();
     EXPECT_EQ(c.tile_m, m <= 8 ? 8 : 16) << c.name();
   }
-  for (const auto& [m, n, k] : {std::tuple{1, 28672, 8192}, {16, 8192, 28672}, {17, 4096, 4096}}) {
+  for (const auto& [m, n, k] : {std::tuple{1, 28672, 8192}, {16, 8192, 28672}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
     EXPECT_EQ(c.family, KernelFamily::kTensorCoreSm80) << m << "x" << n << "x" << k << ": " << c.name();
   }

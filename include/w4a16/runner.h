@@ -34,6 +34,11 @@ enum class KernelFamily {
   // B = activations from shared memory) as its math step. sm_90a builds on sm_90 devices only.
   // Same packed weights, same config fields; names start with "wg_".
   kWgmmaSm90,
+  // Hopper's warpgroup MMA with warp specialization: a producer warpgroup moves each stage with TMA
+  // and bulk copies, the math warpgroups wait on per-stage mbarriers instead of a block barrier.
+  // Same math step and packed weights as kWgmmaSm90; sm_90a builds on sm_90 devices only. Names
+  // start with "ws_"; warps_m x warps_n counts the math warps (the producer comes on top).
+  kWarpSpecializedSm90,
   // Decode (m <= 16): the same mma.sync math and packed weights, but each warp streams its own
   // weights, activations and scales through a private ring of shared-memory stages, so the k loop
   // has no block barrier. sm_80 and newer; names start with "st_", and `stages` is the ring depth
@@ -56,7 +61,7 @@ struct KernelConfig {
   int stages = 0;    // pipeline depth: cp.async stages per block (tc_, wg_) or per warp (st_)
   int split_k = 1;   // thread blocks sharing one output tile along k
 
-  std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "wg_m128n128_w1x8x1_s4_k1", "dequant_cublas"
+  std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "ws_m128n128_w1x8x1_s8_k1", "dequant_cublas"
   bool tensor_core() const { return family != KernelFamily::kDequantCublas; }  // the fused families
   bool operator==(const KernelConfig& other) const;
   bool operator!=(const KernelConfig& other) const { return !(*this == other); }

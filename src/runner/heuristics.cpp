@@ -1,6 +1,7 @@
 #include "runner/heuristics.h"
 
 #include <algorithm>
+#include <iterator>
 #include <limits>
 #include <vector>
 
@@ -21,6 +22,10 @@ struct TileChoice {
   // partials (split x m x n fp32, written and read back) cost as much as the weights at m = 128
   // and k = 4096, so one wave is enough (entry 14).
   double target_blocks_per_sm = 1.5;
+  // ... unless a slice would still hold more k-blocks than this: on long-k layers at m <= 64 the
+  // warp-specialized tiles stream better with four slices than with two (8192x28672: 76 vs 87 us
+  // at m = 64), where the block count alone would stop at two.
+  int max_k_blocks_per_split = std::numeric_limits<int>::max();
 };
 
 // One tile per m bucket, read off `w4a16 bench --profile` on H100 (bench/NOTES.md, runs 4 and 9):
@@ -50,20 +55,25 @@ constexpr TileChoice kSmallLayerTileM16 = {32, 16, 32, 1, 2, 4, 8};
 constexpr TileChoice kWideKDecodeTile = {8, 8, 128, 1, 4, 4, 4, /*max_split_k=*/1};
 constexpr double kWideKMinBlocksPerSm = 0.6;
 
-// Hopper with the wgmma tiles (sm_90a build), read off `bench --profile` (bench/NOTES.md, entry
-// 11): above m = 32 the wgmma tiles win (mma.sync keeps m <= 32, where its decode tiles stream
-// better); one warpgroup per 64 channels, wgmma N = 64 or 128.
-constexpr int kWgmmaMinM = 33;
-constexpr TileChoice kWgmmaTable[] = {
-    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16, 1.0},
-    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 4, 16, KernelFamily::kWgmmaSm90, 16, 1.0},
+// Hopper with the warp-specialized wgmma tiles (sm_90a build), from m = 17 on. Read off a forced-
+// config sweep in the benchmark's graph harness over the six default layers at m = 32 .. 4096
+// (bench/NOTES.md, entry 18): they beat the multistage wgmma tiles by 10-25% at m = 64 .. 512 and
+// the mma.sync tiles at m = 32, and tie with both at m = 1024. 32-, 64- and 128-row tiles, one
+// consumer warpgroup per 64 channels; the 32- and 64-row ones run two blocks per SM. Split-K
+// stops at 0.6 blocks per SM (two blocks fit per SM for the small tiles, and the split's partial
+// sums cost as much as the weights at m = 128), except that m <= 64 keeps splitting long k.
+constexpr int kWarpSpecializedMinM = 17;
+constexpr TileChoice kWarpSpecializedTable[] = {
+    {32, 32, 128, 1, 8, 1, 10, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
+    {64, 64, 128, 1, 8, 1, 8, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
+    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 8, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6},
 };
 
 // From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our
-// kernels: with the wgmma tiles at m = 1024 (0.78x vs 0.69x cuBLAS FP16) the fused kernel still
-// wins, at 4096 (0.80x vs 0.93x) not; without them already at 512.
+// kernels: with the warp-specialized tiles at m = 2048 the fused kernel still wins (28672x8192:
+// 1764 vs 1811 us), at 4096 not (3572 vs 3223); without them already at 512.
 constexpr int kDequantCublasMinM_Sm90 = 512;
-constexpr int kDequantCublasMinM_Wgmma = 2048;
+constexpr int kDequantCublasMinM_WarpSpecialized = 3072;
 
 // Decode (m <= 16) on layers up to a few waves of 32-channel tiles: the streaming family (warp-
 // private stages, no block barrier), 8 warps along k, 4 stages, no split-K. Read off a forced-
@@ -112,14 +122,15 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     return std::find(available.begin(), available.end(), config) != available.end();
   };
 
-  const bool wgmma = device.sm_version == 90 && is_available(config_of(kWgmmaTable[1]));
-  const int dequant_min_m = wgmma ? kDequantCublasMinM_Wgmma : kDequantCublasMinM_Sm90;
+  const bool warp_specialized =
+      device.sm_version == 90 && is_available(config_of(kWarpSpecializedTable[std::size(kWarpSpecializedTable) - 1]));
+  const int dequant_min_m = warp_specialized ? kDequantCublasMinM_WarpSpecialized : kDequantCublasMinM_Sm90;
   if (device.sm_version >= 90 && m >= dequant_min_m && is_available(dequant)) return dequant;
 
   const TileChoice* table_tile = &kTileTable[0];
   while (m > table_tile->max_m) ++table_tile;  // the last entry's max_m is INT_MAX: always stops
-  const TileChoice* wgmma_tile = &kWgmmaTable[0];
-  while (m > wgmma_tile->max_m) ++wgmma_tile;
+  const TileChoice* warp_specialized_tile = &kWarpSpecializedTable[0];
+  while (m > warp_specialized_tile->max_m) ++warp_specialized_tile;
   // Small layers up to m = 32: even split 8 ways, a 128-channel tile leaves each warp only 4
   // k-blocks; 16- or 32-channel tiles with the warps along k fill the GPU without split-K.
   const bool small_layer = m <= kSmallLayerTileM16.max_m && static_cast<long long>(n) * k <= kSmallLayerElements;
@@ -131,7 +142,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   const bool streaming = m <= kStreamingTiles[1].max_m &&
                          static_cast<double>(n) / streaming_tile->tile_n <= kStreamingMaxTilesPerSm * device.sm_count &&
                          (m <= kStreamingTiles[0].max_m || static_cast<long long>(n) * k <= kStreamingMaxElementsM16);
-  const TileChoice* const first = wgmma && m >= kWgmmaMinM ? wgmma_tile
+  const TileChoice* const first = warp_specialized && m >= kWarpSpecializedMinM ? warp_specialized_tile
                                   : streaming && is_available(config_of(*streaming_tile)) ? streaming_tile
                                   : small_layer                ? small_layer_tile
                                   : wide_k                     ? &kWideKDecodeTile
@@ -147,7 +158,10 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     for (int split : split_k_choices()) {
       if (split > tile->max_split_k || k_blocks / (split * tile->warps_k) < tile->min_k_blocks_per_warp) break;
       config.split_k = split;
-      if (tiles * split >= tile->target_blocks_per_sm * device.sm_count) break;
+      if (tiles * split >= tile->target_blocks_per_sm * device.sm_count &&
+          k_blocks / split <= tile->max_k_blocks_per_split) {
+        break;
+      }
     }
     if (is_available(config)) return config;
   }

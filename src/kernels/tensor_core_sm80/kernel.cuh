@@ -94,7 +94,7 @@ int compiled_for() {
 template <class Tile>
 CompiledKernel compiled_kernel() {
   return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages,
-                         Tile::kWgmma, Tile::kStreaming},
+                         Tile::kWgmma, Tile::kStreaming, Tile::kWarpSpecialized},
                         &launch<Tile>,
                         &prepare<Tile>,
                         &compiled_for<Tile>};

@@ -29,6 +29,7 @@ struct TileShape {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
   bool wgmma;      // math step: wgmma (KernelFamily::kWgmmaSm90) instead of mma.sync
   bool streaming;  // k loop: streaming_sm80's per-warp decode loop (KernelFamily::kStreamingSm80)
+  bool warp_specialized;  // k loop: TMA producer warpgroup + wgmma consumers (KernelFamily::kWarpSpecializedSm90)
 };
 
 // One compiled instantiation: its shape, a launcher, and a probe that reports whether the running
@@ -49,6 +50,9 @@ void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table);
 // The wgmma tiles (kernels/wgmma_sm90/instantiate.cu); appends nothing unless the build targets
 // sm_90a (W4A16_WITH_WGMMA).
 void append_wgmma_sm90_kernels(std::vector<CompiledKernel>& table);
+// The warp-specialized wgmma tiles (kernels/wgmma_sm90/instantiate_warp_specialized.cu); likewise
+// sm_90a only.
+void append_warp_specialized_sm90_kernels(std::vector<CompiledKernel>& table);
 
 // Sums the split_k fp32 partial tiles in a fixed order (so results are bit-identical from run to
 // run), applies alpha and bias, writes fp16 C.

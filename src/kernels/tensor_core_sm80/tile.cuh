@@ -18,12 +18,19 @@ namespace w4a16::tensor_core_sm80 {
 // Streaming = true: the streaming_sm80 mainloop (decode): each warp streams its operands through
 // its own ring of Stages k-blocks in shared memory; no block barrier in the k loop. WarpsM must
 // be 1.
+//
+// WarpSpecialized = true (with Wgmma): the wgmma_sm90 warp-specialized mainloop
+// (kernels/wgmma_sm90/warp_specialized.cuh). The WarpsM x WarpsN x WarpsK warps are consumers
+// only; one more warpgroup (kProducerThreads) issues TMA / bulk copies into the Stages slots, and
+// full/empty mbarriers replace the block barrier. WarpsK must be 1.
 template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages, bool Wgmma = false,
-          bool Streaming = false>
+          bool Streaming = false, bool WarpSpecialized = false>
 struct Tile {
   static constexpr bool kWgmma = Wgmma;
   static constexpr bool kStreaming = Streaming;
+  static constexpr bool kWarpSpecialized = WarpSpecialized;
   static_assert(!(Wgmma && Streaming), "one math step per tile");
+  static_assert(!WarpSpecialized || (Wgmma && WarpsK == 1), "warp specialization: wgmma math, no in-block split-K");
   static constexpr int kTileM = TileM;  // activation rows (the mma's 8-wide N side)
   static constexpr int kTileN = TileN;  // output channels (the mma's 16-wide M side)
   static constexpr int kBlockK = layout::kTileCols;  // one packed k-block: 64
@@ -31,7 +38,10 @@ struct Tile {
   static constexpr int kWarpsN = WarpsN;
   static constexpr int kWarpsK = WarpsK;
   static constexpr int kStages = Stages;
-  static constexpr int kThreads = 32 * WarpsM * WarpsN * WarpsK;
+  static constexpr int kThreads = 32 * WarpsM * WarpsN * WarpsK;  // the math warps
+  // Warp-specialized tiles add a producer warpgroup after the math warps.
+  static constexpr int kProducerThreads = WarpSpecialized ? 128 : 0;
+  static constexpr int kBlockThreads = kThreads + kProducerThreads;
 
   static constexpr int kWarpTileM = TileM / WarpsM;
   static constexpr int kWarpTileN = TileN / WarpsN;
@@ -67,7 +77,10 @@ struct Tile {
   // Dynamic shared memory is only guaranteed 16-byte alignment; wgmma tiles round their base up to
   // 1024 bytes (see kernel.cuh) and reserve the slack.
   static constexpr int kBaseSlack = Wgmma ? 1024 : 0;
-  static constexpr int kSharedBytes = (kPipelineBytes > kReductionBytes ? kPipelineBytes : kReductionBytes) + kBaseSlack;
+  // Warp-specialized tiles: a full and an empty mbarrier (8 bytes each) per stage after the slots.
+  static constexpr int kBarrierBytes = WarpSpecialized ? 2 * Stages * 8 : 0;
+  static constexpr int kSharedBytes =
+      (kPipelineBytes > kReductionBytes ? kPipelineBytes : kReductionBytes) + kBarrierBytes + kBaseSlack;
 
   // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument). The 8-warp
   // wgmma tile lands at 130 registers left alone, which rounds to one block (two warpgroups) per
@@ -79,9 +92,14 @@ struct Tile {
   // entry 16). The count is the H100's: 228 KB of shared memory per SM, 1 KB of it reserved per
   // block. On parts with less (A100 164 KB, sm_86/89 100 KB) fewer blocks fit and the register
   // cap is stricter than it needs to be, never unsafe.
+  //
+  // Warp-specialized tiles: as many blocks as shared memory allows, at most two (the consumers
+  // then get (65536 / 2 - 128 * 40) / 256 = 108 registers after the producer gives its up, enough
+  // for 64-row tiles; 128-row tiles hold 64 fp32 accumulators per thread and ask for one block).
   static constexpr int kStreamingBlocksBySharedMemory = (228 * 1024) / (kSharedBytes + 1024);
   static constexpr int kMinBlocksPerSM =
-      (Wgmma && kThreads == 256) ? 2
+      WarpSpecialized ? (kStreamingBlocksBySharedMemory >= 2 && TileM <= 64 ? 2 : 1)
+      : (Wgmma && kThreads == 256) ? 2
       : (Streaming && kThreads == 256)
           ? (kStreamingBlocksBySharedMemory < 1 ? 1 : kStreamingBlocksBySharedMemory > 3 ? 3 : kStreamingBlocksBySharedMemory)
           : 1;

@@ -73,13 +73,14 @@ struct WgmmaMath {
 
   // Issues one k-block (a pipeline slot): dequantizes the lane's weights into `a`, one fragment
   // per 16-wide k slice, and multiplies them with the activation tile in four wgmma, committed as
-  // one group; then waits for the previous group, so that on return the previous k-block's A
-  // registers and shared-memory buffer are free again (see Mainloop::run). `a` must stay untouched
-  // until then: the caller alternates two sets.
+  // one group; then waits until at most kPendingGroups groups are in flight, so that on return the
+  // k-block kPendingGroups back has retired and its A registers and shared-memory buffer are free
+  // again (see Mainloop::run). `a` must stay untouched until then: the caller rotates through
+  // kPendingGroups + 1 register sets.
   // `slot` / `slot_address`: the slot as a generic pointer and as a shared-space address;
   // `weights`, `scales`: this lane's offsets in it; `activation_rows`: the byte offset of the
   // warpgroup's first activation row in the slot's activation tile.
-  template <class Accumulators>
+  template <int kPendingGroups = 1, class Accumulators>
   static __device__ __forceinline__ void issue_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
                                                     int weights, int scales, int activation_rows, uint32_t (&a)[4][4],
                                                     Accumulators& accumulators) {
@@ -106,7 +107,7 @@ struct WgmmaMath {
       mma(a[k_slice], k_major_sw128_descriptor(activations + k_slice * 32), d, std::make_index_sequence<kAccumulators>{});
     }
     cute::warpgroup_commit_batch();
-    cute::warpgroup_wait<1>();
+    cute::warpgroup_wait<kPendingGroups>();
     fence(d);
   }
 

@@ -1,0 +1,62 @@
+#include "kernels/wgmma_sm90/tensor_maps.h"
+
+#include <cstdint>
+
+#include <cudaTypedefs.h>
+
+#include "common/packed_layout.h"
+
+namespace w4a16::wgmma_sm90 {
+
+namespace {
+
+PFN_cuTensorMapEncodeTiled_v12000 lookup_encode() {
+  void* function = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000, cudaEnableDefault, &found) !=
+          cudaSuccess ||
+      found != cudaDriverEntryPointSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
+}
+
+}  // namespace
+
+cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
+                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = lookup_encode();  // once; thread-safe
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint32_t unit_strides[3] = {1, 1, 1};
+
+  const cuuint64_t a_dimensions[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
+  const cuuint64_t a_strides[1] = {static_cast<cuuint64_t>(k) * sizeof(__half)};
+  const cuuint32_t a_box[2] = {layout::kTileCols, static_cast<cuuint32_t>(box_rows)};
+  CUresult result = encode(&maps->activations, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(a),
+                           a_dimensions, a_strides, a_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) return cudaErrorInvalidValue;
+
+  constexpr int kWordsPerTile = layout::kTileBytes / 4;
+  const cuuint64_t k_blocks = static_cast<cuuint64_t>(k / layout::kTileCols);
+  const cuuint64_t w_dimensions[3] = {kWordsPerTile, k_blocks, static_cast<cuuint64_t>(n / layout::kTileRows)};
+  const cuuint64_t w_strides[2] = {layout::kTileBytes, k_blocks * layout::kTileBytes};
+  const cuuint32_t w_box[3] = {kWordsPerTile, 1, static_cast<cuuint32_t>(box_row_blocks)};
+  result = encode(&maps->weights, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<void*>(packed_weights), w_dimensions,
+                  w_strides, w_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                  CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) return cudaErrorInvalidValue;
+
+  const cuuint64_t s_dimensions[2] = {static_cast<cuuint64_t>(n), static_cast<cuuint64_t>(k / group_size)};
+  const cuuint64_t s_strides[1] = {static_cast<cuuint64_t>(n) * sizeof(__half)};
+  const cuuint32_t s_box[2] = {static_cast<cuuint32_t>(box_row_blocks * layout::kTileRows),
+                               static_cast<cuuint32_t>(group_size == 32 ? 2 : 1)};
+  result = encode(&maps->scales, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(scales), s_dimensions,
+                  s_strides, s_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                  CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+}  // namespace w4a16::wgmma_sm90
