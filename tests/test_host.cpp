@@ -526,21 +526,11 @@ TEST(KernelConfigName, RoundTrips) {
   EXPECT_EQ(parsed, tc);
   EXPECT_EQ(parsed.family, KernelFamily::kTensorCoreSm80);
   EXPECT_EQ(parsed.name(), name);
-  // The wgmma family: same fields, its own prefix, and the family is part of the identity.
-  KernelConfig wg = tc;
-  wg.family = KernelFamily::kWgmmaSm90;
-  EXPECT_EQ(wg.name(), "wg" + name.substr(2));
-  EXPECT_NE(wg, tc);
-  ASSERT_TRUE(parse_kernel_config(wg.name(), &parsed)) << wg.name();
-  EXPECT_EQ(parsed, wg);
-  EXPECT_TRUE(parsed.tensor_core());
-  EXPECT_FALSE(parse_kernel_config("wx" + name.substr(2), &parsed));
-  // The streaming family likewise.
+  // The streaming family: same fields, its own prefix, and the family is part of the identity.
   KernelConfig st = tc;
   st.family = KernelFamily::kStreamingSm80;
   EXPECT_EQ(st.name(), "st" + name.substr(2));
   EXPECT_NE(st, tc);
-  EXPECT_NE(st, wg);
   ASSERT_TRUE(parse_kernel_config(st.name(), &parsed)) << st.name();
   EXPECT_EQ(parsed, st);
   EXPECT_TRUE(parsed.tensor_core());
@@ -549,12 +539,13 @@ TEST(KernelConfigName, RoundTrips) {
   KernelConfig ws = tc;
   ws.family = KernelFamily::kWarpSpecializedSm90;
   EXPECT_EQ(ws.name(), "ws" + name.substr(2));
-  EXPECT_NE(ws, wg);
+  EXPECT_NE(ws, tc);
   EXPECT_NE(ws, st);
   ASSERT_TRUE(parse_kernel_config(ws.name(), &parsed)) << ws.name();
   EXPECT_EQ(parsed, ws);
   EXPECT_TRUE(parsed.tensor_core());
   EXPECT_STREQ(to_string(KernelFamily::kWarpSpecializedSm90), "warp_specialized_sm90");
+  EXPECT_FALSE(parse_kernel_config("wg" + name.substr(2), &parsed));  // the retired multistage wgmma family
 
   // Every field is part of the name: changing any one changes the name, and each name parses back.
   std::vector<KernelConfig> variants = {tc,
@@ -683,7 +674,8 @@ TEST(StatusTest, ToString) {
 // Heuristic (src/runner/heuristics.cpp), against a synthetic config list that contains every tile the
 // table could name, so that the properties below hold whatever the table says.
 
-std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = false, bool with_streaming = false) {
+std::vector<KernelConfig> every_config(bool with_dequant, bool with_warp_specialized = false,
+                                       bool with_streaming = false) {
   std::vector<KernelConfig> all;
   for (int tile_m : {8, 16, 32, 64, 128, 256})
     for (int tile_n : {16, 32, 64, 128, 256})
@@ -694,13 +686,9 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_wgmma = fals
               for (int split : heuristics::split_k_choices()) {
                 all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
                 const KernelConfig tc = all.back();
-                if (with_wgmma) {
+                if (with_warp_specialized && warps_k == 1) {
                   all.push_back(tc);
-                  all.back().family = KernelFamily::kWgmmaSm90;
-                  if (warps_k == 1) {
-                    all.push_back(tc);
-                    all.back().family = KernelFamily::kWarpSpecializedSm90;
-                  }
+                  all.back().family = KernelFamily::kWarpSpecializedSm90;
                 }
                 if (with_streaming && warps_m == 1) {
                   all.push_back(tc);
@@ -719,9 +707,9 @@ TEST(Heuristics, ChoicesAreValidForTheProblem) {
   const std::vector<int>& splits = heuristics::split_k_choices();
   ASSERT_FALSE(splits.empty());
   EXPECT_EQ(splits.front(), 1);
-  for (const bool with_wgmma : {false, true}) {
-    SCOPED_TRACE(with_wgmma ? "with the wgmma and streaming tiles" : "without the wgmma and streaming tiles");
-    const std::vector<KernelConfig> available = every_config(true, with_wgmma, /*with_streaming=*/with_wgmma);
+  for (const bool with_hopper : {false, true}) {
+    SCOPED_TRACE(with_hopper ? "with the ws and streaming tiles" : "without the ws and streaming tiles");
+    const std::vector<KernelConfig> available = every_config(true, with_hopper, /*with_streaming=*/with_hopper);
     const std::pair<int, int> shapes[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192},
                                           {1040, 320},  {272, 1088},   {16, 64},      {128, 65536}};
     for (const heuristics::DeviceTraits device : {heuristics::DeviceTraits{80, 108}, heuristics::DeviceTraits{90, 132},
@@ -798,21 +786,21 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_GT(heuristics::choose(1, 8192, 28672, hopper, everything).split_k, 1);
   // Hopper with the wgmma tiles: the warp-specialized ones from m = 17 (32-, 64-, 128-row tiles),
   // dequant_cublas from 3072.
-  const std::vector<KernelConfig> with_wgmma = every_config(true, /*with_wgmma=*/true);
+  const std::vector<KernelConfig> with_ws = every_config(true, /*with_warp_specialized=*/true);
   for (const auto& [m, tile_m] : {std::pair{17, 32}, {32, 32}, {33, 64}, {64, 64}, {65, 128}, {2048, 128}}) {
-    const KernelConfig c = heuristics::choose(m, 28672, 8192, hopper, with_wgmma);
+    const KernelConfig c = heuristics::choose(m, 28672, 8192, hopper, with_ws);
     EXPECT_EQ(c.family, KernelFamily::kWarpSpecializedSm90) << m << ": " << c.name();
     EXPECT_EQ(c.tile_m, tile_m) << m << ": " << c.name();
     EXPECT_EQ(c.split_k, 1) << m << ": " << c.name();  // 224 tiles fill the GPU
   }
-  EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_wgmma).family, KernelFamily::kDequantCublas);
+  EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_ws).family, KernelFamily::kDequantCublas);
   // Split-K: to 0.6 blocks per SM, and at m <= 64 until a slice has at most 128 k-blocks.
-  EXPECT_EQ(heuristics::choose(64, 8192, 8192, hopper, with_wgmma).split_k, 2);
-  EXPECT_EQ(heuristics::choose(64, 8192, 28672, hopper, with_wgmma).split_k, 4);
-  EXPECT_EQ(heuristics::choose(128, 8192, 28672, hopper, with_wgmma).split_k, 2);
-  EXPECT_EQ(heuristics::choose(128, 4096, 4096, hopper, with_wgmma).split_k, 4);
+  EXPECT_EQ(heuristics::choose(64, 8192, 8192, hopper, with_ws).split_k, 2);
+  EXPECT_EQ(heuristics::choose(64, 8192, 28672, hopper, with_ws).split_k, 4);
+  EXPECT_EQ(heuristics::choose(128, 8192, 28672, hopper, with_ws).split_k, 2);
+  EXPECT_EQ(heuristics::choose(128, 4096, 4096, hopper, with_ws).split_k, 4);
   // ... never on other GPUs, even if the list held them.
-  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_wgmma).family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_ws).family, KernelFamily::kTensorCoreSm80);
   // Without them, Hopper hands m >= 512 to dequant_cublas.
   EXPECT_EQ(heuristics::choose(512, 28672, 8192, hopper, everything).family, KernelFamily::kDequantCublas);
   // With the streaming tiles: decode (m <= 16) on layers up to a few waves of their 32-channel

@@ -220,7 +220,7 @@ std::vector<int> sample_rows(Random& rng, int m, int n, int k, double full_limit
 }
 
 bool family_selected(KernelFamily family) {
-  // A comma-separated list of family names, e.g. "tensor_core_sm80,wgmma_sm90".
+  // A comma-separated list of family names, e.g. "tensor_core_sm80,warp_specialized_sm90".
   const char* only = std::getenv("W4A16_TEST_FAMILY");
   if (only == nullptr || *only == '\0') return true;
   const std::string list = std::string(",") + only + ",";

@@ -53,7 +53,7 @@ namespace w4a16::test {
 // True when the CUDA runtime reports at least one device (probed once, error state cleared).
 bool has_gpu();
 
-// W4A16_TEST_FAMILY=<family>[,<family>...] (e.g. tensor_core_sm80,wgmma_sm90) restricts the
+// W4A16_TEST_FAMILY=<family>[,<family>...] (e.g. tensor_core_sm80,warp_specialized_sm90) restricts the
 // every-config loops to those kernel families; tools/gpu-check.sh uses it to keep racecheck on our
 // own kernels (cuBLAS's kernels trip racecheck's heuristics). Unset: every family.
 bool family_selected(KernelFamily family);

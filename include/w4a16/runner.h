@@ -30,14 +30,11 @@ enum class KernelFamily {
   // Fused tensor-core kernel (mma.sync m16n8k16, cp.async pipeline, in-register int4 dequant).
   // sm_80 and newer. Optional split-K with a deterministic reduction through the workspace.
   kTensorCoreSm80,
-  // The same kernel with Hopper's warpgroup MMA (wgmma, A = dequantized weights from registers,
-  // B = activations from shared memory) as its math step. sm_90a builds on sm_90 devices only.
-  // Same packed weights, same config fields; names start with "wg_".
-  kWgmmaSm90,
-  // Hopper's warpgroup MMA with warp specialization: a producer warpgroup moves each stage with TMA
-  // and bulk copies, the math warpgroups wait on per-stage mbarriers instead of a block barrier.
-  // Same math step and packed weights as kWgmmaSm90; sm_90a builds on sm_90 devices only. Names
-  // start with "ws_"; warps_m x warps_n counts the math warps (the producer comes on top).
+  // Hopper: warpgroup MMA (wgmma; A = dequantized weights from registers, B = activations from
+  // shared memory) with warp specialization: a producer warpgroup moves each stage with TMA loads,
+  // the math warpgroups wait on per-stage mbarriers instead of a block barrier. Same packed
+  // weights; sm_90a builds on sm_90 devices only. Names start with "ws_"; warps_m x warps_n counts
+  // the math warps (the producer comes on top), warps_k is 1.
   kWarpSpecializedSm90,
   // Decode (m <= 16): the same mma.sync math and packed weights, but each warp streams its own
   // weights, activations and scales through a private ring of shared-memory stages, so the k loop
@@ -58,7 +55,7 @@ struct KernelConfig {
   int warps_m = 0;   // warp grid inside the block: warps_m x warps_n x warps_k, where the
   int warps_n = 0;   // warps_k warps of one output position split each stage's k range
   int warps_k = 1;
-  int stages = 0;    // pipeline depth: cp.async stages per block (tc_, wg_) or per warp (st_)
+  int stages = 0;    // pipeline depth: shared-memory stages per block (tc_, ws_) or per warp (st_)
   int split_k = 1;   // thread blocks sharing one output tile along k
 
   std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "ws_m128n128_w1x8x1_s8_k1", "dequant_cublas"

@@ -10,7 +10,6 @@ namespace w4a16 {
 const char* to_string(KernelFamily family) {
   switch (family) {
     case KernelFamily::kTensorCoreSm80: return "tensor_core_sm80";
-    case KernelFamily::kWgmmaSm90: return "wgmma_sm90";
     case KernelFamily::kWarpSpecializedSm90: return "warp_specialized_sm90";
     case KernelFamily::kStreamingSm80: return "streaming_sm80";
     case KernelFamily::kDequantCublas: return "dequant_cublas";
@@ -26,7 +25,6 @@ constexpr struct {
   const char* prefix;
 } kPrefixes[] = {
     {KernelFamily::kTensorCoreSm80, "tc"},
-    {KernelFamily::kWgmmaSm90, "wg"},
     {KernelFamily::kWarpSpecializedSm90, "ws"},
     {KernelFamily::kStreamingSm80, "st"},
 };

@@ -91,22 +91,18 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     tensor_core_sm80::append_large_m_kernels(compiled);
     tensor_core_sm80::append_streaming_sm80_kernels(compiled);
     // sm_90a machine code runs on sm_90 parts only, so the wgmma tiles are only offered there.
-    if (sm_version_ == 90) {
-      tensor_core_sm80::append_wgmma_sm90_kernels(compiled);
-      tensor_core_sm80::append_warp_specialized_sm90_kernels(compiled);
-    }
+    if (sm_version_ == 90) tensor_core_sm80::append_warp_specialized_sm90_kernels(compiled);
     for (const auto& kernel : compiled) {
       const int compiled_arch = kernel.compiled_for();
-      if (compiled_arch < (kernel.shape.wgmma ? 90 : 80) || kernel.prepare() != cudaSuccess) {
+      if (compiled_arch < (kernel.shape.warp_specialized ? 90 : 80) || kernel.prepare() != cudaSuccess) {
         cudaGetLastError();  // a missing binary is expected on some builds, not an error state
         continue;
       }
       for (int split : heuristics::split_k_choices()) {
         KernelConfig config;
         config.family = kernel.shape.warp_specialized ? KernelFamily::kWarpSpecializedSm90
-                        : kernel.shape.wgmma     ? KernelFamily::kWgmmaSm90
-                        : kernel.shape.streaming ? KernelFamily::kStreamingSm80
-                                                 : KernelFamily::kTensorCoreSm80;
+                        : kernel.shape.streaming      ? KernelFamily::kStreamingSm80
+                                                      : KernelFamily::kTensorCoreSm80;
         config.tile_m = kernel.shape.tile_m;
         config.tile_n = kernel.shape.tile_n;
         config.warps_m = kernel.shape.warps_m;

@@ -59,14 +59,6 @@ __device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
   return d;
 }
 
-// Orders this thread's earlier generic-proxy writes to shared memory (e.g. landed cp.async copies)
-// before later async-proxy reads of it (wgmma operands, TMA stores). sm_90+.
-__device__ __forceinline__ void fence_proxy_async_shared() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-
 // An empty asm the compiler cannot see through: the value must live in a register from here on
 // instead of being recomputed (rematerialized) where it is used.
 __device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }

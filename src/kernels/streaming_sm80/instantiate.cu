@@ -8,23 +8,23 @@
 namespace w4a16::tensor_core_sm80 {
 
 void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table) {
-  //                                 TileM TileN WarpsM WarpsN WarpsK Stages Wgmma Streaming
+  //                                 TileM TileN WarpsM WarpsN WarpsK Stages
   // 64 channels per warp (a stage is 3.3 KB per warp at m <= 8).
-  table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 8, 3, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 8, 4, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 128, 1, 2, 4, 3, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 256, 1, 4, 2, 3, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 16, 3, false, true>>());
+  table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 8, 3, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 8, 4, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 128, 1, 2, 4, 3, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 256, 1, 4, 2, 3, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 16, 3, KLoop::kStreaming>>());
   // 32 and 16 channels per warp (2.1 and 1.6 KB stages): more blocks for small layers.
-  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 4, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 6, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 16, 3, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 64, 1, 2, 4, 4, false, true>>());
-  table.push_back(compiled_kernel<Tile<8, 16, 1, 1, 8, 6, false, true>>());
+  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 4, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 6, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 16, 3, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 64, 1, 2, 4, 4, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<8, 16, 1, 1, 8, 6, KLoop::kStreaming>>());
   // 16 rows (two 8-row fragments per warp).
-  table.push_back(compiled_kernel<Tile<16, 64, 1, 1, 8, 4, false, true>>());
-  table.push_back(compiled_kernel<Tile<16, 32, 1, 1, 8, 4, false, true>>());
-  table.push_back(compiled_kernel<Tile<16, 64, 1, 2, 4, 4, false, true>>());
+  table.push_back(compiled_kernel<Tile<16, 64, 1, 1, 8, 4, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<16, 32, 1, 1, 8, 4, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<16, 64, 1, 2, 4, 4, KLoop::kStreaming>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80

@@ -32,13 +32,11 @@ constexpr bool compiled_here() {
 #endif
 }
 
+// The multistage and streaming tiles (the warp-specialized ones have their own kernel,
+// kernels/wgmma_sm90/warp_specialized.cuh).
 template <class Tile>
-__device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* dynamic_shared) {
-  uint8_t* shared = dynamic_shared;
-  if constexpr (Tile::kBaseSlack > 0) {  // wgmma tiles: 1024-byte aligned slots (see Tile)
-    const uint32_t misalignment = ptx::shared_address(dynamic_shared) % Tile::kBaseSlack;
-    shared += misalignment == 0 ? 0 : Tile::kBaseSlack - misalignment;
-  }
+__device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* shared) {
+  static_assert(!Tile::kWarpSpecialized, "see wgmma_sm90::warp_specialized_kernel");
   const TileWork work = schedule_tile<Tile>(params);
   // Warp index = (warp_k * WarpsM + warp_m) * WarpsN + warp_n.
   const int warp = threadIdx.x / 32;
@@ -46,11 +44,11 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* dynamic
   const int warp_m = (warp / Tile::kWarpsN) % Tile::kWarpsM;
   const int warp_k = warp / (Tile::kWarpsN * Tile::kWarpsM);
 
-  // The k loop: the multistage shared-memory pipeline (mma.sync or wgmma math), or for streaming
-  // tiles the per-warp decode loop. Both leave the same mma.sync accumulator fragments.
-  using KLoop = std::conditional_t<Tile::kStreaming, streaming_sm80::Mainloop<Tile>, Mainloop<Tile>>;
-  typename KLoop::Accumulators accumulators;
-  KLoop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
+  // The k loop: the multistage shared-memory pipeline, or for streaming tiles the per-warp decode
+  // loop. Both leave the same mma.sync accumulator fragments.
+  using Loop = std::conditional_t<Tile::kStreaming, streaming_sm80::Mainloop<Tile>, Mainloop<Tile>>;
+  typename Loop::Accumulators accumulators;
+  Loop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
   // Every load of this block is done: let the next kernel in the stream launch once all blocks got
   // here, so its prologue (weight prefetch) overlaps this kernel's reduction, epilogue and tail.
   // Triggering earlier (at kernel entry) was measured slower: the next kernel's blocks were then
@@ -94,7 +92,7 @@ int compiled_for() {
 template <class Tile>
 CompiledKernel compiled_kernel() {
   return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages,
-                         Tile::kWgmma, Tile::kStreaming, Tile::kWarpSpecialized},
+                         Tile::kStreaming, Tile::kWarpSpecialized},
                         &launch<Tile>,
                         &prepare<Tile>,
                         &compiled_for<Tile>};

@@ -19,17 +19,11 @@
 #include "kernels/common/ptx.cuh"
 #include "kernels/tensor_core_sm80/tile_scheduler.cuh"
 
-namespace w4a16::wgmma_sm90 {
-// The wgmma math step (kernels/wgmma_sm90/wgmma_math.cuh). Only Wgmma tiles instantiate it, and
-// only their translation unit includes its definition (and CuTe with it).
-template <class Tile>
-struct WgmmaMath;
-}  // namespace w4a16::wgmma_sm90
-
 namespace w4a16::tensor_core_sm80 {
 
 template <class Tile>
 struct Mainloop {
+  static_assert(!Tile::kWgmma, "the multistage loop does mma.sync math");
   using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
 
   // Shared memory: Stages buffers of WarpsK slots; a slot holds one k-block: (TileN / 16) packed
@@ -155,7 +149,6 @@ struct Mainloop {
     uint32_t activation[4];  // ldmatrix row address of k slice 0..3 (of the first fragment or pair)
     int weights;             // this lane's 16 bytes of the warp's first weight tile
     int scales;              // byte offset of channel (lane / 4) of the warp's first fragment
-    int activation_rows;     // byte offset of the warp tile's first activation row (wgmma's B)
 
     __device__ __forceinline__ LaneOffsets(int warp_m, int warp_n) {
       const int lane = threadIdx.x % 32;
@@ -171,7 +164,6 @@ struct Mainloop {
       }
       weights = (warp_n * Tile::kFragmentsN * 32 + lane) * 16;
       scales = (warp_n * Tile::kWarpTileN + lane / 4) * 2;
-      activation_rows = warp_m * Tile::kWarpTileM * Tile::kActivationRowBytes;
       // Left to itself ptxas recomputes these from threadIdx in every iteration (it trades the
       // registers for ~15 instructions per k-block); an opaque move pins them in registers.
       #pragma unroll
@@ -221,7 +213,6 @@ struct Mainloop {
   // `slot` points at the slot in shared memory (generic pointer, for the plain loads) and
   // `slot_address` is the same place as a shared-space address (for ldmatrix).
   // The mma.sync math step: weights dequantized from shared memory, activations via ldmatrix.
-  // (wgmma tiles use wgmma_sm90::WgmmaMath instead, see run().)
   static __device__ __forceinline__ void compute_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
                                                       const LaneOffsets& lane_offsets, Accumulators& accumulators) {
     const uint32_t activations = slot_address + Tile::kWeightBytes;
@@ -312,15 +303,12 @@ struct Mainloop {
   }
 
   // The pipeline. Stage i covers k-blocks k_block_begin + i * WarpsK ... (+ WarpsK - 1) and lives in ring
-  // buffer i % Stages. A buffer is refilled kRefillLag stages after it was computed on: 1 for
-  // mma.sync (its math is done when the warp reaches the next barrier), 2 for wgmma, whose k-block
-  // may still be reading its buffer when the next one starts (see the wgmma loop below). So
-  // Stages - kRefillLag stages are in flight. Invariant at the top of iteration i: stages
-  // i .. i + Stages - 1 - kRefillLag have been issued, one commit group each (empty groups past
-  // the end keep the count uniform), so waiting until at most Stages - 1 - kRefillLag groups are
-  // pending means stage i has landed.
-  static constexpr int kRefillLag = Tile::kWgmma ? 2 : 1;
-  static constexpr int kInFlight = Tile::kStages - kRefillLag;
+  // buffer i % Stages. A buffer is refilled one stage after it was computed on (the warps are done
+  // with it when they reach the next barrier), so Stages - 1 stages are in flight. Invariant at
+  // the top of iteration i: stages i .. i + Stages - 2 have been issued, one commit group each
+  // (empty groups past the end keep the count uniform), so waiting until at most Stages - 2
+  // groups are pending means stage i has landed.
+  static constexpr int kInFlight = Tile::kStages - 1;
   static_assert(kInFlight >= 1, "the pipeline needs a stage in flight");
 
   static __device__ __forceinline__ void run(const Params& params, const TileWork& work, uint8_t* shared, int warp_m,
@@ -365,16 +353,11 @@ struct Mainloop {
     };
     int read_buffer = 0, write_buffer = kInFlight * Tile::kStageBytes;
     const int slot_bytes = warp_k * Tile::kSlotBytes;
-    // One iteration: wait for stage i, refill the buffer freed kRefillLag stages ago, compute.
-    auto iteration = [&](int i, auto&& compute) {
+    // One iteration: wait for stage i, refill the buffer freed one stage ago, compute.
+    for (int i = 0; i < iterations; ++i) {
       ptx::cp_async_wait<kInFlight - 1>();
-      // wgmma reads its B operand through the async proxy, cp.async wrote it through the generic
-      // one: each thread makes its own landed copies visible to the async proxy before the barrier
-      // hands them to the warpgroups.
-      if constexpr (Tile::kWgmma) ptx::fence_proxy_async_shared();
       // Makes stage i visible to every warp, and guarantees every warp is done with the buffer the
-      // next copy overwrites (mma.sync: it finished stage i - 1 before arriving here; wgmma: it
-      // waited for stage i - 2's wgmma at the end of iteration i - 1).
+      // next copy overwrites (it finished stage i - 1 before arriving here).
       __syncthreads();
       const int next = i + kInFlight;
       if (next < iterations) {
@@ -384,39 +367,10 @@ struct Mainloop {
       ptx::cp_async_commit();
       if (warp_k < slots_of(i)) {
         const int offset = read_buffer + slot_bytes;
-        compute(shared + offset, shared_base + offset);
+        compute_slot(shared + offset, shared_base + offset, two_groups, lane_offsets, accumulators);
       }
       read_buffer = advance(read_buffer);
       write_buffer = advance(write_buffer);
-    };
-
-    if constexpr (Tile::kWgmma) {
-      // wgmma runs asynchronously: a k-block's four wgmma are issued as one group and the warps go
-      // on to the next k-block, waiting only for the group before (wait_group 1), so dequantizing
-      // k-block i + 1 overlaps the tensor cores working on k-block i. wgmma reads its A registers
-      // until the group completes, so consecutive k-blocks alternate between two register sets;
-      // the loop is unrolled by two so that the set is known at compile time.
-      using Math = wgmma_sm90::WgmmaMath<Tile>;
-      uint32_t a_even[4][4], a_odd[4][4];
-      for (int i = 0; i < iterations; i += 2) {
-        iteration(i, [&](const uint8_t* slot, uint32_t address) {
-          Math::issue_slot(slot, address, two_groups, lane_offsets.weights, lane_offsets.scales,
-                           lane_offsets.activation_rows, a_even, accumulators);
-        });
-        if (i + 1 < iterations) {
-          iteration(i + 1, [&](const uint8_t* slot, uint32_t address) {
-            Math::issue_slot(slot, address, two_groups, lane_offsets.weights, lane_offsets.scales,
-                             lane_offsets.activation_rows, a_odd, accumulators);
-          });
-        }
-      }
-      Math::drain(accumulators);
-    } else {
-      for (int i = 0; i < iterations; ++i) {
-        iteration(i, [&](const uint8_t* slot, uint32_t address) {
-          compute_slot(slot, address, two_groups, lane_offsets, accumulators);
-        });
-      }
     }
     ptx::cp_async_wait<0>();
   }

@@ -27,9 +27,8 @@ struct Params {
 
 struct TileShape {
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
-  bool wgmma;      // math step: wgmma (KernelFamily::kWgmmaSm90) instead of mma.sync
-  bool streaming;  // k loop: streaming_sm80's per-warp decode loop (KernelFamily::kStreamingSm80)
-  bool warp_specialized;  // k loop: TMA producer warpgroup + wgmma consumers (KernelFamily::kWarpSpecializedSm90)
+  bool streaming;         // k loop: streaming_sm80's per-warp decode loop (KernelFamily::kStreamingSm80)
+  bool warp_specialized;  // k loop: TMA producer + wgmma consumers, sm_90a (KernelFamily::kWarpSpecializedSm90)
 };
 
 // One compiled instantiation: its shape, a launcher, and a probe that reports whether the running
@@ -47,11 +46,8 @@ void append_medium_m_kernels(std::vector<CompiledKernel>& table);
 void append_large_m_kernels(std::vector<CompiledKernel>& table);
 // The streaming decode tiles (kernels/streaming_sm80/instantiate.cu).
 void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table);
-// The wgmma tiles (kernels/wgmma_sm90/instantiate.cu); appends nothing unless the build targets
-// sm_90a (W4A16_WITH_WGMMA).
-void append_wgmma_sm90_kernels(std::vector<CompiledKernel>& table);
-// The warp-specialized wgmma tiles (kernels/wgmma_sm90/instantiate_warp_specialized.cu); likewise
-// sm_90a only.
+// The warp-specialized wgmma tiles (kernels/wgmma_sm90/instantiate_warp_specialized.cu); appends
+// nothing unless the build targets sm_90a (W4A16_WITH_WGMMA).
 void append_warp_specialized_sm90_kernels(std::vector<CompiledKernel>& table);
 
 // Sums the split_k fp32 partial tiles in a fixed order (so results are bit-identical from run to

@@ -10,27 +10,26 @@ namespace w4a16::tensor_core_sm80 {
 // shared memory at the end (in-block split-K): at decode sizes that multiplies the warps streaming
 // a narrow n tile without a second kernel or a workspace.
 //
-// Wgmma = true: the math step is Hopper's wgmma (kernels/wgmma_sm90/wgmma_math.cuh), one warpgroup
-// per 64 channels; each warp owns 16 channels (TileN = 16 * WarpsN, WarpsN a multiple of 4) and
-// the warp tile's m is the wgmma's N. Slots then start on 1024-byte boundaries, which the
-// 128-byte-swizzled operand layout wgmma reads requires.
-//
-// Streaming = true: the streaming_sm80 mainloop (decode): each warp streams its operands through
-// its own ring of Stages k-blocks in shared memory; no block barrier in the k loop. WarpsM must
-// be 1.
-//
-// WarpSpecialized = true (with Wgmma): the wgmma_sm90 warp-specialized mainloop
-// (kernels/wgmma_sm90/warp_specialized.cuh). The WarpsM x WarpsN x WarpsK warps are consumers
-// only; one more warpgroup (kProducerThreads) issues TMA / bulk copies into the Stages slots, and
-// full/empty mbarriers replace the block barrier. WarpsK must be 1.
-template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages, bool Wgmma = false,
-          bool Streaming = false, bool WarpSpecialized = false>
+// The k loop, and with it the math step:
+//  - KLoop::kMultistage: the block-wide cp.async pipeline of mainloop.cuh, mma.sync math.
+//  - KLoop::kStreaming: the streaming_sm80 mainloop (decode): each warp streams its operands
+//    through its own ring of Stages k-blocks in shared memory; no block barrier in the k loop.
+//    WarpsM must be 1.
+//  - KLoop::kWarpSpecialized: the wgmma_sm90 mainloop (kernels/wgmma_sm90/warp_specialized.cuh).
+//    The math step is Hopper's wgmma (wgmma_math.cuh), one warpgroup per 64 channels; each warp
+//    owns 16 channels (TileN = 16 * WarpsN, WarpsN a multiple of 4) and the warp tile's m is the
+//    wgmma's N. The WarpsM x WarpsN warps only compute; one more warpgroup (kProducerThreads)
+//    issues TMA loads into the Stages slots, and full/empty mbarriers replace the block barrier.
+//    Slots start on 1024-byte boundaries, which the 128-byte-swizzled operand layout wgmma reads
+//    requires. WarpsK must be 1.
+enum class KLoop { kMultistage, kStreaming, kWarpSpecialized };
+
+template <int TileM, int TileN, int WarpsM, int WarpsN, int WarpsK, int Stages, KLoop Loop = KLoop::kMultistage>
 struct Tile {
-  static constexpr bool kWgmma = Wgmma;
-  static constexpr bool kStreaming = Streaming;
-  static constexpr bool kWarpSpecialized = WarpSpecialized;
-  static_assert(!(Wgmma && Streaming), "one math step per tile");
-  static_assert(!WarpSpecialized || (Wgmma && WarpsK == 1), "warp specialization: wgmma math, no in-block split-K");
+  static constexpr bool kStreaming = Loop == KLoop::kStreaming;
+  static constexpr bool kWarpSpecialized = Loop == KLoop::kWarpSpecialized;
+  static constexpr bool kWgmma = kWarpSpecialized;  // the math step
+  static_assert(!kWarpSpecialized || WarpsK == 1, "warp specialization: no in-block split-K");
   static constexpr int kTileM = TileM;  // activation rows (the mma's 8-wide N side)
   static constexpr int kTileN = TileN;  // output channels (the mma's 16-wide M side)
   static constexpr int kBlockK = layout::kTileCols;  // one packed k-block: 64
@@ -40,7 +39,7 @@ struct Tile {
   static constexpr int kStages = Stages;
   static constexpr int kThreads = 32 * WarpsM * WarpsN * WarpsK;  // the math warps
   // Warp-specialized tiles add a producer warpgroup after the math warps.
-  static constexpr int kProducerThreads = WarpSpecialized ? 128 : 0;
+  static constexpr int kProducerThreads = kWarpSpecialized ? 128 : 0;
   static constexpr int kBlockThreads = kThreads + kProducerThreads;
 
   static constexpr int kWarpTileM = TileM / WarpsM;
@@ -59,7 +58,7 @@ struct Tile {
   // Two scale rows per k-block: group 32 splits a 64-wide k-block into two groups; every other
   // supported group size (64, 128, k) covers the whole block with one.
   static constexpr int kScaleBytes = 2 * TileN * 2;
-  static constexpr int kSlotAlignment = Wgmma ? 1024 : 16;
+  static constexpr int kSlotAlignment = kWgmma ? 1024 : 16;
   static constexpr int kSlotBytes =
       (kWeightBytes + kActivationBytes + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
   static constexpr int kStageBytes = WarpsK * kSlotBytes;
@@ -69,22 +68,20 @@ struct Tile {
   static constexpr int kStreamingStageBytes =
       kFragmentsN * layout::kTileBytes + TileM * kActivationRowBytes + 2 * kWarpTileN * 2;
   static constexpr int kPipelineBytes =
-      Streaming ? (kThreads / 32) * Stages * kStreamingStageBytes : Stages * kStageBytes;
+      kStreaming ? (kThreads / 32) * Stages * kStreamingStageBytes : Stages * kStageBytes;
 
   // The in-block split-K reduction reuses the pipeline's shared memory after the last stage.
   static constexpr int kAccumulatorsPerWarp = kFragmentsN * kFragmentsM * 4 * 32;
   static constexpr int kReductionBytes = (WarpsK - 1) * WarpsM * WarpsN * kAccumulatorsPerWarp * 4;
   // Dynamic shared memory is only guaranteed 16-byte alignment; wgmma tiles round their base up to
   // 1024 bytes (see kernel.cuh) and reserve the slack.
-  static constexpr int kBaseSlack = Wgmma ? 1024 : 0;
+  static constexpr int kBaseSlack = kWgmma ? 1024 : 0;
   // Warp-specialized tiles: a full and an empty mbarrier (8 bytes each) per stage after the slots.
-  static constexpr int kBarrierBytes = WarpSpecialized ? 2 * Stages * 8 : 0;
+  static constexpr int kBarrierBytes = kWarpSpecialized ? 2 * Stages * 8 : 0;
   static constexpr int kSharedBytes =
       (kPipelineBytes > kReductionBytes ? kPipelineBytes : kReductionBytes) + kBarrierBytes + kBaseSlack;
 
-  // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument). The 8-warp
-  // wgmma tile lands at 130 registers left alone, which rounds to one block (two warpgroups) per
-  // SM; capped at 128 it keeps two, so one block's barrier wait overlaps the other's wgmma.
+  // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument).
   //
   // Streaming tiles of 8 warps ask for as many blocks per SM as their shared memory allows (up
   // to 3): a 70 KB tile that lands at 86 registers fits only two blocks, not three, and
@@ -93,22 +90,21 @@ struct Tile {
   // block. On parts with less (A100 164 KB, sm_86/89 100 KB) fewer blocks fit and the register
   // cap is stricter than it needs to be, never unsafe.
   //
-  // Warp-specialized tiles: as many blocks as shared memory allows, at most two (the consumers
-  // then get (65536 / 2 - 128 * 40) / 256 = 108 registers after the producer gives its up, enough
-  // for 64-row tiles; 128-row tiles hold 64 fp32 accumulators per thread and ask for one block).
-  static constexpr int kStreamingBlocksBySharedMemory = (228 * 1024) / (kSharedBytes + 1024);
+  // Warp-specialized tiles: as many blocks as shared memory allows, at most two (80 registers
+  // per thread at launch: enough for 64-row tiles; 128-row tiles hold 64 fp32 accumulators per
+  // consumer thread and ask for one block, 168 registers).
+  static constexpr int kBlocksBySharedMemory = (228 * 1024) / (kSharedBytes + 1024);
   static constexpr int kMinBlocksPerSM =
-      WarpSpecialized ? (kStreamingBlocksBySharedMemory >= 2 && TileM <= 64 ? 2 : 1)
-      : (Wgmma && kThreads == 256) ? 2
-      : (Streaming && kThreads == 256)
-          ? (kStreamingBlocksBySharedMemory < 1 ? 1 : kStreamingBlocksBySharedMemory > 3 ? 3 : kStreamingBlocksBySharedMemory)
+      kWarpSpecialized ? (kBlocksBySharedMemory >= 2 && TileM <= 64 ? 2 : 1)
+      : (kStreaming && kThreads == 256)
+          ? (kBlocksBySharedMemory < 1 ? 1 : kBlocksBySharedMemory > 3 ? 3 : kBlocksBySharedMemory)
           : 1;
 
-  static_assert(!Wgmma || (kFragmentsN == 1 && WarpsN % 4 == 0), "wgmma: 16 channels per warp, warpgroups along n");
-  static_assert(!Wgmma || (kWarpTileM == 8 || kWarpTileM == 16 || kWarpTileM == 32 || kWarpTileM == 64 ||
+  static_assert(!kWgmma || (kFragmentsN == 1 && WarpsN % 4 == 0), "wgmma: 16 channels per warp, warpgroups along n");
+  static_assert(!kWgmma || (kWarpTileM == 8 || kWarpTileM == 16 || kWarpTileM == 32 || kWarpTileM == 64 ||
                            kWarpTileM == 128 || kWarpTileM == 256),
                 "wgmma: the warp tile's m is the instruction's N (one of the compiled sizes)");
-  static_assert(!Wgmma || kWeightBytes % 1024 == 0, "wgmma: the activation tile must start 1024-byte aligned");
+  static_assert(!kWgmma || kWeightBytes % 1024 == 0, "wgmma: the activation tile must start 1024-byte aligned");
 };
 
 }  // namespace w4a16::tensor_core_sm80

@@ -1,5 +1,5 @@
-// The warp-specialized wgmma tiles (warp_specialized.cuh). Like the multistage wgmma tiles, built
-// only into sm_90a binaries' table (W4A16_WITH_WGMMA). Two consumer warpgroups of 64 channels each;
+// The warp-specialized wgmma tiles (warp_specialized.cuh). Built only into sm_90a binaries' table
+// (W4A16_WITH_WGMMA). Two consumer warpgroups of 64 channels each;
 // the tile's m is the wgmma's N.
 //
 // Stage counts fill shared memory: a slot is TileN / 2 * 64 bytes of weights, TileM * 128 of
@@ -16,9 +16,9 @@ void append_warp_specialized_sm90_kernels(std::vector<CompiledKernel>& table) {
 #if defined(W4A16_WITH_WGMMA)
   using wgmma_sm90::compiled_warp_specialized_kernel;
   //                                                  TileM TileN WarpsM WarpsN WarpsK Stages
-  table.push_back(compiled_warp_specialized_kernel<Tile<32, 128, 1, 8, 1, 10, true, false, true>>());
-  table.push_back(compiled_warp_specialized_kernel<Tile<64, 128, 1, 8, 1, 8, true, false, true>>());
-  table.push_back(compiled_warp_specialized_kernel<Tile<128, 128, 1, 8, 1, 8, true, false, true>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<32, 128, 1, 8, 1, 10, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<64, 128, 1, 8, 1, 8, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<128, 128, 1, 8, 1, 8, KLoop::kWarpSpecialized>>());
 #else
   (void)table;
 #endif

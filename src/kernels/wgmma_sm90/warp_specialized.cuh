@@ -172,9 +172,9 @@ struct WarpSpecialized {
 
     // k-block i's wgmma group may still run while the warp dequantizes k-block i + 1 and i + 2:
     // two groups stay in flight (wait_group 2), three A register sets rotate, and a slot is
-    // released two k-blocks after its math was issued. With one group in flight the warp's own
-    // chain (barrier wait, shared loads, dequantization) ran in series with the tensor cores and
-    // two consumer warpgroups per SM could not keep them busy.
+    // released two k-blocks after its math was issued. (Measured against one group in flight:
+    // no difference either way at 64..128 x 28672 x 8192; kept for the slack it gives the warp's
+    // own chain of barrier wait, shared loads and dequantization, bench/NOTES.md entry 18.)
     int stage = 0, released_stage = 0;
     uint32_t phase = 0;
     uint32_t a[3][4][4];
@@ -287,8 +287,8 @@ template <class Tile>
 tensor_core_sm80::CompiledKernel compiled_warp_specialized_kernel() {
   static_assert(Tile::kWarpSpecialized, "a warp-specialized tile");
   return tensor_core_sm80::CompiledKernel{
-      {Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages, Tile::kWgmma,
-       Tile::kStreaming, Tile::kWarpSpecialized},
+      {Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages, Tile::kStreaming,
+       Tile::kWarpSpecialized},
       &launch_warp_specialized<Tile>, &prepare_warp_specialized<Tile>, &warp_specialized_compiled_for<Tile>};
 }
 

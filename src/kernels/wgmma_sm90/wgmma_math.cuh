@@ -1,7 +1,7 @@
 #pragma once
 // The math step of the wgmma_sm90 family: one k-block of a pipeline slot multiplied with Hopper's
-// warpgroup MMA (wgmma.mma_async, sm_90a) instead of mma.sync. Everything around it (tile
-// scheduler, cp.async pipeline, split-K, epilogue) is tensor_core_sm80's: see mainloop.cuh.
+// warpgroup MMA (wgmma.mma_async, sm_90a) instead of mma.sync. The tile scheduler, split-K and
+// epilogue around it are tensor_core_sm80's; the pipeline is warp_specialized.cuh.
 //
 // Operands. A warpgroup (4 consecutive warps along n) computes 64 output channels x N activation
 // rows (N = the warp tile's m, 8..256) per wgmma.m64nNk16:
@@ -10,8 +10,9 @@
 //    dequantizes to (common/packed_layout.h): the packed buffer needs no Hopper variant.
 //  - B = activations, read by the tensor cores straight from the pipeline's shared-memory tile.
 //    That tile is already in wgmma's canonical K-major layout with the 128-byte swizzle: rows of
-//    64 fp16 = 128 bytes, 16-byte chunk c of row r stored at c ^ (r % 8) (Mainloop::swizzled_offset),
-//    8-row groups 1024 bytes apart; it only has to start on a 1024-byte boundary (Tile pads slots).
+//    64 fp16 = 128 bytes, 16-byte chunk c of row r stored at c ^ (r % 8) (what TMA's 128-byte
+//    swizzle writes, tensor_maps.h), 8-row groups 1024 bytes apart; it only has to start on a
+//    1024-byte boundary (Tile pads slots).
 //  - D: m64nNk16's accumulator fragment gives warp w, per 8-column chunk j, the same 4 values
 //    (channels 16w + lane/4 (+8), rows 8j + 2 (lane % 4) (+1)) as mma.m16n8k16's C, so the
 //    accumulators keep tensor_core_sm80's [1][N/8][4] shape and its epilogue.
@@ -75,12 +76,12 @@ struct WgmmaMath {
   // per 16-wide k slice, and multiplies them with the activation tile in four wgmma, committed as
   // one group; then waits until at most kPendingGroups groups are in flight, so that on return the
   // k-block kPendingGroups back has retired and its A registers and shared-memory buffer are free
-  // again (see Mainloop::run). `a` must stay untouched until then: the caller rotates through
-  // kPendingGroups + 1 register sets.
+  // again (see WarpSpecialized::consume). `a` must stay untouched until then: the caller rotates
+  // through kPendingGroups + 1 register sets.
   // `slot` / `slot_address`: the slot as a generic pointer and as a shared-space address;
   // `weights`, `scales`: this lane's offsets in it; `activation_rows`: the byte offset of the
   // warpgroup's first activation row in the slot's activation tile.
-  template <int kPendingGroups = 1, class Accumulators>
+  template <int kPendingGroups, class Accumulators>
   static __device__ __forceinline__ void issue_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
                                                     int weights, int scales, int activation_rows, uint32_t (&a)[4][4],
                                                     Accumulators& accumulators) {
