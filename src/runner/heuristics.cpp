@@ -57,8 +57,8 @@ constexpr double kWideKMinBlocksPerSm = 0.6;
 
 // Hopper with the warp-specialized wgmma tiles (sm_90a build), from m = 17 on. Read off a forced-
 // config sweep in the benchmark's graph harness over the six default layers at m = 32 .. 4096
-// (bench/NOTES.md, entry 18): they beat the multistage wgmma tiles by 10-25% at m = 64 .. 512 and
-// the mma.sync tiles at m = 32, and tie with both at m = 1024. 32-, 64- and 128-row tiles, one
+// (bench/NOTES.md, entry 18): they beat the multistage wgmma tiles they replaced by 10-25% at
+// m = 64 .. 512 and the mma.sync tiles at m = 32, and tied with them at m = 1024. 32-, 64- and 128-row tiles, one
 // consumer warpgroup per 64 channels; the 32- and 64-row ones run two blocks per SM. Split-K
 // stops at 0.6 blocks per SM (two blocks fit per SM for the small tiles, and the split's partial
 // sums cost as much as the weights at m = 128), except that m <= 64 keeps splitting long k.

@@ -71,31 +71,40 @@ cudaError_t launch(const Params& params, cudaStream_t stream, bool programmatic)
                        programmatic, params);
 }
 
-template <class Tile>
+// Fails (cudaErrorInvalidDeviceFunction) when this device has no binary for Kernel; otherwise
+// raises its dynamic shared-memory limit to what Tile needs.
+template <class Tile, auto Kernel>
 cudaError_t prepare() {
   cudaFuncAttributes attributes;
-  cudaError_t error = cudaFuncGetAttributes(&attributes, gemm_kernel<Tile>);
+  cudaError_t error = cudaFuncGetAttributes(&attributes, Kernel);
   if (error != cudaSuccess) return error;
-  return cudaFuncSetAttribute(gemm_kernel<Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSharedBytes);
+  return cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSharedBytes);
 }
 
 // The virtual architecture the kernel body was compiled from (cudaFuncAttributes::ptxVersion), so
 // the host can tell a real sm_80+ body from the empty one: a library built for 75 carries
 // compute_75 PTX, which a newer GPU would happily JIT into the empty kernel.
-template <class Tile>
+template <auto Kernel>
 int compiled_for() {
   cudaFuncAttributes attributes;
-  if (cudaFuncGetAttributes(&attributes, gemm_kernel<Tile>) != cudaSuccess) return 0;
+  if (cudaFuncGetAttributes(&attributes, Kernel) != cudaSuccess) return 0;
   return attributes.ptxVersion;
+}
+
+// The table entry of one instantiation: Tile's shape, its launcher, and the probes of its kernel.
+template <class Tile, auto Kernel, cudaError_t (*Launch)(const Params&, cudaStream_t, bool),
+          cudaError_t (*Prepare)() = &prepare<Tile, Kernel>>
+CompiledKernel make_compiled_kernel() {
+  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages,
+                         Tile::kStreaming, Tile::kWarpSpecialized},
+                        Launch,
+                        Prepare,
+                        &compiled_for<Kernel>};
 }
 
 template <class Tile>
 CompiledKernel compiled_kernel() {
-  return CompiledKernel{{Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages,
-                         Tile::kStreaming, Tile::kWarpSpecialized},
-                        &launch<Tile>,
-                        &prepare<Tile>,
-                        &compiled_for<Tile>};
+  return make_compiled_kernel<Tile, gemm_kernel<Tile>, &launch<Tile>>();
 }
 
 }  // namespace w4a16::tensor_core_sm80

@@ -74,7 +74,7 @@ struct Tile {
   static constexpr int kAccumulatorsPerWarp = kFragmentsN * kFragmentsM * 4 * 32;
   static constexpr int kReductionBytes = (WarpsK - 1) * WarpsM * WarpsN * kAccumulatorsPerWarp * 4;
   // Dynamic shared memory is only guaranteed 16-byte alignment; wgmma tiles round their base up to
-  // 1024 bytes (see kernel.cuh) and reserve the slack.
+  // 1024 bytes (see wgmma_sm90/warp_specialized.cuh) and reserve the slack.
   static constexpr int kBaseSlack = kWgmma ? 1024 : 0;
   // Warp-specialized tiles: a full and an empty mbarrier (8 bytes each) per stage after the slots.
   static constexpr int kBarrierBytes = kWarpSpecialized ? 2 * Stages * 8 : 0;

@@ -22,11 +22,18 @@ PFN_cuTensorMapEncodeTiled_v12000 lookup_encode() {
   return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
 }
 
+PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = lookup_encode();  // once; thread-safe
+  return encode;
+}
+
 }  // namespace
+
+bool tensor_maps_supported() { return encode_function() != nullptr; }
 
 cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
                                int m, int n, int k, int group_size, int box_rows, int box_row_blocks) {
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = lookup_encode();  // once; thread-safe
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_function();
   if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint32_t unit_strides[3] = {1, 1, 1};
 

@@ -26,6 +26,11 @@ struct TensorMaps {
 //
 // The scales ([k / group][n] fp16) as boxes of box_channels channels x box_groups rows (2 for
 // group 32, where a 64-wide k-block spans two groups; else 1). Channels past n read as zeros.
+// Whether the driver offers tensor-map encoding (cuTensorMapEncodeTiled, CUDA 12+ drivers).
+bool tensor_maps_supported();
+
+// cudaErrorNotSupported without tensor-map encoding; cudaErrorInvalidValue when the driver rejects a
+// descriptor (not expected for any shape the runner admits).
 cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
                                int m, int n, int k, int group_size, int box_rows, int box_row_blocks);
 

@@ -231,8 +231,9 @@ __device__ __forceinline__ void warp_specialized_tile(const Params& params, cons
 
   if (warp >= Loop::kConsumerWarps) {  // the producer warpgroup
     cutlass::arch::warpgroup_reg_dealloc<Loop::kProducerRegisters>();
+    // No launch_dependent_grids() here: one thread's call triggers for the whole block, and these
+    // threads get here at once. The consumers' call after their last stage counts instead.
     if (threadIdx.x == Tile::kThreads) Loop::produce(params, maps, work, slots, full, empty);
-    ptx::launch_dependent_grids();
   } else {
     cutlass::arch::warpgroup_reg_alloc<Loop::kConsumerRegisters>();
     // Consumer warp index = warp_m * WarpsN + warp_n; a warpgroup is 4 consecutive warps along n.
@@ -267,29 +268,33 @@ cudaError_t launch_warp_specialized(const Params& params, cudaStream_t stream, b
                        dim3(Tile::kBlockThreads), Tile::kSharedBytes, stream, programmatic, params, maps);
 }
 
+// The generic probe, plus two conditions under which the kernel must not be offered:
+//  - the driver cannot encode tensor maps (launch would fail);
+//  - ptxas gave the kernel fewer registers than the launch-bounds cap the setmaxnreg counts are
+//    computed from, so the consumers' increase could exceed what the producer releases, and
+//    setmaxnreg.inc would wait forever. (ptxas 13.0 allocates exactly the cap for kernels that
+//    use setmaxnreg; this turns a change of that into a missing config rather than a hang.)
 template <class Tile>
 cudaError_t prepare_warp_specialized() {
+  using Loop = WarpSpecialized<Tile>;
+  if (cudaError_t error = tensor_core_sm80::prepare<Tile, warp_specialized_kernel<Tile>>(); error != cudaSuccess) {
+    return error;
+  }
+  if (!tensor_maps_supported()) return cudaErrorNotSupported;
   cudaFuncAttributes attributes;
-  cudaError_t error = cudaFuncGetAttributes(&attributes, warp_specialized_kernel<Tile>);
-  if (error != cudaSuccess) return error;
-  return cudaFuncSetAttribute(warp_specialized_kernel<Tile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              Tile::kSharedBytes);
-}
-
-template <class Tile>
-int warp_specialized_compiled_for() {
-  cudaFuncAttributes attributes;
-  if (cudaFuncGetAttributes(&attributes, warp_specialized_kernel<Tile>) != cudaSuccess) return 0;
-  return attributes.ptxVersion;
+  if (cudaError_t error = cudaFuncGetAttributes(&attributes, warp_specialized_kernel<Tile>); error != cudaSuccess) {
+    return error;
+  }
+  const long long released = static_cast<long long>(Tile::kProducerThreads) * (attributes.numRegs - Loop::kProducerRegisters);
+  const long long requested = static_cast<long long>(Tile::kThreads) * (Loop::kConsumerRegisters - attributes.numRegs);
+  return requested <= released ? cudaSuccess : cudaErrorNotSupported;
 }
 
 template <class Tile>
 tensor_core_sm80::CompiledKernel compiled_warp_specialized_kernel() {
   static_assert(Tile::kWarpSpecialized, "a warp-specialized tile");
-  return tensor_core_sm80::CompiledKernel{
-      {Tile::kTileM, Tile::kTileN, Tile::kWarpsM, Tile::kWarpsN, Tile::kWarpsK, Tile::kStages, Tile::kStreaming,
-       Tile::kWarpSpecialized},
-      &launch_warp_specialized<Tile>, &prepare_warp_specialized<Tile>, &warp_specialized_compiled_for<Tile>};
+  return tensor_core_sm80::make_compiled_kernel<Tile, warp_specialized_kernel<Tile>, &launch_warp_specialized<Tile>,
+                                                &prepare_warp_specialized<Tile>>();
 }
 
 }  // namespace w4a16::wgmma_sm90
