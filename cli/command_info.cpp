@@ -36,7 +36,7 @@ void register_info(CLI::App& app, int* exit_code) {
     }
     std::printf("kernels       %zu configs\n", runner.configs().size());
     for (const KernelConfig& config : runner.configs()) {
-      std::printf("  %-16s %s\n", to_string(config.family), config.name().c_str());
+      std::printf("  %-22s %s\n", to_string(config.family), config.name().c_str());
     }
   });
 }

@@ -15,12 +15,13 @@ struct TileChoice {
   int max_split_k = 16;
   KernelFamily family = KernelFamily::kTensorCoreSm80;
   // Split-K never leaves a warp fewer k-blocks than this: below it the pipeline never reaches
-  // steady state (mma.sync: 4; wgmma, whose buffers are refilled two stages late: 16).
+  // steady state (mma.sync: 4; warp-specialized tiles, which release a slot two k-blocks after
+  // its wgmma and keep 8-10 stages: 16).
   int min_k_blocks_per_warp = 4;
   // Split-K stops at the first factor giving this many blocks per SM. The mma.sync winners had
-  // 1.5-3 blocks per SM (bench/NOTES.md, entry 4); the wgmma tiles are bigger and their split-K
-  // partials (split x m x n fp32, written and read back) cost as much as the weights at m = 128
-  // and k = 4096, so one wave is enough (entry 14).
+  // 1.5-3 blocks per SM (bench/NOTES.md, entry 4); the warp-specialized tiles stop at 0.6: two
+  // of the small ones fit per SM, and at m = 128 and k = 4096 their split-K partials (split x m x
+  // n fp32, written and read back) cost as much as the weights (entries 14, 18).
   double target_blocks_per_sm = 1.5;
   // ... unless a slice would still hold more k-blocks than this: on long-k layers at m <= 64 the
   // warp-specialized tiles stream better with four slices than with two (8192x28672: 76 vs 87 us

@@ -273,7 +273,12 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }
   if (config.split_k > 1) {
-    if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, programmatic);
+    // The reduce reads nothing before griddepcontrol.wait (its first instruction), so it may always
+    // launch programmatically behind the GEMM on sm_90: its launch then overlaps the GEMM's tail
+    // instead of following it. The constraint that keeps PDL opt-in (weights prefetched before the
+    // wait) is the GEMM's, not the reduce's.
+    const bool reduce_programmatic = sm_version_ >= 90 && entry->compiled_arch >= 90;
+    if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, reduce_programmatic);
         error != cudaSuccess) {
       return cuda_status(error, "split-K reduce launch");
     }

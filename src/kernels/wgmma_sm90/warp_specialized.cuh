@@ -1,12 +1,13 @@
 #pragma once
 // The warp-specialized wgmma kernel (sm_90a): tile scheduler -> producer/consumer mainloop ->
-// epilogue. Same packed weights, math step (WgmmaMath), scheduler, split-K and epilogue as the
-// multistage wgmma tiles; what changes is who moves the data and how the warps wait for it.
+// epilogue. Same packed weights, scheduler, split-K and epilogue as tensor_core_sm80; the math step
+// is WgmmaMath (wgmma_math.cuh).
 //
-// Why. The multistage loop (tensor_core_sm80/mainloop.cuh) has every math warp issue its share of
-// ~1300 16-byte cp.async per 128 x 128 stage, then the whole block meets at a barrier each k-block.
-// On H100 that copy bookkeeping keeps the ALU pipe busier than the tensor pipe at m = 64
-// (bench/NOTES.md, entry 12), and a barrier per k-block couples the two warpgroups. Here:
+// Why. The wgmma tiles this family replaced ran the multistage loop (tensor_core_sm80/mainloop.cuh):
+// every math warp issued its share of ~1300 16-byte cp.async per 128 x 128 stage, then the whole
+// block met at a barrier each k-block. On H100 that copy bookkeeping kept the ALU pipe busier than
+// the tensor pipe at m = 64 (bench/NOTES.md, entry 12), and a barrier per k-block coupled the two
+// warpgroups. Here:
 //  - one producer thread moves a whole stage with three TMA loads (see produce()): the weights as
 //    one box of a 3-D view of the packed buffer, the scale row(s), and the activation tile, which
 //    TMA writes with the 128-byte swizzle wgmma reads (tensor_maps.h). TMA zero-fills what lies
