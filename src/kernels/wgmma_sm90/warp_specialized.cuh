@@ -80,7 +80,7 @@ struct WarpSpecialized {
 
   // Registers per thread. The block launches with the cap __launch_bounds__ gives ptxas (65536 per
   // SM shared by kMinBlocksPerSM blocks, in steps of 8); the producer warpgroup then drops to 40
-  // (its one copying thread needs ~30; at 24 it spilled) and the consumers take what it freed
+  // (one copying thread; an earlier version of it spilled at 24) and the consumers take what it freed
   // (setmaxnreg draws on the block's own pool, so the increase must not exceed the release).
   static constexpr int kLaunchRegisters = (65536 / (Tile::kBlockThreads * Tile::kMinBlocksPerSM)) / 8 * 8;
   static constexpr int kRegisterCap = kLaunchRegisters > 168 ? 168 : kLaunchRegisters;
