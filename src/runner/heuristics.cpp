@@ -65,9 +65,9 @@ constexpr double kWideKMinBlocksPerSm = 0.6;
 // sums cost as much as the weights at m = 128), except that m <= 64 keeps splitting long k.
 constexpr int kWarpSpecializedMinM = 17;
 constexpr TileChoice kWarpSpecializedTable[] = {
-    {32, 32, 128, 1, 8, 1, 10, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
-    {64, 64, 128, 1, 8, 1, 8, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
-    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 8, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6},
+    {32, 32, 128, 1, 8, 1, 6, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
+    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
+    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 5, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6},
 };
 
 // From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our

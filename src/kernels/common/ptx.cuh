@@ -64,6 +64,54 @@ __device__ __forceinline__ uint32_t lop3(uint32_t a, uint32_t b, uint32_t c) {
 __device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(value)); }
 __device__ __forceinline__ void pin(int& value) { asm volatile("" : "+r"(value)); }
 __device__ __forceinline__ void pin(long long& value) { asm volatile("" : "+l"(value)); }
+__device__ __forceinline__ void pin(uint64_t& value) { asm volatile("" : "+l"(value)); }
+template <class T>
+__device__ __forceinline__ void pin(T*& pointer) {
+  asm volatile("" : "+l"(pointer));
+}
+
+// Shared-memory loads from a shared-space address. The warp-specialized loop keeps its operand
+// addresses as pinned 32-bit values (generic pointers pinned in registers lose the compiler's
+// knowledge that they point to shared memory and become generic loads). Volatile so that they
+// stay between the mbarrier wait that says the data landed and the arrive that releases it.
+__device__ __forceinline__ uint4 load_shared_128(uint32_t address) {
+  uint4 value;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(value.x), "=r"(value.y), "=r"(value.z), "=r"(value.w)
+               : "r"(address));
+  return value;
+}
+__device__ __forceinline__ __half load_shared_half(uint32_t address) {
+  unsigned short bits;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(bits) : "r"(address));
+  return __ushort_as_half(bits);
+}
+
+// mbarrier operations on a barrier given by its shared-space address (sm_90 for try_wait.parity
+// and expect_tx). CUTLASS's ClusterBarrier takes generic pointers and converts them on every call,
+// which in the warp-specialized k loop cost ~8 uniform instructions per wait (S2UR of the CTA id,
+// window arithmetic); the loop computes each barrier's address once and steps it instead.
+// All three carry a memory clobber: shared-memory reads of a stage must not move above the wait
+// that says it has landed, nor below the arrive that releases it.
+__device__ __forceinline__ void mbarrier_wait_parity(uint32_t barrier, uint32_t phase) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "wait_again:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait_again;\n"
+      "}\n" ::"r"(barrier),
+      "r"(phase)
+      : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint32_t barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(barrier) : "memory");
+}
+// Arrive and raise the barrier's expected transaction count by `bytes` (what the TMA loads
+// completing on it will deliver).
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32_t barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier), "r"(bytes) : "memory");
+}
 
 // Programmatic dependent launch (sm_90+; no-ops on older targets). A kernel launched with
 // cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel in the

@@ -55,12 +55,17 @@ struct Tile {
   static constexpr int kWeightBytes = (TileN / layout::kTileRows) * layout::kTileBytes;
   static constexpr int kActivationRowBytes = kBlockK * 2;  // 128 bytes: 8 chunks of 16
   static constexpr int kActivationBytes = TileM * kActivationRowBytes;
-  // Two scale rows per k-block: group 32 splits a 64-wide k-block into two groups; every other
-  // supported group size (64, 128, k) covers the whole block with one.
-  static constexpr int kScaleBytes = 2 * TileN * 2;
+  // K-blocks per slot: one, except for warp-specialized tiles, whose slots hold two consecutive
+  // k-blocks: every per-slot cost of that loop (barrier wait and release, stage bookkeeping, the
+  // producer's TMA requests) is then paid once per 128 columns of k (see warp_specialized.cuh).
+  static constexpr int kKBlocksPerSlot = kWarpSpecialized ? 2 : 1;
+  // Scale rows per slot: group 32 splits a 64-wide k-block into two groups; every other supported
+  // group size (64, 128, k) covers a k-block with one. So two rows per k-block at most.
+  static constexpr int kScaleBytes = 2 * kKBlocksPerSlot * TileN * 2;
   static constexpr int kSlotAlignment = kWgmma ? 1024 : 16;
   static constexpr int kSlotBytes =
-      (kWeightBytes + kActivationBytes + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
+      (kKBlocksPerSlot * (kWeightBytes + kActivationBytes) + kScaleBytes + kSlotAlignment - 1) / kSlotAlignment *
+      kSlotAlignment;
   static constexpr int kStageBytes = WarpsK * kSlotBytes;
   // Streaming tiles: a ring of Stages k-blocks per warp; one k-block holds the warp's weight tiles
   // (each lane's 16 bytes at 16 L), its TileM activation rows (swizzled as above) and two rows of

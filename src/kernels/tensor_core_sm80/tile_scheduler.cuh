@@ -49,10 +49,16 @@ __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
     work.k_block_begin = 0;
     work.k_block_end = k_blocks;
   } else {
-    // The k-blocks are dealt out as evenly as integers allow, so no slice is empty as long as
-    // split_k <= k / 64 (the runner checks that).
-    work.k_block_begin = static_cast<int>((static_cast<long long>(split) * k_blocks) / params.split_k);
-    work.k_block_end = static_cast<int>((static_cast<long long>(split + 1) * k_blocks) / params.split_k);
+    // The k-blocks are dealt out as evenly as integers allow, in units of the tile's slot (one
+    // k-block; two for warp-specialized tiles, whose slots must start on an even k-block so that
+    // a group of 128 never straddles one). No slice is empty as long as split_k <= the number of
+    // units; a slice that is empty anyway (split_k > k / 128 on a warp-specialized tile) adds
+    // zeros, which is still correct.
+    constexpr int kUnit = Tile::kKBlocksPerSlot;
+    const int units = k_blocks / kUnit + (k_blocks % kUnit != 0);
+    work.k_block_begin = min(k_blocks, static_cast<int>((static_cast<long long>(split) * units) / params.split_k) * kUnit);
+    work.k_block_end =
+        min(k_blocks, static_cast<int>((static_cast<long long>(split + 1) * units) / params.split_k) * kUnit);
   }
   work.split = split;
   return work;

@@ -2,12 +2,13 @@
 // (W4A16_WITH_WGMMA). Two consumer warpgroups of 64 channels each;
 // the tile's m is the wgmma's N.
 //
-// Stage counts fill shared memory: a slot is TileN / 2 * 64 bytes of weights, TileM * 128 of
-// activations and two scale rows, rounded up to 1 KB. 32- and 64-row tiles fit two blocks per SM
-// (~100 KB each) so one block's epilogue and ramp-up overlap the other's streaming; 128-row tiles
-// hold 64 fp32 accumulators per consumer thread and take the whole SM. Measured and left out
-// (bench/NOTES.md, entry 18): four consumer warpgroups (2 x 2 along m and n, 96 registers), 10-12
-// stages, and clusters of 2 or 4 blocks sharing the activation tile by TMA multicast.
+// Stage counts fill shared memory: a slot holds two k-blocks, i.e. TileN * 64 bytes of weights,
+// 2 * TileM * 128 of activations and up to four scale rows, rounded up to 1 KB (17, 25 and 41 KB
+// for 32, 64 and 128 rows). 32- and 64-row tiles fit two blocks per SM (~100 KB each) so one
+// block's epilogue and ramp-up overlap the other's streaming; 128-row tiles hold 64 fp32
+// accumulators per consumer thread and take the whole SM. Measured and left out (bench/NOTES.md,
+// entry 18): four consumer warpgroups (2 x 2 along m and n, 96 registers), deeper pipelines,
+// and clusters of 2 or 4 blocks sharing the activation tile by TMA multicast.
 #include "kernels/wgmma_sm90/warp_specialized.cuh"
 
 namespace w4a16::tensor_core_sm80 {
@@ -16,9 +17,9 @@ void append_warp_specialized_sm90_kernels(std::vector<CompiledKernel>& table) {
 #if defined(W4A16_WITH_WGMMA)
   using wgmma_sm90::compiled_warp_specialized_kernel;
   //                                                  TileM TileN WarpsM WarpsN WarpsK Stages
-  table.push_back(compiled_warp_specialized_kernel<Tile<32, 128, 1, 8, 1, 10, KLoop::kWarpSpecialized>>());
-  table.push_back(compiled_warp_specialized_kernel<Tile<64, 128, 1, 8, 1, 8, KLoop::kWarpSpecialized>>());
-  table.push_back(compiled_warp_specialized_kernel<Tile<128, 128, 1, 8, 1, 8, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<32, 128, 1, 8, 1, 6, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<64, 128, 1, 8, 1, 4, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<128, 128, 1, 8, 1, 5, KLoop::kWarpSpecialized>>());
 #else
   (void)table;
 #endif

@@ -32,7 +32,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
 bool tensor_maps_supported() { return encode_function() != nullptr; }
 
 cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
-                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks) {
+                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks,
+                               int box_k_blocks) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_function();
   if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint32_t unit_strides[3] = {1, 1, 1};
@@ -50,7 +51,8 @@ cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* pa
   const cuuint64_t k_blocks = static_cast<cuuint64_t>(k / layout::kTileCols);
   const cuuint64_t w_dimensions[3] = {kWordsPerTile, k_blocks, static_cast<cuuint64_t>(n / layout::kTileRows)};
   const cuuint64_t w_strides[2] = {layout::kTileBytes, k_blocks * layout::kTileBytes};
-  const cuuint32_t w_box[3] = {kWordsPerTile, 1, static_cast<cuuint32_t>(box_row_blocks)};
+  const cuuint32_t w_box[3] = {kWordsPerTile, static_cast<cuuint32_t>(box_k_blocks),
+                               static_cast<cuuint32_t>(box_row_blocks)};
   result = encode(&maps->weights, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<void*>(packed_weights), w_dimensions,
                   w_strides, w_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -59,7 +61,7 @@ cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* pa
   const cuuint64_t s_dimensions[2] = {static_cast<cuuint64_t>(n), static_cast<cuuint64_t>(k / group_size)};
   const cuuint64_t s_strides[1] = {static_cast<cuuint64_t>(n) * sizeof(__half)};
   const cuuint32_t s_box[2] = {static_cast<cuuint32_t>(box_row_blocks * layout::kTileRows),
-                               static_cast<cuuint32_t>(group_size == 32 ? 2 : 1)};
+                               static_cast<cuuint32_t>(scale_rows_per_box(group_size, box_k_blocks))};
   result = encode(&maps->scales, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(scales), s_dimensions,
                   s_strides, s_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
                   CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);

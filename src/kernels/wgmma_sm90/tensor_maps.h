@@ -21,17 +21,26 @@ struct TensorMaps {
 // c ^ (r % 8)): the K-major layout wgmma reads its B operand in. Rows past m read as zeros.
 //
 // The packed weights (common/packed_layout.h) as a 3-D array of 32-bit words: [n / 16 row blocks]
-// [k / 64 k-blocks][128 words = one 512-byte tile]; a box is one k-block of box_row_blocks row
-// blocks, landing as consecutive 512-byte tiles (the slot layout). Row blocks past n read as zeros.
+// [k / 64 k-blocks][128 words = one 512-byte tile]; a box is box_k_blocks consecutive k-blocks of
+// box_row_blocks row blocks, landing as [row block][k-block][512 bytes]. Row blocks past n and
+// k-blocks past k read as zeros.
 //
-// The scales ([k / group][n] fp16) as boxes of box_channels channels x box_groups rows (2 for
-// group 32, where a 64-wide k-block spans two groups; else 1). Channels past n read as zeros.
+// The scales ([k / group][n] fp16) as boxes of box_channels channels x scale_rows_per_box() rows:
+// the groups the box's box_k_blocks k-blocks span (4 for group 32 and two k-blocks, 2 for group
+// 64, else 1; boxes start on a multiple of box_k_blocks k-blocks, so a group of 128 or more is
+// never split). Channels and rows past the end read as zeros.
+// (Host and device: the kernel arms its barrier with the same byte count.)
+__host__ __device__ constexpr int scale_rows_per_box(int group_size, int box_k_blocks) {
+  return group_size < box_k_blocks * 64 ? box_k_blocks * 64 / group_size : 1;
+}
+
 // Whether the driver offers tensor-map encoding (cuTensorMapEncodeTiled, CUDA 12+ drivers).
 bool tensor_maps_supported();
 
 // cudaErrorNotSupported without tensor-map encoding; cudaErrorInvalidValue when the driver rejects a
 // descriptor (not expected for any shape the runner admits).
 cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
-                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks);
+                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks,
+                               int box_k_blocks);
 
 }  // namespace w4a16::wgmma_sm90

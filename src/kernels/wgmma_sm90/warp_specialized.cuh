@@ -8,20 +8,26 @@
 // block met at a barrier each k-block. On H100 that copy bookkeeping kept the ALU pipe busier than
 // the tensor pipe at m = 64 (bench/NOTES.md, entry 12), and a barrier per k-block coupled the two
 // warpgroups. Here:
-//  - one producer thread moves a whole stage with three TMA loads (see produce()): the weights as
-//    one box of a 3-D view of the packed buffer, the scale row(s), and the activation tile, which
-//    TMA writes with the 128-byte swizzle wgmma reads (tensor_maps.h). TMA zero-fills what lies
-//    past m or n, so edge tiles need no special case;
-//  - each stage has two mbarriers. `full` completes when the producer has armed it with the
-//    stage's byte count and all of its copies have landed; `empty` completes when every consumer
-//    warp has released it. Consumers wait only for the stage they need, the producer only for
+//  - one producer thread moves a whole slot (two k-blocks) with four TMA loads (see produce()):
+//    the weights as one box of a 3-D view of the packed buffer, the scale rows, and one
+//    activation box per k-block, which TMA writes with the 128-byte swizzle wgmma reads
+//    (tensor_maps.h). TMA zero-fills what lies past m, n or k, so edge tiles need no special case;
+//  - each slot has two mbarriers. `full` completes when the producer has armed it with the
+//    slot's byte count and all of its copies have landed; `empty` completes when every consumer
+//    warp has released it. Consumers wait only for the slot they need, the producer only for
 //    the slot it refills; nobody waits at a block barrier;
 //  - the producer warpgroup hands most of its registers to the consumers (setmaxnreg).
 //
-// A consumer releases stage i two k-blocks late, after wgmma_wait<2> in k-block i + 2 has
-// retired stage i's wgmma group (they read B, the activations, from the slot asynchronously); the
-// weights and scales were read into registers before that. So Stages - 3 slots are being filled
-// while three are computed on: Stages sets the bytes in flight per block.
+// A consumer releases slot s once the wgmma reading its second k-block has retired, which it
+// learns from the wait after issuing slot s + 1's first k-block (see consume()). So Stages - 2
+// slots are being filled while two are in use: Stages sets the bytes in flight per block.
+//
+// The consumers' loop is lean on purpose. ncu on the one-k-block-per-slot version (32x8192x28672,
+// bench/NOTES.md entry 19) found the consumer warps issue-bound: ~140 instructions per warp and
+// k-block, of which 52 are the dequantization; the rest was barrier waits and releases, stage and
+// phase bookkeeping, per-call generic-to-shared conversions of the barrier pointers, and four
+// descriptors built from scratch. Now barrier addresses and the activation descriptor are
+// computed once and stepped, and the per-slot costs are shared by two k-blocks.
 
 #include <cuda.h>
 
@@ -72,11 +78,20 @@ template <class Tile>
 struct WarpSpecialized {
   static constexpr int kStages = Tile::kStages;
   static constexpr int kConsumerWarps = Tile::kThreads / 32;
-  using Barrier = cutlass::arch::ClusterTransactionBarrier;
   using Math = WgmmaMath<Tile>;
   using Accumulators = float[1][Tile::kFragmentsM][4];
-  static constexpr int kGroupsInFlight = 2;  // see consume()
-  static_assert(Tile::kStages > kGroupsInFlight + 1, "slots are released kGroupsInFlight k-blocks late");
+  static_assert(Tile::kKBlocksPerSlot == 2, "a slot holds two k-blocks");
+  static_assert(kStages >= 3, "one slot computed on, one awaiting release, at least one filling");
+
+  // Slot layout (Tile::kSlotBytes, 1024-byte aligned):
+  //   weights      [TileN / 16 row blocks][2 k-blocks][512 bytes]: one box of the 3-D weight map;
+  //   activations  [2 k-blocks][TileM rows][128 bytes], 128-byte swizzled: two boxes of A;
+  //   scales       up to 4 rows of TileN channels (the groups the two k-blocks span).
+  // Every activation tile starts on a 1024-byte boundary, as the swizzled wgmma operand requires
+  // (TileN / 16 * 1024 and TileM * 128 are multiples of 1024).
+  static constexpr int kActivationOffset = 2 * Tile::kWeightBytes;
+  static constexpr int kScaleOffset = kActivationOffset + 2 * Tile::kActivationBytes;
+  static_assert(kActivationOffset % 1024 == 0 && Tile::kActivationBytes % 1024 == 0, "swizzle atom alignment");
 
   // Registers per thread. The block launches with the cap __launch_bounds__ gives ptxas (65536 per
   // SM shared by kMinBlocksPerSM blocks, in steps of 8); the producer warpgroup then drops to 40
@@ -90,49 +105,57 @@ struct WarpSpecialized {
   static constexpr int kConsumerRegisters =
       (kConsumerRegistersUnrounded > 240 ? 240 : kConsumerRegistersUnrounded) / 8 * 8;
 
-  // The producer: one thread issues every copy of every stage, in k order. A stage is three TMA
-  // loads: the weights (TileN / 16 tiles of 512 bytes, one box of the 3-D weight map), the scale
-  // row(s) and the activation box. TMA zero-fills whatever lies past n or m and counts it, so
-  // every stage carries the same bytes.
-  // (A first version issued one 1-D bulk copy per 512-byte weight tile; its time with the math
-  // left out was ~120 us at 128x28672x8192, as if every request cost ~50 ns of the SM's copy
-  // engine, whatever its size.)
+  // The producer: one thread issues every copy of every slot, in k order. A slot is four TMA loads:
+  // the weights of both k-blocks (one box of the 3-D weight map), the scale rows, and one
+  // activation box per k-block (a swizzled box is at most 128 bytes wide: one k-block). TMA
+  // zero-fills whatever lies past n, m or k and counts it, so only a last slot with a single
+  // k-block (an odd number of k-blocks) carries fewer bytes: one activation box less.
+  // Why two k-blocks per slot: the copy engine's cost is per request rather than per byte (one
+  // 1-D bulk copy per 512-byte weight tile ran at 166 us at 128x28672x8192, one 3-D box per
+  // k-block at 117), and the consumers' per-slot overhead halves (bench/NOTES.md, entry 19).
   static __device__ __forceinline__ void produce(const Params& params, const TensorMaps& maps, const TileWork& work,
-                                                 uint8_t* slots, uint64_t* full, uint64_t* empty) {
-    const int iterations = work.k_block_end - work.k_block_begin;
-    const int scale_rows = params.group_size == 32 ? 2 : 1;
-    const uint32_t stage_bytes = Tile::kWeightBytes + Tile::kActivationBytes + scale_rows * Tile::kTileN * 2;
-    const uint32_t slots_address = ptx::shared_address(slots);
-    const uint32_t full_address = ptx::shared_address(full);
+                                                 uint32_t slots_address, uint32_t full_address,
+                                                 uint32_t empty_address) {
+    const int k_blocks = work.k_block_end - work.k_block_begin;
+    const int slots_needed = (k_blocks + 1) / 2;
+    const uint32_t scale_bytes = scale_rows_per_box(params.group_size, 2) * Tile::kTileN * 2;
     const int row_block = work.n_begin / layout::kTileRows;
+    auto k_blocks_in = [&](int i) { return min(2, k_blocks - 2 * i); };
 
-    // Weights and scales are constant inputs: the first stages' are requested before waiting for
+    // Weights and scales are constant inputs: the first slots' are requested before waiting for
     // the previous kernel in the stream (programmatic dependent launch), activations after.
     auto issue_weights_and_scales = [&](int i, int stage) {
       const uint32_t slot = slots_address + stage * Tile::kSlotBytes;
       const uint32_t barrier = full_address + stage * 8;
-      Barrier::arrive_and_expect_tx(&full[stage], stage_bytes);
-      const int k_block = work.k_block_begin + i;
+      ptx::mbarrier_arrive_expect_tx(
+          barrier, 2 * Tile::kWeightBytes + k_blocks_in(i) * Tile::kActivationBytes + scale_bytes);
+      const int k_block = work.k_block_begin + 2 * i;
       tma_load_3d(slot, &maps.weights, barrier, 0, k_block, row_block);
-      // Group of the k-block's first column (see Params::group_shift); group 32's box has two rows.
+      // Group of the slot's first column (see Params::group_shift).
       const int group = (k_block * Tile::kBlockK) >> params.group_shift;
-      tma_load_2d(slot + Tile::kWeightBytes + Tile::kActivationBytes, &maps.scales, barrier, work.n_begin, group);
+      tma_load_2d(slot + kScaleOffset, &maps.scales, barrier, work.n_begin, group);
     };
     auto issue_activations = [&](int i, int stage) {
-      tma_load_2d(slots_address + stage * Tile::kSlotBytes + Tile::kWeightBytes, &maps.activations,
-                  full_address + stage * 8, (work.k_block_begin + i) * Tile::kBlockK, work.m_begin);
+      const uint32_t slot = slots_address + stage * Tile::kSlotBytes;
+      const uint32_t barrier = full_address + stage * 8;
+      const int column = (work.k_block_begin + 2 * i) * Tile::kBlockK;
+      tma_load_2d(slot + kActivationOffset, &maps.activations, barrier, column, work.m_begin);
+      if (k_blocks_in(i) == 2) {
+        tma_load_2d(slot + kActivationOffset + Tile::kActivationBytes, &maps.activations, barrier,
+                    column + Tile::kBlockK, work.m_begin);
+      }
     };
 
-    const int prologue = min(kStages, iterations);
+    const int prologue = min(kStages, slots_needed);
     for (int i = 0; i < prologue; ++i) issue_weights_and_scales(i, i);
     ptx::grid_dependency_wait();
     for (int i = 0; i < prologue; ++i) issue_activations(i, i);
-    // Slot i % Stages was last used by k-block i - Stages: wait for its release (the empty
-    // barrier's phase (i / Stages - 1), tracked as a parity bit).
+    // Slot i % Stages was last used by slot i - Stages: wait for its release (the empty barrier's
+    // phase (i / Stages - 1), tracked as a parity bit).
     int stage = 0;
     uint32_t phase = 0;
-    for (int i = kStages; i < iterations; ++i) {
-      Barrier::wait(&empty[stage], phase);
+    for (int i = kStages; i < slots_needed; ++i) {
+      ptx::mbarrier_wait_parity(empty_address + stage * 8, phase);
       issue_weights_and_scales(i, stage);
       issue_activations(i, stage);
       if (++stage == kStages) {
@@ -143,26 +166,35 @@ struct WarpSpecialized {
   }
 
   // A consumer warp: its 16 channels of the tile, every row, every k-block of the work.
-  static __device__ __forceinline__ void consume(const Params& params, const TileWork& work, uint8_t* slots,
-                                                 uint64_t* full, uint64_t* empty, int warp_m, int warp_n,
+  static __device__ __forceinline__ void consume(const Params& params, const TileWork& work, uint32_t slots_address,
+                                                 uint32_t full_address, uint32_t empty_address, int warp_m, int warp_n,
                                                  Accumulators& accumulators) {
     #pragma unroll
     for (int m = 0; m < Tile::kFragmentsM; ++m)
       #pragma unroll
       for (int i = 0; i < 4; ++i) accumulators[0][m][i] = 0.0f;
     const int lane = threadIdx.x % 32;
-    // The lane's 16 bytes of its warp's weight tile, the scale of its channel lane / 4, and the
-    // warp tile's first activation row (wgmma's B), as in the multistage loop's LaneOffsets.
-    int weights = (warp_n * 32 + lane) * 16;
-    int scales = (warp_n * 16 + lane / 4) * 2;
-    const int activation_rows = warp_m * Tile::kWarpTileM * Tile::kActivationRowBytes;
+    // The lane's 16 bytes of its warp's weight tiles (row block warp_n, k-block 0; k-block 1 is
+    // 512 bytes further), the scale of its channel lane / 4 in the first scale row, and the
+    // descriptor of the warpgroup's first activation row in slot 0's first activation tile.
+    uint32_t weights = slots_address + (warp_n * 64 + lane) * 16;
+    uint32_t scales = slots_address + kScaleOffset + (warp_n * 16 + lane / 4) * 2;
+    uint64_t activations = k_major_sw128_descriptor(
+        slots_address + kActivationOffset + warp_m * Tile::kWarpTileM * Tile::kActivationRowBytes);
+    // Pinned: left alone, ptxas rebuilds these from the dynamic shared-memory base (its 1024-byte
+    // alignment, the descriptor's fields) in every iteration.
     ptx::pin(weights);
     ptx::pin(scales);
-    const uint32_t slots_address = ptx::shared_address(slots);
+    ptx::pin(activations);
+    ptx::pin(full_address);
+    ptx::pin(empty_address);
+    // Scale rows from the slot's first k-block to its second: two for group 32 (two groups per
+    // k-block), one for group 64, none for larger groups (one row covers both).
     const bool two_groups = params.group_size == 32;
-    const int iterations = work.k_block_end - work.k_block_begin;
+    const int scale_k_block_step = (two_groups ? 2 : params.group_size == 64 ? 1 : 0) * Tile::kTileN * 2;
+    const int k_blocks = work.k_block_end - work.k_block_begin;
     // A warpgroup whose 64 channels all lie past n (the last n-tile of a layer whose n is not a
-    // multiple of the tile) skips the math but still waits for and releases every stage.
+    // multiple of the tile) skips the math but still waits for and releases every slot.
     //
     // The test has a second job. Without a branch around the math, ptxas treats each k slice's
     // A registers as dead once its wgmma is issued, hands the next slice the same registers, and
@@ -171,37 +203,38 @@ struct WarpSpecialized {
     // get registers of their own, and the four wgmma of a k-block issue back to back.
     const bool warpgroup_inside_n = work.n_begin + (warp_n / 4) * 64 < params.n;
 
-    // k-block i's wgmma group may still run while the warp dequantizes k-block i + 1 and i + 2:
-    // two groups stay in flight (wait_group 2), three A register sets rotate, and a slot is
-    // released two k-blocks after its math was issued. (Measured against one group in flight:
-    // no difference either way at 64..128 x 28672 x 8192; kept for the slack it gives the warp's
-    // own chain of barrier wait, shared loads and dequantization, bench/NOTES.md entry 18.)
-    int stage = 0, released_stage = 0;
-    uint32_t phase = 0;
-    uint32_t a[3][4][4];
-    auto step = [&](int i, uint32_t(&a_set)[4][4]) {
-      Barrier::wait(&full[stage], phase);
-      const int offset = stage * Tile::kSlotBytes;
+    // One wgmma group (a k-block) stays in flight while the warp dequantizes the next one, so the
+    // two k-blocks of a slot use two A register sets, always the same ones: when slot s's first
+    // k-block is issued, the only group that may still run is slot s - 1's second (set 1), and
+    // after that issue's wait_group 1 it has retired, so slot s - 1 (its activations are read by
+    // the tensor cores asynchronously; weights and scales went to registers) is released then.
+    // Stages - 2 slots are therefore being filled while two are in use.
+    uint32_t a[2][4][4];
+    uint32_t slot_offset = 0, barrier_offset = 0, released_barrier = 0, phase = 0;
+    for (int k_block = 0; k_block < k_blocks; k_block += 2) {
+      ptx::mbarrier_wait_parity(full_address + barrier_offset, phase);
+      const uint64_t slot_activations = activations + (slot_offset >> 4);
       if (warpgroup_inside_n) {
-        Math::template issue_slot<kGroupsInFlight>(slots + offset, slots_address + offset, two_groups, weights,
-                                                   scales, activation_rows, a_set, accumulators);
+        Math::template issue_k_block<1>(weights + slot_offset, scales + slot_offset, two_groups, slot_activations,
+                                        a[0], accumulators);
       }
-      // issue_slot returned after k-block i - 2's wgmma group retired: its slot is free. (A
-      // skipping warpgroup never started one.)
-      if (i >= kGroupsInFlight) {
+      if (k_block > 0) {
         __syncwarp();
-        if (lane == 0) Barrier::arrive(&empty[released_stage]);
-        if (++released_stage == kStages) released_stage = 0;
+        if (lane == 0) ptx::mbarrier_arrive(empty_address + released_barrier);
       }
-      if (++stage == kStages) {
-        stage = 0;
+      if (warpgroup_inside_n && k_block + 1 < k_blocks) {
+        Math::template issue_k_block<1>(weights + slot_offset + layout::kTileBytes,
+                                        scales + slot_offset + scale_k_block_step, two_groups,
+                                        slot_activations + (Tile::kActivationBytes >> 4), a[1], accumulators);
+      }
+      released_barrier = barrier_offset;
+      slot_offset += Tile::kSlotBytes;
+      barrier_offset += 8;
+      if (barrier_offset == kStages * 8) {
+        slot_offset = 0;
+        barrier_offset = 0;
         phase ^= 1;
       }
-    };
-    for (int i = 0; i < iterations; i += 3) {
-      step(i, a[0]);
-      if (i + 1 < iterations) step(i + 1, a[1]);
-      if (i + 2 < iterations) step(i + 2, a[2]);
     }
     Math::drain(accumulators);
   }
@@ -220,10 +253,12 @@ __device__ __forceinline__ void warp_specialized_tile(const Params& params, cons
   // The warp index through a shuffle: ptxas then knows it is warp-uniform, and so are the
   // shared-memory descriptors derived from it, which can stay in uniform registers.
   const int warp = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 32, 0);
+  const uint32_t slots_address = ptx::shared_address(slots);
+  const uint32_t full_address = ptx::shared_address(full), empty_address = ptx::shared_address(empty);
   if (threadIdx.x == 0) {
     for (int s = 0; s < Tile::kStages; ++s) {
-      Loop::Barrier::init(&full[s], 1);                     // the producer's arrive_and_expect_tx
-      Loop::Barrier::init(&empty[s], Loop::kConsumerWarps);  // one arrive per consumer warp
+      cutlass::arch::ClusterBarrier::init(&full[s], 1);                     // the producer's arrive_expect_tx
+      cutlass::arch::ClusterBarrier::init(&empty[s], Loop::kConsumerWarps);  // one arrive per consumer warp
     }
     cutlass::arch::fence_barrier_init();
   }
@@ -233,15 +268,15 @@ __device__ __forceinline__ void warp_specialized_tile(const Params& params, cons
   if (warp >= Loop::kConsumerWarps) {  // the producer warpgroup
     cutlass::arch::warpgroup_reg_dealloc<Loop::kProducerRegisters>();
     // No launch_dependent_grids() here: one thread's call triggers for the whole block, and these
-    // threads get here at once. The consumers' call after their last stage counts instead.
-    if (threadIdx.x == Tile::kThreads) Loop::produce(params, maps, work, slots, full, empty);
+    // threads get here at once. The consumers' call after their last slot counts instead.
+    if (threadIdx.x == Tile::kThreads) Loop::produce(params, maps, work, slots_address, full_address, empty_address);
   } else {
     cutlass::arch::warpgroup_reg_alloc<Loop::kConsumerRegisters>();
     // Consumer warp index = warp_m * WarpsN + warp_n; a warpgroup is 4 consecutive warps along n.
     const int warp_n = warp % Tile::kWarpsN;
     const int warp_m = (warp / Tile::kWarpsN) % Tile::kWarpsM;
     typename Loop::Accumulators accumulators;
-    Loop::consume(params, work, slots, full, empty, warp_m, warp_n, accumulators);
+    Loop::consume(params, work, slots_address, full_address, empty_address, warp_m, warp_n, accumulators);
     // Every load of this block has landed (see tensor_core_sm80/kernel.cuh for why not earlier).
     ptx::launch_dependent_grids();
     tensor_core_sm80::Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
@@ -261,7 +296,7 @@ cudaError_t launch_warp_specialized(const Params& params, cudaStream_t stream, b
   TensorMaps maps;
   if (cudaError_t error = encode_tensor_maps(&maps, params.a, params.packed_weights, params.scales, params.m,
                                              params.n, params.k, params.group_size,
-                                             Tile::kTileM, Tile::kTileN / layout::kTileRows);
+                                             Tile::kTileM, Tile::kTileN / layout::kTileRows, Tile::kKBlocksPerSlot);
       error != cudaSuccess) {
     return error;
   }

@@ -42,7 +42,9 @@ template <> struct Atom<256> { using type = gmma::MMA_64x256x16_F32F16F16_RS<gmm
 // shared-space address): stride 1024 bytes between 8-row groups; the leading-dimension offset is
 // unused for swizzled K-major layouts (1 by convention). A 16-wide k slice s of the tile starts
 // 32 * s bytes into each row: the hardware applies the swizzle to the absolute address bits, so
-// stepping along k inside the 128-byte row is just a larger start address.
+// stepping along k inside the 128-byte row is just a larger start address. The start address is
+// the low 14-bit field in units of 16 bytes, and shared addresses stay below 256 KB, so adding
+// (bytes >> 4) to a descriptor moves it without touching the other fields.
 __device__ __forceinline__ uint64_t k_major_sw128_descriptor(uint32_t address) {
   cute::GmmaDescriptor descriptor;
   descriptor.bitfield.start_address_ = static_cast<uint16_t>((address & 0x3FFFF) >> 4);
@@ -72,28 +74,26 @@ struct WgmmaMath {
     for (int i = 0; i < kAccumulators; ++i) cute::warpgroup_fence_operand(d[i]);
   }
 
-  // Issues one k-block (a pipeline slot): dequantizes the lane's weights into `a`, one fragment
-  // per 16-wide k slice, and multiplies them with the activation tile in four wgmma, committed as
-  // one group; then waits until at most kPendingGroups groups are in flight, so that on return the
-  // k-block kPendingGroups back has retired and its A registers and shared-memory buffer are free
-  // again (see WarpSpecialized::consume). `a` must stay untouched until then: the caller rotates
-  // through kPendingGroups + 1 register sets.
-  // `slot` / `slot_address`: the slot as a generic pointer and as a shared-space address;
-  // `weights`, `scales`: this lane's offsets in it; `activation_rows`: the byte offset of the
-  // warpgroup's first activation row in the slot's activation tile.
+  // Issues one k-block: dequantizes the lane's weights into `a`, one fragment per 16-wide k slice,
+  // and multiplies them with the k-block's activation tile in four wgmma, committed as one group;
+  // then waits until at most kPendingGroups groups are in flight, so that on return the group
+  // kPendingGroups k-blocks back has retired and its A registers and activation tile are free again
+  // (see WarpSpecialized::consume). `a` must stay untouched until then.
+  // `weights` (shared-space address): the lane's 16 packed bytes; `scales`: its channel's scale (channel + 8 is 16 bytes
+  // further), and for group 32 the second group's one scale row (TileN halves) further;
+  // `activations`: the descriptor of the k-block's activation tile at the warpgroup's first row
+  // (k slice s starts 32 bytes, i.e. 2 descriptor units, further along each row).
   template <int kPendingGroups, class Accumulators>
-  static __device__ __forceinline__ void issue_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
-                                                    int weights, int scales, int activation_rows, uint32_t (&a)[4][4],
-                                                    Accumulators& accumulators) {
+  static __device__ __forceinline__ void issue_k_block(uint32_t weights, uint32_t scales, bool two_groups,
+                                                       uint64_t activations, uint32_t (&a)[4][4],
+                                                       Accumulators& accumulators) {
     float* d = &accumulators[0][0][0];
-    const uint4 packed = *reinterpret_cast<const uint4*>(slot + weights);
-    const uint8_t* scale_row = slot + Tile::kWeightBytes + Tile::kActivationBytes + scales;
+    const uint4 packed = ptx::load_shared_128(weights);
     auto scale = [&](int row, bool high) {
-      return __half2half2(*reinterpret_cast<const __half*>(scale_row + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
+      return __half2half2(ptx::load_shared_half(scales + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
     };
     const __half2 low0 = scale(0, false), high0 = scale(0, true);
     const __half2 low1 = two_groups ? scale(1, false) : low0, high1 = two_groups ? scale(1, true) : high0;
-    const uint32_t activations = slot_address + Tile::kWeightBytes + activation_rows;
 
     #pragma unroll
     for (int k_slice = 0; k_slice < 4; ++k_slice) {
@@ -105,7 +105,7 @@ struct WgmmaMath {
     #pragma unroll
     for (int k_slice = 0; k_slice < 4; ++k_slice) {
       cute::warpgroup_arrive();  // wgmma.fence: the A registers written above are visible to wgmma
-      mma(a[k_slice], k_major_sw128_descriptor(activations + k_slice * 32), d, std::make_index_sequence<kAccumulators>{});
+      mma(a[k_slice], activations + 2 * k_slice, d, std::make_index_sequence<kAccumulators>{});
     }
     cute::warpgroup_commit_batch();
     cute::warpgroup_wait<kPendingGroups>();
