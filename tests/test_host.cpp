@@ -798,7 +798,13 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_EQ(heuristics::choose(64, 8192, 8192, hopper, with_ws).split_k, 2);
   EXPECT_EQ(heuristics::choose(64, 8192, 28672, hopper, with_ws).split_k, 4);
   EXPECT_EQ(heuristics::choose(128, 8192, 28672, hopper, with_ws).split_k, 2);
-  EXPECT_EQ(heuristics::choose(128, 4096, 4096, hopper, with_ws).split_k, 4);
+  // ... except that up to m = 128 a 128-row tile that would need split-K 4 hands over to two
+  // 64-row tiles with half the split.
+  const KernelConfig small_layer = heuristics::choose(128, 4096, 4096, hopper, with_ws);
+  EXPECT_EQ(small_layer.tile_m, 64) << small_layer.name();
+  EXPECT_EQ(small_layer.split_k, 2) << small_layer.name();
+  EXPECT_EQ(heuristics::choose(256, 4096, 4096, hopper, with_ws).tile_m, 128);
+  EXPECT_EQ(heuristics::choose(128, 11008, 4096, hopper, with_ws).tile_m, 128);
   // ... never on other GPUs, even if the list held them.
   EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_ws).family, KernelFamily::kTensorCoreSm80);
   // Without them, Hopper hands m >= 512 to dequant_cublas.

@@ -148,21 +148,34 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
                                   : small_layer                ? small_layer_tile
                                   : wide_k                     ? &kWideKDecodeTile
                                                                : table_tile;
-  const TileChoice* const candidates[] = {first, table_tile};
-
-  for (const TileChoice* tile : candidates) {
-    KernelConfig config = config_of(*tile);
-    const long long tiles = ((static_cast<long long>(m) + tile->tile_m - 1) / tile->tile_m) *
-                            ((static_cast<long long>(n) + tile->tile_n - 1) / tile->tile_n);
+  // The tile's config with its split-K factor: the smallest that gives the grid the tile's
+  // target_blocks_per_sm (and slices of at most max_k_blocks_per_split), within its limits.
+  auto with_split = [&](const TileChoice& tile) {
+    KernelConfig config = config_of(tile);
+    const long long tiles = ((static_cast<long long>(m) + tile.tile_m - 1) / tile.tile_m) *
+                            ((static_cast<long long>(n) + tile.tile_n - 1) / tile.tile_n);
     const int k_blocks = k / 64;
     config.split_k = 1;
     for (int split : split_k_choices()) {
-      if (split > tile->max_split_k || k_blocks / (split * tile->warps_k) < tile->min_k_blocks_per_warp) break;
+      if (split > tile.max_split_k || k_blocks / (split * tile.warps_k) < tile.min_k_blocks_per_warp) break;
       config.split_k = split;
-      if (tiles * split >= tile->target_blocks_per_sm * device.sm_count &&
-          k_blocks / split <= tile->max_k_blocks_per_split) {
+      if (tiles * split >= tile.target_blocks_per_sm * device.sm_count && k_blocks / split <= tile.max_k_blocks_per_split) {
         break;
       }
+    }
+    return config;
+  };
+
+  const TileChoice* const candidates[] = {first, table_tile};
+  for (const TileChoice* tile : candidates) {
+    KernelConfig config = with_split(*tile);
+    // Up to m = 128 on small layers, the 128-row warp-specialized tile needs split-K 4 or more to
+    // fill the GPU, and its fp32 partials then cost about as much as the weights; two 64-row
+    // tiles need half the split (128x4096x4096: ws_m64 k2 13.7 us, ws_m128 k4 15.0, cuBLAS 14.6;
+    // bench/NOTES.md, entry 19).
+    if (tile == warp_specialized_tile && tile->tile_m == 128 && m <= 128 && config.split_k >= 4) {
+      const KernelConfig smaller = with_split(kWarpSpecializedTable[1]);
+      if (is_available(smaller)) return smaller;
     }
     if (is_available(config)) return config;
   }

@@ -21,11 +21,6 @@ void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 16, 3, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<8, 64, 1, 2, 4, 4, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<8, 16, 1, 1, 8, 6, KLoop::kStreaming>>());
-  // Deep rings (7 k-blocks in flight per warp): a 4096-deep layer gives each of 8 warps along k
-  // only 8 k-blocks, so a 4-stage ring waits out ~3 memory round trips where this waits ~1.
-  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 8, KLoop::kStreaming>>());
-  table.push_back(compiled_kernel<Tile<8, 16, 1, 1, 8, 8, KLoop::kStreaming>>());
-  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 4, 8, KLoop::kStreaming>>());
   // 16 rows (two 8-row fragments per warp).
   table.push_back(compiled_kernel<Tile<16, 64, 1, 1, 8, 4, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<16, 32, 1, 1, 8, 4, KLoop::kStreaming>>());
