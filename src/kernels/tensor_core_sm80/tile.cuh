@@ -100,12 +100,12 @@ struct Tile {
   // consumer thread and ask for one block, 168 registers).
   static constexpr int kBlocksBySharedMemory = (228 * 1024) / (kSharedBytes + 1024);
   static constexpr int kMinBlocksPerSM =
-      kWarpSpecialized ? (kBlocksBySharedMemory >= 2 && TileM <= 64 ? 2 : 1)
+      kWarpSpecialized ? (kBlocksBySharedMemory >= 2 && TileM <= 64 && kFragmentsN == 1 ? 2 : 1)
       : (kStreaming && kThreads == 256)
           ? (kBlocksBySharedMemory < 1 ? 1 : kBlocksBySharedMemory > 3 ? 3 : kBlocksBySharedMemory)
           : 1;
 
-  static_assert(!kWgmma || (kFragmentsN == 1 && WarpsN % 4 == 0), "wgmma: 16 channels per warp, warpgroups along n");
+  static_assert(!kWgmma || (kFragmentsN <= 2 && WarpsN % 4 == 0), "wgmma: 16 or 32 channels per warp, warpgroups along n");
   static_assert(!kWgmma || (kWarpTileM == 8 || kWarpTileM == 16 || kWarpTileM == 32 || kWarpTileM == 64 ||
                            kWarpTileM == 128 || kWarpTileM == 256),
                 "wgmma: the warp tile's m is the instruction's N (one of the compiled sizes)");

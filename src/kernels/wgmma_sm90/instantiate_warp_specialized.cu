@@ -20,6 +20,10 @@ void append_warp_specialized_sm90_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_warp_specialized_kernel<Tile<32, 128, 1, 8, 1, 6, KLoop::kWarpSpecialized>>());
   table.push_back(compiled_warp_specialized_kernel<Tile<64, 128, 1, 8, 1, 4, KLoop::kWarpSpecialized>>());
   table.push_back(compiled_warp_specialized_kernel<Tile<128, 128, 1, 8, 1, 5, KLoop::kWarpSpecialized>>());
+  // 256 channels: 32 per warp, so every activation tile read from L2 feeds twice the weights.
+  table.push_back(compiled_warp_specialized_kernel<Tile<32, 256, 1, 8, 1, 8, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<64, 256, 1, 8, 1, 6, KLoop::kWarpSpecialized>>());
+  table.push_back(compiled_warp_specialized_kernel<Tile<128, 256, 1, 8, 1, 4, KLoop::kWarpSpecialized>>());
 #else
   (void)table;
 #endif

@@ -79,7 +79,7 @@ struct WarpSpecialized {
   static constexpr int kStages = Tile::kStages;
   static constexpr int kConsumerWarps = Tile::kThreads / 32;
   using Math = WgmmaMath<Tile>;
-  using Accumulators = float[1][Tile::kFragmentsM][4];
+  using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
   static_assert(Tile::kKBlocksPerSlot == 2, "a slot holds two k-blocks");
   static_assert(kStages >= 3, "one slot computed on, one awaiting release, at least one filling");
 
@@ -165,20 +165,23 @@ struct WarpSpecialized {
     }
   }
 
-  // A consumer warp: its 16 channels of the tile, every row, every k-block of the work.
+  // A consumer warp: its 16 * FragmentsN channels of the tile, every row, every k-block of the work.
   static __device__ __forceinline__ void consume(const Params& params, const TileWork& work, uint32_t slots_address,
                                                  uint32_t full_address, uint32_t empty_address, int warp_m, int warp_n,
                                                  Accumulators& accumulators) {
     #pragma unroll
-    for (int m = 0; m < Tile::kFragmentsM; ++m)
+    for (int f = 0; f < Tile::kFragmentsN; ++f)
       #pragma unroll
-      for (int i = 0; i < 4; ++i) accumulators[0][m][i] = 0.0f;
+      for (int m = 0; m < Tile::kFragmentsM; ++m)
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) accumulators[f][m][i] = 0.0f;
     const int lane = threadIdx.x % 32;
-    // The lane's 16 bytes of its warp's weight tiles (row block warp_n, k-block 0; k-block 1 is
-    // 512 bytes further), the scale of its channel lane / 4 in the first scale row, and the
-    // descriptor of the warpgroup's first activation row in slot 0's first activation tile.
-    uint32_t weights = slots_address + (warp_n * 64 + lane) * 16;
-    uint32_t scales = slots_address + kScaleOffset + (warp_n * 16 + lane / 4) * 2;
+    // The lane's 16 bytes of its warp's first weight tile (row block warp_n * FragmentsN, k-block
+    // 0; k-block 1 is 512 bytes further, the next row block 1024), the scale of its channel
+    // lane / 4 in the first scale row, and the descriptor of the warpgroup's first activation row
+    // in slot 0's first activation tile.
+    uint32_t weights = slots_address + (warp_n * Tile::kFragmentsN * 64 + lane) * 16;
+    uint32_t scales = slots_address + kScaleOffset + (warp_n * Tile::kWarpTileN + lane / 4) * 2;
     uint64_t activations = k_major_sw128_descriptor(
         slots_address + kActivationOffset + warp_m * Tile::kWarpTileM * Tile::kActivationRowBytes);
     // Pinned: left alone, ptxas rebuilds these from the dynamic shared-memory base (its 1024-byte
@@ -201,7 +204,7 @@ struct WarpSpecialized {
     // then has to wait for every wgmma before the next one ("wgmma serialized", C7513). Written
     // under a condition it cannot prove, the fragments become values carried around the loop,
     // get registers of their own, and the four wgmma of a k-block issue back to back.
-    const bool warpgroup_inside_n = work.n_begin + (warp_n / 4) * 64 < params.n;
+    const bool warpgroup_inside_n = work.n_begin + (warp_n / 4) * 4 * Tile::kWarpTileN < params.n;
 
     // One wgmma group (a k-block) stays in flight while the warp dequantizes the next one, so the
     // two k-blocks of a slot use two A register sets, always the same ones: when slot s's first
@@ -209,7 +212,7 @@ struct WarpSpecialized {
     // after that issue's wait_group 1 it has retired, so slot s - 1 (its activations are read by
     // the tensor cores asynchronously; weights and scales went to registers) is released then.
     // Stages - 2 slots are therefore being filled while two are in use.
-    uint32_t a[2][4][4];
+    uint32_t a[2][Tile::kFragmentsN][4][4];
     uint32_t slot_offset = 0, barrier_offset = 0, released_barrier = 0, phase = 0;
     for (int k_block = 0; k_block < k_blocks; k_block += 2) {
       ptx::mbarrier_wait_parity(full_address + barrier_offset, phase);

@@ -23,6 +23,7 @@
 #include <cute/arch/mma_sm90_desc.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
 
+#include "common/packed_layout.h"
 #include "kernels/common/dequant.cuh"
 
 namespace w4a16::wgmma_sm90 {
@@ -58,9 +59,16 @@ __device__ __forceinline__ uint64_t k_major_sw128_descriptor(uint32_t address) {
 template <class Tile>
 struct WgmmaMath {
   static constexpr int kN = Tile::kWarpTileM;
-  static constexpr int kAccumulators = kN / 2;  // per thread: 64 x N fp32 over 128 threads
+  static constexpr int kAccumulators = kN / 2;  // per thread and wgmma: 64 x N fp32 over 128 threads
+  // Row blocks (16 channels) per warp. With two, a warpgroup covers 128 channels as two 64-row
+  // wgmma "halves" sharing the activation operand: half f takes row block f of each warp's pair,
+  // so warp w's 32 channels stay contiguous (its half-f accumulators are channels 32w + 16f + ...,
+  // exactly the [FragmentsN][FragmentsM][4] layout of the mma.sync epilogue).
+  static constexpr int kHalves = Tile::kFragmentsN;
+  // Bytes from one of a warp's row blocks to the next in a slot ([row block][k-block][512 bytes]).
+  static constexpr int kRowBlockStride = Tile::kKBlocksPerSlot * layout::kTileBytes;
   using MmaAtom = typename Atom<kN>::type;
-  static_assert(Tile::kFragmentsN == 1, "a warp of a warpgroup owns 16 channels");
+  static_assert(kHalves == 1 || kHalves == 2, "a warp of a warpgroup owns 16 or 32 channels");
   static_assert(Tile::kWarpsN % 4 == 0, "warpgroups are 4 consecutive warps along n");
 
   template <size_t... I>
@@ -74,49 +82,61 @@ struct WgmmaMath {
     for (int i = 0; i < kAccumulators; ++i) cute::warpgroup_fence_operand(d[i]);
   }
 
-  // Issues one k-block: dequantizes the lane's weights into `a`, one fragment per 16-wide k slice,
-  // and multiplies them with the k-block's activation tile in four wgmma, committed as one group;
-  // then waits until at most kPendingGroups groups are in flight, so that on return the group
-  // kPendingGroups k-blocks back has retired and its A registers and activation tile are free again
-  // (see WarpSpecialized::consume). `a` must stay untouched until then.
-  // `weights` (shared-space address): the lane's 16 packed bytes; `scales`: its channel's scale (channel + 8 is 16 bytes
-  // further), and for group 32 the second group's one scale row (TileN halves) further;
-  // `activations`: the descriptor of the k-block's activation tile at the warpgroup's first row
-  // (k slice s starts 32 bytes, i.e. 2 descriptor units, further along each row).
+  // Issues one k-block: dequantizes the lane's weights into `a`, one fragment per half and 16-wide
+  // k slice, and multiplies them with the k-block's activation tile in 4 x kHalves wgmma,
+  // committed as one group; then waits until at most kPendingGroups groups are in flight, so that
+  // on return the group kPendingGroups k-blocks back has retired and its A registers and
+  // activation tile are free again (see WarpSpecialized::consume). `a` must stay untouched until
+  // then.
+  // `weights` (shared-space address): the lane's 16 packed bytes of its first row block (the
+  // second is kRowBlockStride further); `scales`: its channel's scale (channel + 8 is 16 bytes
+  // further, the second row block 32 bytes), and for group 32 the second group's one scale row
+  // (TileN halves) further; `activations`: the descriptor of the k-block's activation tile at the
+  // warpgroup's first row (k slice s starts 32 bytes, i.e. 2 descriptor units, further along
+  // each row).
   template <int kPendingGroups, class Accumulators>
   static __device__ __forceinline__ void issue_k_block(uint32_t weights, uint32_t scales, bool two_groups,
-                                                       uint64_t activations, uint32_t (&a)[4][4],
+                                                       uint64_t activations, uint32_t (&a)[kHalves][4][4],
                                                        Accumulators& accumulators) {
-    float* d = &accumulators[0][0][0];
-    const uint4 packed = ptx::load_shared_128(weights);
-    auto scale = [&](int row, bool high) {
-      return __half2half2(ptx::load_shared_half(scales + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
-    };
-    const __half2 low0 = scale(0, false), high0 = scale(0, true);
-    const __half2 low1 = two_groups ? scale(1, false) : low0, high1 = two_groups ? scale(1, true) : high0;
-
     #pragma unroll
-    for (int k_slice = 0; k_slice < 4; ++k_slice) {
-      const uint32_t word = k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
-      const bool second_group = k_slice >= 2;
-      dequantize_fragment(word, second_group ? low1 : low0, second_group ? high1 : high0, a[k_slice]);
+    for (int half = 0; half < kHalves; ++half) {
+      const uint4 packed = ptx::load_shared_128(weights + half * kRowBlockStride);
+      const uint32_t half_scales = scales + half * 16 * 2;
+      auto scale = [&](int row, bool high) {
+        return __half2half2(ptx::load_shared_half(half_scales + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
+      };
+      const __half2 low0 = scale(0, false), high0 = scale(0, true);
+      const __half2 low1 = two_groups ? scale(1, false) : low0, high1 = two_groups ? scale(1, true) : high0;
+      #pragma unroll
+      for (int k_slice = 0; k_slice < 4; ++k_slice) {
+        const uint32_t word = k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
+        const bool second_group = k_slice >= 2;
+        dequantize_fragment(word, second_group ? low1 : low0, second_group ? high1 : high0, a[half][k_slice]);
+      }
     }
-    fence(d);
+    #pragma unroll
+    for (int half = 0; half < kHalves; ++half) fence(&accumulators[half][0][0]);
     #pragma unroll
     for (int k_slice = 0; k_slice < 4; ++k_slice) {
       cute::warpgroup_arrive();  // wgmma.fence: the A registers written above are visible to wgmma
-      mma(a[k_slice], activations + 2 * k_slice, d, std::make_index_sequence<kAccumulators>{});
+      #pragma unroll
+      for (int half = 0; half < kHalves; ++half) {
+        mma(a[half][k_slice], activations + 2 * k_slice, &accumulators[half][0][0],
+            std::make_index_sequence<kAccumulators>{});
+      }
     }
     cute::warpgroup_commit_batch();
     cute::warpgroup_wait<kPendingGroups>();
-    fence(d);
+    #pragma unroll
+    for (int half = 0; half < kHalves; ++half) fence(&accumulators[half][0][0]);
   }
 
   // After the last k-block: every wgmma done, accumulators readable.
   template <class Accumulators>
   static __device__ __forceinline__ void drain(Accumulators& accumulators) {
     cute::warpgroup_wait<0>();
-    fence(&accumulators[0][0][0]);
+    #pragma unroll
+    for (int half = 0; half < kHalves; ++half) fence(&accumulators[half][0][0]);
   }
 };
 
