@@ -787,12 +787,17 @@ TEST(Heuristics, FamilyAndFallback) {
   // Hopper with the wgmma tiles: the warp-specialized ones from m = 17 (32-, 64-, 128-row tiles),
   // dequant_cublas from 3072.
   const std::vector<KernelConfig> with_ws = every_config(true, /*with_warp_specialized=*/true);
-  for (const auto& [m, tile_m] : {std::pair{17, 32}, {32, 32}, {33, 64}, {64, 64}, {65, 128}, {2048, 128}}) {
+  for (const auto& [m, tile_m, tile_n] :
+       {std::tuple{17, 32, 128}, {32, 32, 128}, {33, 64, 128}, {64, 64, 128}, {65, 128, 256}, {2048, 128, 256}}) {
     const KernelConfig c = heuristics::choose(m, 28672, 8192, hopper, with_ws);
     EXPECT_EQ(c.family, KernelFamily::kWarpSpecializedSm90) << m << ": " << c.name();
     EXPECT_EQ(c.tile_m, tile_m) << m << ": " << c.name();
-    EXPECT_EQ(c.split_k, 1) << m << ": " << c.name();  // 224 tiles fill the GPU
+    // From m = 65 the 256-channel tile where its tiles use the waves well (112 tiles: 0.85 of one).
+    EXPECT_EQ(c.tile_n, tile_n) << m << ": " << c.name();
+    EXPECT_EQ(c.split_k, 1) << m << ": " << c.name();  // 224 (or 112 wide) tiles fill the GPU
   }
+  // ... but not where they would leave most of a wave idle (172 tiles: 1.3 waves).
+  EXPECT_EQ(heuristics::choose(512, 11008, 4096, hopper, with_ws).tile_n, 128);
   EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_ws).family, KernelFamily::kDequantCublas);
   // Split-K: to 0.6 blocks per SM, and at m <= 64 until a slice has at most 128 k-blocks.
   EXPECT_EQ(heuristics::choose(64, 8192, 8192, hopper, with_ws).split_k, 2);

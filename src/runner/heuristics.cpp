@@ -1,6 +1,7 @@
 #include "runner/heuristics.h"
 
 #include <algorithm>
+#include <cmath>
 #include <iterator>
 #include <limits>
 #include <vector>
@@ -69,6 +70,15 @@ constexpr TileChoice kWarpSpecializedTable[] = {
     {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
     {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 5, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6},
 };
+// From m = 65, the 256-channel tile (one block per SM) when its tiles use the SMs' waves well
+// (tiles / (waves x SMs) >= kWideTileMinWaveUse; no split-K): each activation tile read from
+// L2 then feeds twice the weights, and at m >= 128 the activations are 2-4x the weight bytes
+// crossing L2. Measured (bench/NOTES.md, entry 19): 128x28672x8192 105.0 vs 113.4 us (112 tiles,
+// 0.85 of a wave), 1024x8192x8192 211.2 vs 228.0 (256 tiles, 1.94 waves); 512x11008x4096 (172
+// tiles, 1.3 waves) 105.6 vs 88.8, hence the wave rule. At m <= 64 it was no faster.
+constexpr TileChoice kWarpSpecializedWideTile = {std::numeric_limits<int>::max(), 128, 256, 1, 8, 1, 4, 1,
+                                                 KernelFamily::kWarpSpecializedSm90, 16, 0.6};
+constexpr double kWideTileMinWaveUse = 0.8;
 
 // From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our
 // kernels: with the warp-specialized tiles at m = 2048 the fused kernel still wins (28672x8192:
@@ -165,6 +175,16 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     }
     return config;
   };
+
+  if (warp_specialized && first == warp_specialized_tile && m > kWarpSpecializedTable[1].max_m) {
+    const long long wide_tiles = ((static_cast<long long>(m) + kWarpSpecializedWideTile.tile_m - 1) /
+                                  kWarpSpecializedWideTile.tile_m) *
+                                 ((static_cast<long long>(n) + kWarpSpecializedWideTile.tile_n - 1) /
+                                  kWarpSpecializedWideTile.tile_n);
+    const double waves = static_cast<double>(wide_tiles) / device.sm_count;  // one block per SM
+    const KernelConfig wide = config_of(kWarpSpecializedWideTile);
+    if (waves / std::ceil(waves) >= kWideTileMinWaveUse && is_available(wide)) return wide;
+  }
 
   const TileChoice* const candidates[] = {first, table_tile};
   for (const TileChoice* tile : candidates) {
