@@ -65,10 +65,6 @@ __device__ __forceinline__ void pin(uint32_t& value) { asm volatile("" : "+r"(va
 __device__ __forceinline__ void pin(int& value) { asm volatile("" : "+r"(value)); }
 __device__ __forceinline__ void pin(long long& value) { asm volatile("" : "+l"(value)); }
 __device__ __forceinline__ void pin(uint64_t& value) { asm volatile("" : "+l"(value)); }
-template <class T>
-__device__ __forceinline__ void pin(T*& pointer) {
-  asm volatile("" : "+l"(pointer));
-}
 
 // Shared-memory loads from a shared-space address. The warp-specialized loop keeps its operand
 // addresses as pinned 32-bit values (generic pointers pinned in registers lose the compiler's
