@@ -798,6 +798,13 @@ TEST(Heuristics, FamilyAndFallback) {
   }
   // ... but not where they would leave most of a wave idle (172 tiles: 1.3 waves).
   EXPECT_EQ(heuristics::choose(512, 11008, 4096, hopper, with_ws).tile_n, 128);
+  // ... and not when the list lacks them.
+  std::vector<KernelConfig> without_wide;
+  for (const KernelConfig& c : with_ws)
+    if (!(c.family == KernelFamily::kWarpSpecializedSm90 && c.tile_n == 256)) without_wide.push_back(c);
+  const KernelConfig narrow = heuristics::choose(128, 28672, 8192, hopper, without_wide);
+  EXPECT_EQ(narrow.family, KernelFamily::kWarpSpecializedSm90) << narrow.name();
+  EXPECT_EQ(narrow.tile_n, 128) << narrow.name();
   EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_ws).family, KernelFamily::kDequantCublas);
   // Split-K: to 0.6 blocks per SM, and at m <= 64 until a slice has at most 128 k-blocks.
   EXPECT_EQ(heuristics::choose(64, 8192, 8192, hopper, with_ws).split_k, 2);
@@ -810,6 +817,10 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_EQ(small_layer.split_k, 2) << small_layer.name();
   EXPECT_EQ(heuristics::choose(256, 4096, 4096, hopper, with_ws).tile_m, 128);
   EXPECT_EQ(heuristics::choose(128, 11008, 4096, hopper, with_ws).tile_m, 128);
+  // Not where the 64-row tile would need the same split anyway (long k: slices of <= 128 k-blocks).
+  const KernelConfig long_k = heuristics::choose(128, 4096, 28672, hopper, with_ws);
+  EXPECT_EQ(long_k.tile_m, 128) << long_k.name();
+  EXPECT_EQ(long_k.split_k, 4) << long_k.name();
   // ... never on other GPUs, even if the list held them.
   EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_ws).family, KernelFamily::kTensorCoreSm80);
   // Without them, Hopper hands m >= 512 to dequant_cublas.

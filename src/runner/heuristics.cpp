@@ -16,8 +16,8 @@ struct TileChoice {
   int max_split_k = 16;
   KernelFamily family = KernelFamily::kTensorCoreSm80;
   // Split-K never leaves a warp fewer k-blocks than this: below it the pipeline never reaches
-  // steady state (mma.sync: 4; warp-specialized tiles, which release a slot two k-blocks after
-  // its wgmma and keep 8-10 stages: 16).
+  // steady state (mma.sync: 4; warp-specialized tiles, whose slots hold two k-blocks, are
+  // released one slot late and number 4-8: 16).
   int min_k_blocks_per_warp = 4;
   // Split-K stops at the first factor giving this many blocks per SM. The mma.sync winners had
   // 1.5-3 blocks per SM (bench/NOTES.md, entry 4); the warp-specialized tiles stop at 0.6: two
@@ -195,7 +195,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
     // bench/NOTES.md, entry 19).
     if (tile == warp_specialized_tile && tile->tile_m == 128 && m <= 128 && config.split_k >= 4) {
       const KernelConfig smaller = with_split(kWarpSpecializedTable[1]);
-      if (is_available(smaller)) return smaller;
+      if (smaller.split_k < config.split_k && is_available(smaller)) return smaller;
     }
     if (is_available(config)) return config;
   }

@@ -16,9 +16,9 @@ namespace w4a16::tensor_core_sm80 {
 //    through its own ring of Stages k-blocks in shared memory; no block barrier in the k loop.
 //    WarpsM must be 1.
 //  - KLoop::kWarpSpecialized: the wgmma_sm90 mainloop (kernels/wgmma_sm90/warp_specialized.cuh).
-//    The math step is Hopper's wgmma (wgmma_math.cuh), one warpgroup per 64 channels; each warp
-//    owns 16 channels (TileN = 16 * WarpsN, WarpsN a multiple of 4) and the warp tile's m is the
-//    wgmma's N. The WarpsM x WarpsN warps only compute; one more warpgroup (kProducerThreads)
+//    The math step is Hopper's wgmma (wgmma_math.cuh), one warpgroup per 64 or 128 channels; each
+//    warp owns 16 or 32 channels (TileN = 16 * FragmentsN * WarpsN, WarpsN a multiple of 4) and
+//    the warp tile's m is the wgmma's N. The WarpsM x WarpsN warps only compute; one more warpgroup (kProducerThreads)
 //    issues TMA loads into the Stages slots, and full/empty mbarriers replace the block barrier.
 //    Slots start on 1024-byte boundaries, which the 128-byte-swizzled operand layout wgmma reads
 //    requires. WarpsK must be 1.
@@ -50,7 +50,8 @@ struct Tile {
   static_assert(kWarpTileN % 16 == 0 && kFragmentsN >= 1, "warp tile n must be a multiple of 16");
   static_assert(Stages >= 2, "a pipeline needs at least two stages");
 
-  // A stage holds WarpsK k-blocks; each k-block slot has its weights, activations and scales.
+  // A stage holds WarpsK slots; each slot has the weights, activations and scales of
+  // kKBlocksPerSlot k-blocks (one; two for warp-specialized tiles).
   // Every region is a multiple of 16 bytes, so every cp.async destination stays aligned.
   static constexpr int kWeightBytes = (TileN / layout::kTileRows) * layout::kTileBytes;
   static constexpr int kActivationRowBytes = kBlockK * 2;  // 128 bytes: 8 chunks of 16
@@ -96,8 +97,9 @@ struct Tile {
   // cap is stricter than it needs to be, never unsafe.
   //
   // Warp-specialized tiles: as many blocks as shared memory allows, at most two (80 registers
-  // per thread at launch: enough for 64-row tiles; 128-row tiles hold 64 fp32 accumulators per
-  // consumer thread and ask for one block, 168 registers).
+  // per thread at launch: enough for 64-row tiles of 16 channels per warp); 128-row tiles (64 fp32
+  // accumulators per consumer thread) and tiles of 32 channels per warp (two accumulator halves)
+  // ask for one block, 168 registers.
   static constexpr int kBlocksBySharedMemory = (228 * 1024) / (kSharedBytes + 1024);
   static constexpr int kMinBlocksPerSM =
       kWarpSpecialized ? (kBlocksBySharedMemory >= 2 && TileM <= 64 && kFragmentsN == 1 ? 2 : 1)

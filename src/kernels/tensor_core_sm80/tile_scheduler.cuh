@@ -52,8 +52,8 @@ __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
     // The k-blocks are dealt out as evenly as integers allow, in units of the tile's slot (one
     // k-block; two for warp-specialized tiles, whose slots must start on an even k-block so that
     // a group of 128 never straddles one). No slice is empty as long as split_k <= the number of
-    // units; a slice that is empty anyway (split_k > k / 128 on a warp-specialized tile) adds
-    // zeros, which is still correct.
+    // units; a slice that is empty anyway (split_k above the number of two-k-block slots on a
+    // warp-specialized tile) adds zeros, which is still correct.
     constexpr int kUnit = Tile::kKBlocksPerSlot;
     const int units = k_blocks / kUnit + (k_blocks % kUnit != 0);
     work.k_block_begin = min(k_blocks, static_cast<int>((static_cast<long long>(split) * units) / params.split_k) * kUnit);

@@ -1,12 +1,13 @@
 // The warp-specialized wgmma tiles (warp_specialized.cuh). Built only into sm_90a binaries' table
-// (W4A16_WITH_WGMMA). Two consumer warpgroups of 64 channels each;
-// the tile's m is the wgmma's N.
+// (W4A16_WITH_WGMMA). Two consumer warpgroups of 64 channels each (128-channel tiles) or 128
+// (256-channel tiles); the tile's m is the wgmma's N.
 //
 // Stage counts fill shared memory: a slot holds two k-blocks, i.e. TileN * 64 bytes of weights,
-// 2 * TileM * 128 of activations and up to four scale rows, rounded up to 1 KB (17, 25 and 41 KB
-// for 32, 64 and 128 rows). 32- and 64-row tiles fit two blocks per SM (~100 KB each) so one
-// block's epilogue and ramp-up overlap the other's streaming; 128-row tiles hold 64 fp32
-// accumulators per consumer thread and take the whole SM. Measured and left out (bench/NOTES.md,
+// 2 * TileM * 128 of activations and up to four scale rows, rounded up to 1 KB (128 channels: 17,
+// 25 and 41 KB for 32, 64 and 128 rows; 256 channels: 26, 34 and 50 KB). The 32- and 64-row tiles
+// of 128 channels fit two blocks per SM (~100 KB each) so one block's epilogue and ramp-up overlap
+// the other's streaming; the 128-row tiles (64 fp32 accumulators per consumer thread and half)
+// and all 256-channel tiles take the whole SM, with 168 registers per thread at launch. Measured and left out (bench/NOTES.md,
 // entry 18): four consumer warpgroups (2 x 2 along m and n, 96 registers), deeper pipelines,
 // and clusters of 2 or 4 blocks sharing the activation tile by TMA multicast.
 #include "kernels/wgmma_sm90/warp_specialized.cuh"

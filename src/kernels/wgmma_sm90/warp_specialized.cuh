@@ -196,7 +196,7 @@ struct WarpSpecialized {
     const bool two_groups = params.group_size == 32;
     const int scale_k_block_step = (two_groups ? 2 : params.group_size == 64 ? 1 : 0) * Tile::kTileN * 2;
     const int k_blocks = work.k_block_end - work.k_block_begin;
-    // A warpgroup whose 64 channels all lie past n (the last n-tile of a layer whose n is not a
+    // A warpgroup whose 64 or 128 channels all lie past n (the last n-tile of a layer whose n is not a
     // multiple of the tile) skips the math but still waits for and releases every slot.
     //
     // The test has a second job. Without a branch around the math, ptxas treats each k slice's

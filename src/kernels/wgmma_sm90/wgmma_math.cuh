@@ -4,7 +4,8 @@
 // epilogue around it are tensor_core_sm80's; the pipeline is warp_specialized.cuh.
 //
 // Operands. A warpgroup (4 consecutive warps along n) computes 64 output channels x N activation
-// rows (N = the warp tile's m, 8..256) per wgmma.m64nNk16:
+// rows (N = the warp tile's m, 8..256) per wgmma.m64nNk16, and with 32 channels per warp two such
+// "halves" per k slice (see kHalves):
 //  - A = weights, from registers. wgmma's register fragment for A gives warp w of the warpgroup rows
 //    16w..16w+15 in exactly mma.m16n8k16's A layout, which is what one packed word per lane
 //    dequantizes to (common/packed_layout.h): the packed buffer needs no Hopper variant.
@@ -14,8 +15,9 @@
 //    swizzle writes, tensor_maps.h), 8-row groups 1024 bytes apart; it only has to start on a
 //    1024-byte boundary (Tile pads slots).
 //  - D: m64nNk16's accumulator fragment gives warp w, per 8-column chunk j, the same 4 values
-//    (channels 16w + lane/4 (+8), rows 8j + 2 (lane % 4) (+1)) as mma.m16n8k16's C, so the
-//    accumulators keep tensor_core_sm80's [1][N/8][4] shape and its epilogue.
+//    (rows 16w + lane/4 (+8) of the 64-row A, activation rows 8j + 2 (lane % 4) (+1)) as
+//    mma.m16n8k16's C, so the accumulators keep tensor_core_sm80's [FragmentsN][N/8][4] shape
+//    and its epilogue.
 
 #include <cstdint>
 #include <utility>
