@@ -351,7 +351,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, EveryConfig,
                                            // smaller than the widest tiles' n
                                            ConfigShape{3, 48, 1088, 0},
                                            // several bands of 8 m-tiles, the last one partial (tile_scheduler.cuh)
-                                           ConfigShape{700, 1040, 1024, 128}),
+                                           ConfigShape{700, 1040, 1024, 128},
+                                           // group 64 with an odd number of k-blocks (the last
+                                           // two-k-block slot of the ws tiles is half empty) and
+                                           // n past the first 256-channel tile's second half
+                                           ConfigShape{65, 272, 1088, 64}),
                          [](const ::testing::TestParamInfo<ConfigShape>& info) {
                            const ConfigShape& s = info.param;
                            return "m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +
