@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "common/packed_layout.h"
+#include "kernels/wgmma_sm90/tensor_maps.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
 #include "w4a16/w4a16.h"
@@ -498,6 +499,30 @@ TEST(Reference, RejectsBadInput) {
   QuantizedWeights short_codes = q;
   short_codes.codes.pop_back();
   W4A16_EXPECT_CODE(reference_gemm(a.data(), m, short_codes, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
+}
+
+// =============================================================================================
+// The warp-specialized kernel's scale boxes (kernels/wgmma_sm90/tensor_maps.h): the group rows a
+// box of k-blocks spans, which its slots' byte count and scale offsets rely on.
+
+TEST(TensorMaps, ScaleRowsPerBoxCoverTheBoxColumns) {
+  // One k-block (64 columns): two rows for group 32, else one.
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(32, 1), 2);
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(64, 1), 1);
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(128, 1), 1);
+  // Two k-blocks (a warp-specialized slot, 128 columns starting on a multiple of 128).
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(32, 2), 4);
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(64, 2), 2);
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(128, 2), 1);
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(4096, 2), 1);  // per-channel
+  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(1088, 2), 1);  // per-channel, k not a power of two
+  // Every column of the box has its group's row: group of column c relative to the box's first
+  // group is c / group, below the row count.
+  for (int group : {32, 64, 128, 256, 1088})
+    for (int k_blocks : {1, 2}) {
+      const int rows = wgmma_sm90::scale_rows_per_box(group, k_blocks);
+      for (int column = 0; column < 64 * k_blocks; ++column) EXPECT_LT(column / group, rows) << group;
+    }
 }
 
 // =============================================================================================
