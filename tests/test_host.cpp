@@ -706,7 +706,7 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_warp_special
     for (int tile_n : {16, 32, 64, 128, 256})
       for (int warps_m : {1, 2, 4})
         for (int warps_n : {1, 2, 4, 8})
-          for (int warps_k : {1, 2, 4, 8})
+          for (int warps_k : {1, 2, 4, 8, 16})
             for (int stages = 2; stages <= 10; ++stages)
               for (int split : heuristics::split_k_choices()) {
                 all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
@@ -859,6 +859,8 @@ TEST(Heuristics, FamilyAndFallback) {
     EXPECT_EQ(c.family, KernelFamily::kStreamingSm80) << m << "x" << n << "x" << k << ": " << c.name();
     EXPECT_EQ(c.split_k, 1) << c.name();
     EXPECT_EQ(c.tile_m, m <= 8 ? 8 : 16) << c.name();
+    // 16 warps along k where the layer is at most one 32-channel tile per SM (m <= 8), else 8.
+    EXPECT_EQ(c.warps_k, m <= 8 && n / 32 <= hopper.sm_count ? 16 : 8) << c.name();
   }
   for (const auto& [m, n, k] : {std::tuple{1, 28672, 8192}, {16, 8192, 28672}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
