@@ -169,12 +169,16 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
                                   : small_layer                ? small_layer_tile
                                   : wide_k                     ? &kWideKDecodeTile
                                                                : table_tile;
+  // Output tiles of the problem for a tile shape.
+  auto tiles_of = [&](const TileChoice& tile) {
+    return ((static_cast<long long>(m) + tile.tile_m - 1) / tile.tile_m) *
+           ((static_cast<long long>(n) + tile.tile_n - 1) / tile.tile_n);
+  };
   // The tile's config with its split-K factor: the smallest that gives the grid the tile's
   // target_blocks_per_sm (and slices of at most max_k_blocks_per_split), within its limits.
   auto with_split = [&](const TileChoice& tile) {
     KernelConfig config = config_of(tile);
-    const long long tiles = ((static_cast<long long>(m) + tile.tile_m - 1) / tile.tile_m) *
-                            ((static_cast<long long>(n) + tile.tile_n - 1) / tile.tile_n);
+    const long long tiles = tiles_of(tile);
     const int k_blocks = k / 64;
     config.split_k = 1;
     for (int split : split_k_choices()) {
@@ -188,11 +192,8 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   };
 
   if (warp_specialized && first == warp_specialized_tile && m > kWarpSpecializedTable[1].max_m) {
-    const long long wide_tiles = ((static_cast<long long>(m) + kWarpSpecializedWideTile.tile_m - 1) /
-                                  kWarpSpecializedWideTile.tile_m) *
-                                 ((static_cast<long long>(n) + kWarpSpecializedWideTile.tile_n - 1) /
-                                  kWarpSpecializedWideTile.tile_n);
-    const double waves = static_cast<double>(wide_tiles) / device.sm_count;  // one block per SM
+    // One block per SM.
+    const double waves = static_cast<double>(tiles_of(kWarpSpecializedWideTile)) / device.sm_count;
     const KernelConfig wide = config_of(kWarpSpecializedWideTile);
     if (waves / std::ceil(waves) >= kWideTileMinWaveUse && is_available(wide)) return wide;
   }
