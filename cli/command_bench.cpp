@@ -49,7 +49,7 @@ struct BenchOptions {
   std::string json;
   int repeats = 9;
   bool profile = false;
-  bool pdl = false;
+  bool no_pdl = false;
 };
 
 const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -238,7 +238,7 @@ int run_bench(const BenchOptions& options) {
   check_cuda(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
   GemmRunner runner;
   check_status(runner.status(), "runner");
-  runner.set_programmatic_dependent_launch(options.pdl);
+  runner.set_programmatic_dependent_launch(!options.no_pdl);
   std::vector<KernelConfig> forced;
   for (const std::string& name : options.config) {
     KernelConfig config;
@@ -471,7 +471,7 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_option("--config", options->config, "time these kernel configs (comma separated, see info) instead of the default")
       ->delimiter(',');
   command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
-  command->add_flag("--pdl", options->pdl, "enable programmatic dependent launch (sm_90; off by default)");
+  command->add_flag("--no-pdl", options->no_pdl, "turn programmatic dependent launch off (on by default on sm_90)");
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
       ->check(CLI::Range(3, 1000));

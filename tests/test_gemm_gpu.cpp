@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include "delayed_copy.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
 #include "w4a16/w4a16.h"
@@ -669,9 +670,21 @@ TEST_F(Gpu, GemmCanBeCapturedInAGraph) {
 }
 
 // =============================================================================================
-// Programmatic dependent launch (opt-in): each kernel requests its weights before waiting for the
-// previous kernel in the stream, so a call that reads the previous call's output is the case that
-// must still see that output, not the poison under it.
+// Programmatic dependent launch (on by default on sm_90): each kernel may start while the previous
+// one in the stream is finishing, so a call that reads the previous call's output is the case that
+// must still see that output, not the poison under it: as activations, and as weights (before its
+// wait a kernel may only warm L2 with its weights, never copy them).
+
+// One config per fused family (with and without split-K), and the default.
+std::vector<KernelConfig> one_config_per_family(const GemmRunner& runner, int m, int n, int k, int group) {
+  std::vector<KernelConfig> configs = {runner.default_config(m, n, k, group)};
+  std::set<std::pair<KernelFamily, bool>> seen;
+  for (const KernelConfig& config : runner.configs()) {
+    if (!config.tensor_core() || (config.split_k != 1 && config.split_k != 4)) continue;
+    if (seen.insert({config.family, config.split_k > 1}).second) configs.push_back(config);
+  }
+  return configs;
+}
 
 TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
   GemmRunner pdl_runner;
@@ -688,14 +701,7 @@ TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
   Output second;  // its activations are the first call's C, on the device only
   ASSERT_NO_FATAL_FAILURE(second.allocate(m, n2));
 
-  // One config per fused family (with and without split-K), and the default.
-  std::vector<KernelConfig> configs = {pdl_runner.default_config(m, n1, k, group)};
-  std::set<std::pair<KernelFamily, bool>> seen;
-  for (const KernelConfig& config : pdl_runner.configs()) {
-    if (!config.tensor_core() || (config.split_k != 1 && config.split_k != 4)) continue;
-    if (seen.insert({config.family, config.split_k > 1}).second) configs.push_back(config);
-  }
-  for (const KernelConfig& config : configs) {
+  for (const KernelConfig& config : one_config_per_family(pdl_runner, m, n1, k, group)) {
     SCOPED_TRACE(config.name());
     GemmArguments args1 = first.arguments(w1);
     GemmArguments args2 = args1;
@@ -727,6 +733,64 @@ TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
     const std::vector<double> magnitude = test::reference_magnitude(c1, m, w2.abs_q, 1.0f, {});
     EXPECT_TRUE(test::all_finite(c2, m, n2)) << "the second call read poison: it did not wait for the first";
     EXPECT_TRUE(test::matches_reference(c2, m, n2, {}, reference, magnitude));
+  }
+}
+
+// The previous kernel writes every input of the GEMM (activations, packed weights, scales) after
+// the GEMM has launched behind it: whatever a kernel read before its griddepcontrol.wait would be
+// the old data, a different valid problem, so the result would miss the reference.
+TEST_F(Gpu, ProgrammaticLaunchSeesInputsThePreviousKernelWrote) {
+  GemmRunner pdl_runner;
+  W4A16_ASSERT_OK(pdl_runner.status());
+  pdl_runner.set_programmatic_dependent_launch(true);
+  W4A16_RANDOM(rng);
+  const int m = 5, n = 2048, k = 1024, group = 128;
+  Weights stale_weights, weights;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &stale_weights));
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &weights));
+  Problem stale, problem;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, stale_weights, m, /*use_bias=*/true, 1.0f, &stale));
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, weights, m, /*use_bias=*/true, 1.0f, &problem));
+  problem.bias = stale.bias;  // the bias is not rewritten: the same in both problems
+  const Expected e = expected(weights, problem, {});
+  // The GEMM runs on the stale buffers, which the delayed copy overwrites with the fresh problem.
+  GemmArguments args = problem.arguments(weights);
+  args.a = stale.d_a.get();
+  args.packed_weights = stale_weights.packed.get();
+  args.scales = stale_weights.scales.get();
+  args.bias = stale.d_bias.get();
+  test::DelayedCopy job;
+  job.destination[0] = stale.d_a.get();
+  job.source[0] = problem.d_a.get();
+  job.bytes[0] = size_t(m) * k * sizeof(__half);
+  job.destination[1] = stale_weights.packed.get();
+  job.source[1] = weights.packed.get();
+  job.bytes[1] = size_t(n) * k / 2;
+  job.destination[2] = stale_weights.scales.get();
+  job.source[2] = weights.scales.get();
+  job.bytes[2] = size_t(k / group) * n * sizeof(__half);
+  job.delay_cycles = 100000;  // ~50 us: far longer than the GEMM's launch
+  std::vector<uint8_t> stale_packed;
+  W4A16_ASSERT_OK(pack_weights(stale_weights.q, &stale_packed));
+
+  for (const KernelConfig& config : one_config_per_family(pdl_runner, m, n, k, group)) {
+    SCOPED_TRACE(config.name());
+    DeviceArray<uint8_t> workspace;
+    ASSERT_NO_FATAL_FAILURE(workspace.allocate(pdl_runner.workspace_bytes(m, n, k, config)));
+    // Restore the stale inputs (the previous config's copy overwrote them).
+    W4A16_ASSERT_CUDA(cudaMemcpy(stale.d_a.get(), stale.a.data(), job.bytes[0], cudaMemcpyHostToDevice));
+    W4A16_ASSERT_CUDA(cudaMemcpy(stale_weights.packed.get(), stale_packed.data(), job.bytes[1], cudaMemcpyHostToDevice));
+    W4A16_ASSERT_CUDA(
+        cudaMemcpy(stale_weights.scales.get(), stale_weights.q.scales.data(), job.bytes[2], cudaMemcpyHostToDevice));
+    ASSERT_NO_FATAL_FAILURE(problem.out.poison(stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    W4A16_ASSERT_CUDA(test::launch_delayed_copy(job, stream_));
+    W4A16_ASSERT_OK(pdl_runner.gemm(args, config, workspace.get(), workspace.bytes(), stream_));
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<__half> c;
+    ASSERT_NO_FATAL_FAILURE(problem.out.download(&c));
+    EXPECT_TRUE(test::matches_reference(c, m, n, {}, e.reference, e.magnitude))
+        << "the GEMM read an input before the previous kernel wrote it";
   }
 }
 

@@ -125,12 +125,13 @@ class GemmRunner {
   Status profile(const GemmArguments& args, void* workspace, size_t workspace_bytes,
                  cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
 
-  // Programmatic dependent launch (sm_90+, off by default): the fused kernel fetches its first
-  // weight stages before waiting for the previous kernel in the stream to finish. Weights and
-  // scales must then not be written by any kernel still in flight in the same stream. Applies only
-  // to kernels whose binary was built for sm_90+ (a JIT-compiled sm_80 body never uses it).
-  // Off by default because of that constraint on the weights (a silent race if violated). On H100
-  // it saves 0.3-0.5 us per call at decode sizes and is neutral elsewhere (bench/NOTES.md, 9).
+  // Programmatic dependent launch (sm_90+, on by default): each kernel may start while the
+  // previous kernel in the stream is finishing, sets up shared memory and asks L2 for its first
+  // weights, and waits for that kernel's completion before it reads or writes any global memory.
+  // So it is safe whatever the previous kernel writes, weights included. Applies only to kernels
+  // whose binary was built for sm_90+ (a JIT-compiled sm_80 body never uses it). Off: every
+  // launch waits for the previous kernel to finish (what a profiler attributing time per kernel
+  // may want).
   void set_programmatic_dependent_launch(bool enabled) { programmatic_launch_ = enabled; }
   bool programmatic_dependent_launch() const { return programmatic_launch_ && sm_version_ >= 90; }
 
@@ -144,7 +145,7 @@ class GemmRunner {
   int device_ = -1;
   int sm_version_ = 0;
   int sm_count_ = 0;
-  bool programmatic_launch_ = false;
+  bool programmatic_launch_ = true;
   std::vector<KernelConfig> configs_;
   std::unique_ptr<Impl> impl_;
   std::map<std::tuple<int, int, int, int>, KernelConfig> profiled_;

@@ -24,6 +24,7 @@ struct GemmRunner::Impl {
     KernelConfig config;
     tensor_core_sm80::CompiledKernel kernel;
     int compiled_arch;
+    int resident_blocks_per_sm;
   };
   std::vector<TensorCoreEntry> tensor_core_kernels;
 
@@ -98,6 +99,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
         cudaGetLastError();  // a missing binary is expected on some builds, not an error state
         continue;
       }
+      const int resident_blocks = kernel.resident_blocks_per_sm();  // after prepare(): its shared-memory limit
       for (int split : heuristics::split_k_choices()) {
         KernelConfig config;
         config.family = kernel.shape.warp_specialized ? KernelFamily::kWarpSpecializedSm90
@@ -111,7 +113,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
         config.stages = kernel.shape.stages;
         config.split_k = split;
         configs_.push_back(config);
-        impl_->tensor_core_kernels.push_back({config, kernel, compiled_arch});
+        impl_->tensor_core_kernels.push_back({config, kernel, compiled_arch, resident_blocks});
       }
     }
   }
@@ -266,6 +268,15 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   params.group_shift = group_shift(args.k, args.group_size);
   params.alpha = args.alpha;
   params.split_k = config.split_k;
+  if (config.family == KernelFamily::kStreamingSm80) {
+    // Trigger the next kernel's launch at entry only where this grid leaves at most half a free
+    // block slot per SM: then the next kernel's early blocks spread one per SM at most (see
+    // tensor_core_sm80/kernel.cuh, gemm_tile).
+    const long long blocks = static_cast<long long>((args.m + config.tile_m - 1) / config.tile_m) *
+                             ((args.n + config.tile_n - 1) / config.tile_n) * config.split_k;
+    const long long free_slots = static_cast<long long>(sm_count_) * entry->resident_blocks_per_sm - blocks;
+    params.launch_dependents_at_entry = free_slots <= sm_count_ / 2;
+  }
   // See tensor_core_sm80/mainloop.cuh (prologue) for what programmatic launch overlaps. The reduce
   // kernel is built for the same targets as the fused one, so one arch check covers both.
   const bool programmatic = programmatic_dependent_launch() && entry->compiled_arch >= 90;
@@ -273,10 +284,9 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }
   if (config.split_k > 1) {
-    // The reduce reads nothing before griddepcontrol.wait (its first instruction), so it may always
-    // launch programmatically behind the GEMM on sm_90: its launch then overlaps the GEMM's tail
-    // instead of following it. The constraint that keeps PDL opt-in (weights prefetched before the
-    // wait) is the GEMM's, not the reduce's.
+    // The reduce reads nothing before griddepcontrol.wait (its first instruction), so it always
+    // launches programmatically behind the GEMM on sm_90, even with PDL turned off for the GEMM:
+    // its launch then overlaps the GEMM's tail instead of following it.
     const bool reduce_programmatic = sm_version_ >= 90 && entry->compiled_arch >= 90;
     if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, reduce_programmatic);
         error != cudaSuccess) {

@@ -20,6 +20,18 @@ __device__ __forceinline__ void cp_async_16(uint32_t shared, const void* global)
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(global));
 }
 
+// Asks L2 to fetch [global, global + bytes) from memory (sm_90+; a no-op on older targets). No
+// data reaches the SM and nothing completes on a barrier: this is a hint, used before the
+// programmatic-launch wait (see grid_dependency_wait), where reading would be a race but warming
+// L2 is not. L2 is the point of coherence for global memory: a write the previous kernel makes
+// after the prefetch updates the line in L2, and the copies issued after the wait (cp.async.cg,
+// TMA) read L2, never a stale L1. `global` 16-byte aligned, `bytes` a multiple of 16.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* global, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(global), "r"(bytes) : "memory");
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 
 // Wait until at most `pending` committed groups are still in flight.
@@ -113,6 +125,11 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint32_t barrier, uint
 // cudaLaunchAttributeProgrammaticStreamSerialization may start while the previous kernel in the
 // stream is still running; grid_dependency_wait() blocks until that kernel has completed and its
 // writes are visible. launch_dependent_grids() lets the next kernel start early.
+//
+// The rule every kernel here keeps, which is what makes the launch safe by default: before the
+// wait a kernel reads no global memory and writes none; it only sets up shared memory and warms
+// L2 with prefetch_l2_bulk (or a TMA prefetch) of its first weights. Any input, weights included,
+// may therefore be written by the kernel just before it in the stream.
 __device__ __forceinline__ void grid_dependency_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");

@@ -140,9 +140,8 @@ struct Mainloop {
 
     // Copy k-block `block` into the stage at byte offset `stage` of the ring; each is called once
     // per k-block, in order, because the sources (and the group countdown) advance by one k-block
-    // per call. Weights, which no earlier kernel writes, are split from the rest so that the
-    // prologue can request them before the programmatic-launch wait; the rest ends with the
-    // commit, one group per k-block (empty past the end, so the count is uniform).
+    // per call. The commit ends each k-block's copies: one group per k-block (empty past the end,
+    // so the count is uniform).
     int copy_group_left = first_group_left;
     auto copy_weights = [&](uint32_t stage, int block) {
       if (block < end) {
@@ -236,17 +235,28 @@ struct Mainloop {
     clear(accumulators);
     clear(partial);
 
-    // Prologue: the first Stages - 1 k-blocks. Weights are constant inputs, so they are requested
-    // before waiting for the previous kernel in the stream (programmatic dependent launch);
-    // activations, which that kernel typically writes, and scales after. A commit takes every
-    // copy the thread has issued so far, so all the prologue's weight copies land in group 0:
-    // "group i complete" still implies "k-block i complete" (the first wait simply also covers
-    // the later prologue k-blocks' weights).
+    // Prologue. Before waiting for the previous kernel in the stream (programmatic dependent
+    // launch) nothing is read: lane f asks L2 for the first k-blocks of fragment f's weight run
+    // (contiguous: one request), so that at decode sizes the HBM latency of this warp's first
+    // copies overlaps the previous kernel's tail. Eight k-blocks (4 KB per fragment) cover a
+    // warp's whole range on one-wave decode layers (4-8 k-blocks per warp) and stay far below L2
+    // for the largest grids (132 SMs x 16 warps x 2 fragments x 4 KB = 17 MB). After the wait,
+    // the first Stages - 1 k-blocks are copied as any other, mostly out of L2.
+    constexpr int kPrefetchKBlocks = 8;
+    const uint32_t prefetch_bytes = static_cast<uint32_t>(min(count, kPrefetchKBlocks)) * layout::kTileBytes;
     #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) copy_weights(s * kStageBytes, begin + s);
+    for (int f = 0; f < kFragmentsN; ++f) {
+      // weight_source[f] points at this lane's 16 bytes of the run's first tile.
+      if (lane == f && fragment_valid[f] && prefetch_bytes > 0) {
+        ptx::prefetch_l2_bulk(weight_source[f] - lane * 16, prefetch_bytes);
+      }
+    }
     ptx::grid_dependency_wait();
     #pragma unroll
-    for (int s = 0; s < kStages - 1; ++s) copy_rest_and_commit(s * kStageBytes, begin + s);
+    for (int s = 0; s < kStages - 1; ++s) {
+      copy_weights(s * kStageBytes, begin + s);
+      copy_rest_and_commit(s * kStageBytes, begin + s);
+    }
 
     // Iteration i: wait for k-block i (Stages - 2 newer groups may still be pending), __syncwarp
     // (every lane's copies visible to all; every lane done with k-block i - 1's stage), refill

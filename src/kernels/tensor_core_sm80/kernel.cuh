@@ -37,6 +37,16 @@ constexpr bool compiled_here() {
 template <class Tile>
 __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* shared) {
   static_assert(!Tile::kWarpSpecialized, "see wgmma_sm90::warp_specialized_kernel");
+  // Streaming (decode) tiles may let the next kernel in the stream launch at once. The launch
+  // happens once every block of this grid has triggered, so all of them are resident by then and
+  // the next kernel's blocks take only the slots this grid leaves free; before their
+  // griddepcontrol.wait they only warm L2 with their weights, so the next call's first weights
+  // stream in while this call's do. Where the grid leaves many slots free (a 128-block grid of
+  // three-per-SM blocks), those blocks crowd onto SMs this grid is using and the pair runs far
+  // slower, hence the runner's choice per launch (bench/NOTES.md, entry 20: 1x11008x4096 11.1
+  // vs 12.5 us with the trigger at entry; 1x4096x4096 on a three-per-SM tile 9.0 vs 6.1).
+  const bool trigger_at_entry = Tile::kStreaming && params.launch_dependents_at_entry;
+  if (trigger_at_entry) ptx::launch_dependent_grids();
   const TileWork work = schedule_tile<Tile>(params);
   // Warp index = (warp_k * WarpsM + warp_m) * WarpsN + warp_n.
   const int warp = threadIdx.x / 32;
@@ -49,11 +59,12 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* shared)
   using Loop = std::conditional_t<Tile::kStreaming, streaming_sm80::Mainloop<Tile>, Mainloop<Tile>>;
   typename Loop::Accumulators accumulators;
   Loop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
-  // Every load of this block is done: let the next kernel in the stream launch once all blocks got
-  // here, so its prologue (weight prefetch) overlaps this kernel's reduction, epilogue and tail.
-  // Triggering earlier (at kernel entry) was measured slower: the next kernel's blocks were then
-  // placed onto busy SMs, unevenly, and its makespan doubled for coarse grids (bench/NOTES.md).
-  ptx::launch_dependent_grids();
+  // Otherwise: every load of this block is done; let the next kernel in the stream launch once
+  // all blocks got here, so its prologue (weight prefetch) overlaps this kernel's reduction,
+  // epilogue and tail. Triggering multistage tiles at kernel entry was measured slower: the next
+  // kernel's blocks were then placed onto busy SMs, unevenly, and its makespan doubled for coarse
+  // grids (bench/NOTES.md, entry 9).
+  if (!trigger_at_entry) ptx::launch_dependent_grids();
   Mainloop<Tile>::reduce_across_warps_k(shared, warp_m, warp_n, warp_k, accumulators);
   if (warp_k == 0) Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
 }
@@ -91,6 +102,16 @@ int compiled_for() {
   return attributes.ptxVersion;
 }
 
+template <class Tile, auto Kernel>
+int resident_blocks_per_sm() {
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, Tile::kBlockThreads, Tile::kSharedBytes) !=
+      cudaSuccess) {
+    return 0;
+  }
+  return blocks;
+}
+
 // The table entry of one instantiation: Tile's shape, its launcher, and the probes of its kernel.
 template <class Tile, auto Kernel, cudaError_t (*Launch)(const Params&, cudaStream_t, bool),
           cudaError_t (*Prepare)() = &prepare<Tile, Kernel>>
@@ -99,7 +120,8 @@ CompiledKernel make_compiled_kernel() {
                          Tile::kStreaming, Tile::kWarpSpecialized},
                         Launch,
                         Prepare,
-                        &compiled_for<Kernel>};
+                        &compiled_for<Kernel>,
+                        &resident_blocks_per_sm<Tile, Kernel>};
 }
 
 template <class Tile>

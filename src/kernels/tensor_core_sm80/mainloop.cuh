@@ -115,8 +115,7 @@ struct Mainloop {
 
     // Issues the weight and scale copies of the next stage, whose first k-block is `first_block`
     // and which has `slots` (1..WarpsK) k-blocks before the end of this block's k range, into the
-    // buffer at byte offset `buffer`. Weights and scales are split from activations so that the
-    // prologue can fetch the former before waiting for the previous kernel (see run()).
+    // buffer at byte offset `buffer`.
     __device__ __forceinline__ void issue_weights_and_scales(const Params& params, uint32_t buffer, int first_block,
                                                              int slots) {
       #pragma unroll
@@ -326,22 +325,28 @@ struct Mainloop {
     // Mainloop iterations: one per stage's worth (WarpsK k-blocks) of this block's k range.
     const int iterations = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
     auto slots_of = [&](int stage) { return min(Tile::kWarpsK, work.k_block_end - work.k_block_begin - stage * Tile::kWarpsK); };
-    // Prologue. Weights and scales are constant inputs, so their first stages are requested before
-    // waiting for the previous kernel in the stream (programmatic dependent launch): at decode
-    // sizes that hides this kernel's ramp-up behind the previous one's tail. Activations (the
-    // previous kernel's output, typically) are only read after the wait. All the prologue's weight
-    // copies land in commit group 0, so the wait for stage i below still implies every copy of
-    // stage i has landed.
-    #pragma unroll
-    for (int s = 0; s < kInFlight; ++s) {
-      if (s < iterations) {
-        plan.issue_weights_and_scales(params, s * Tile::kStageBytes, work.k_block_begin + s * Tile::kWarpsK, slots_of(s));
+    // Prologue. Before waiting for the previous kernel in the stream (programmatic dependent
+    // launch) nothing is read: thread r asks L2 for row block r's weights of the first kInFlight
+    // stages (one contiguous run per row block, packed_layout.h), so that at decode sizes the
+    // HBM latency of the first copies overlaps the previous kernel's tail. After the wait the
+    // first stages are copied as any other, their weights mostly out of L2.
+    {
+      const int k_blocks = work.k_block_end - work.k_block_begin;
+      const int row_block = work.n_begin / layout::kTileRows + static_cast<int>(threadIdx.x);
+      if (threadIdx.x < Tile::kTileN / layout::kTileRows && row_block < params.n / layout::kTileRows && k_blocks > 0) {
+        const uint32_t bytes = static_cast<uint32_t>(min(k_blocks, kInFlight * Tile::kWarpsK)) * layout::kTileBytes;
+        ptx::prefetch_l2_bulk(static_cast<const uint8_t*>(params.packed_weights) +
+                                  layout::tile_offset_bytes(row_block, work.k_block_begin, params.k),
+                              bytes);
       }
     }
     ptx::grid_dependency_wait();
     #pragma unroll
     for (int s = 0; s < kInFlight; ++s) {
-      if (s < iterations) plan.issue_activations(s * Tile::kStageBytes, slots_of(s));
+      if (s < iterations) {
+        plan.issue_weights_and_scales(params, s * Tile::kStageBytes, work.k_block_begin + s * Tile::kWarpsK, slots_of(s));
+        plan.issue_activations(s * Tile::kStageBytes, slots_of(s));
+      }
       ptx::cp_async_commit();
     }
 

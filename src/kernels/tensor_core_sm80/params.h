@@ -23,6 +23,10 @@ struct Params {
   int group_shift = 0;
   float alpha = 1.0f;
   int split_k = 1;
+  // Streaming tiles only: let the next kernel in the stream launch at this kernel's entry rather
+  // than after its mainloop (see gemm_tile). The runner sets it where the grid leaves at most
+  // half an SM's worth of free block slots per SM on average.
+  bool launch_dependents_at_entry = false;
 };
 
 struct TileShape {
@@ -38,6 +42,7 @@ struct CompiledKernel {
   cudaError_t (*launch)(const Params&, cudaStream_t, bool programmatic);
   cudaError_t (*prepare)();  // cudaErrorInvalidDeviceFunction when this device has no binary
   int (*compiled_for)();     // the virtual arch (e.g. 80) the device code was compiled from
+  int (*resident_blocks_per_sm)();  // how many of its blocks an SM of this device holds at once
 };
 
 // Each instantiation group (one .cu each) appends its kernels.

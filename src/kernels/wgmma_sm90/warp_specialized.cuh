@@ -74,6 +74,15 @@ __device__ __forceinline__ void tma_load_3d(uint32_t destination, const CUtensor
       : "memory");
 }
 
+// Asks L2 for box (x, y, z) of `map` without copying it anywhere: what the producer may do before
+// the programmatic-launch wait (see ptx::prefetch_l2_bulk for why that is safe).
+__device__ __forceinline__ void tma_prefetch_3d(const CUtensorMap* map, int x, int y, int z) {
+  asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(x), "r"(y), "r"(z)
+               : "memory");
+}
+
 template <class Tile>
 struct WarpSpecialized {
   static constexpr int kStages = Tile::kStages;
@@ -122,9 +131,7 @@ struct WarpSpecialized {
     const int row_block = work.n_begin / layout::kTileRows;
     auto k_blocks_in = [&](int i) { return min(2, k_blocks - 2 * i); };
 
-    // Weights and scales are constant inputs: the first slots' are requested before waiting for
-    // the previous kernel in the stream (programmatic dependent launch), activations after.
-    auto issue_weights_and_scales = [&](int i, int stage) {
+    auto issue_slot = [&](int i, int stage) {
       const uint32_t slot = slots_address + stage * Tile::kSlotBytes;
       const uint32_t barrier = full_address + stage * 8;
       ptx::mbarrier_arrive_expect_tx(
@@ -134,11 +141,7 @@ struct WarpSpecialized {
       // Group of the slot's first column (see Params::group_shift).
       const int group = (k_block * Tile::kBlockK) >> params.group_shift;
       tma_load_2d(slot + kScaleOffset, &maps.scales, barrier, work.n_begin, group);
-    };
-    auto issue_activations = [&](int i, int stage) {
-      const uint32_t slot = slots_address + stage * Tile::kSlotBytes;
-      const uint32_t barrier = full_address + stage * 8;
-      const int column = (work.k_block_begin + 2 * i) * Tile::kBlockK;
+      const int column = k_block * Tile::kBlockK;
       tma_load_2d(slot + kActivationOffset, &maps.activations, barrier, column, work.m_begin);
       if (k_blocks_in(i) == 2) {
         tma_load_2d(slot + kActivationOffset + Tile::kActivationBytes, &maps.activations, barrier,
@@ -146,18 +149,20 @@ struct WarpSpecialized {
       }
     };
 
+    // Before waiting for the previous kernel in the stream (programmatic dependent launch) nothing
+    // is read: the first slots' weights are only asked of L2, so that their HBM latency overlaps
+    // that kernel's tail. The slots themselves are loaded after the wait.
     const int prologue = min(kStages, slots_needed);
-    for (int i = 0; i < prologue; ++i) issue_weights_and_scales(i, i);
+    for (int i = 0; i < prologue; ++i) tma_prefetch_3d(&maps.weights, 0, work.k_block_begin + 2 * i, row_block);
     ptx::grid_dependency_wait();
-    for (int i = 0; i < prologue; ++i) issue_activations(i, i);
+    for (int i = 0; i < prologue; ++i) issue_slot(i, i);
     // Slot i % Stages was last used by slot i - Stages: wait for its release (the empty barrier's
     // phase (i / Stages - 1), tracked as a parity bit).
     int stage = 0;
     uint32_t phase = 0;
     for (int i = kStages; i < slots_needed; ++i) {
       ptx::mbarrier_wait_parity(empty_address + stage * 8, phase);
-      issue_weights_and_scales(i, stage);
-      issue_activations(i, stage);
+      issue_slot(i, stage);
       if (++stage == kStages) {
         stage = 0;
         phase ^= 1;
