@@ -229,6 +229,15 @@ nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
           {"date", date}};
 }
 
+const char* programmatic_launch_name(GemmRunner::ProgrammaticLaunch mode) {
+  switch (mode) {
+    case GemmRunner::ProgrammaticLaunch::kOff: return "off";
+    case GemmRunner::ProgrammaticLaunch::kWhereItHelps: return "where the grid fills the GPU";
+    case GemmRunner::ProgrammaticLaunch::kAlways: return "always";
+  }
+  return "?";
+}
+
 int run_bench(const BenchOptions& options) {
   if (!require_gpu("bench")) return 2;
   const auto wall_begin = std::chrono::steady_clock::now();
@@ -238,7 +247,7 @@ int run_bench(const BenchOptions& options) {
   check_cuda(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
   GemmRunner runner;
   check_status(runner.status(), "runner");
-  runner.set_programmatic_dependent_launch(!options.no_pdl);
+  runner.set_programmatic_launch(options.no_pdl ? GemmRunner::ProgrammaticLaunch::kOff : GemmRunner::ProgrammaticLaunch::kWhereItHelps);
   std::vector<KernelConfig> forced;
   for (const std::string& name : options.config) {
     KernelConfig config;
@@ -264,7 +273,7 @@ int run_bench(const BenchOptions& options) {
   std::printf(")\n");
   std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d, "
               "programmatic dependent launch %s\n\n",
-              options.group, options.repeats, runner.programmatic_dependent_launch() ? "on" : "off");
+              options.group, options.repeats, programmatic_launch_name(runner.programmatic_launch()));
   std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %8s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
               "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "floor us", "flr%", "cuBLAS us", "eff%", "speedup");
 
@@ -441,7 +450,7 @@ int run_bench(const BenchOptions& options) {
         {"method",
          {{"group_size", options.group},
           {"repeats", options.repeats},
-          {"programmatic_dependent_launch", runner.programmatic_dependent_launch()},
+          {"programmatic_dependent_launch", programmatic_launch_name(runner.programmatic_launch())},
           {"statistic", "median per call over repeats of a CUDA graph of back-to-back calls"},
           {"weights_rotated_over_bytes_at_least", 4 * l2},
           {"roofline", "max(bytes / hbm_read, 2mnk / fp16_rate), bytes = packed weights + scales + A + C"},
@@ -471,7 +480,7 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_option("--config", options->config, "time these kernel configs (comma separated, see info) instead of the default")
       ->delimiter(',');
   command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
-  command->add_flag("--no-pdl", options->no_pdl, "turn programmatic dependent launch off (on by default on sm_90)");
+  command->add_flag("--no-pdl", options->no_pdl, "turn programmatic dependent launch off (on sm_90 it is on where the grid fills the GPU)");
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
       ->check(CLI::Range(3, 1000));

@@ -689,10 +689,11 @@ std::vector<KernelConfig> one_config_per_family(const GemmRunner& runner, int m,
 TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
   GemmRunner pdl_runner;
   W4A16_ASSERT_OK(pdl_runner.status());
-  pdl_runner.set_programmatic_dependent_launch(true);
+  pdl_runner.set_programmatic_launch(GemmRunner::ProgrammaticLaunch::kAlways);
   W4A16_RANDOM(rng);
-  // A long first call, so that the second one's blocks start while it is still running.
-  const int m = 5, n1 = 2048, k = 4096, n2 = 512, group = 128;
+  // A long first call, so that the second one's blocks start while it is still running; on H100
+  // its default (streaming) grid fills the GPU, so it also lets the second call launch at its entry.
+  const int m = 5, n1 = 4096, k = 4096, n2 = 512, group = 128;
   Weights w1, w2;
   ASSERT_NO_FATAL_FAILURE(make_weights(rng, n1, k, group, &w1));
   ASSERT_NO_FATAL_FAILURE(make_weights(rng, n2, n1, group, &w2));
@@ -742,7 +743,7 @@ TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
 TEST_F(Gpu, ProgrammaticLaunchSeesInputsThePreviousKernelWrote) {
   GemmRunner pdl_runner;
   W4A16_ASSERT_OK(pdl_runner.status());
-  pdl_runner.set_programmatic_dependent_launch(true);
+  pdl_runner.set_programmatic_launch(GemmRunner::ProgrammaticLaunch::kAlways);
   W4A16_RANDOM(rng);
   const int m = 5, n = 2048, k = 1024, group = 128;
   Weights stale_weights, weights;

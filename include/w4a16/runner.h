@@ -125,15 +125,22 @@ class GemmRunner {
   Status profile(const GemmArguments& args, void* workspace, size_t workspace_bytes,
                  cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
 
-  // Programmatic dependent launch (sm_90+, on by default): each kernel may start while the
-  // previous kernel in the stream is finishing, sets up shared memory and asks L2 for its first
-  // weights, and waits for that kernel's completion before it reads or writes any global memory.
-  // So it is safe whatever the previous kernel writes, weights included. Applies only to kernels
-  // whose binary was built for sm_90+ (a JIT-compiled sm_80 body never uses it). Off: every
-  // launch waits for the previous kernel to finish (what a profiler attributing time per kernel
-  // may want).
-  void set_programmatic_dependent_launch(bool enabled) { programmatic_launch_ = enabled; }
-  bool programmatic_dependent_launch() const { return programmatic_launch_ && sm_version_ >= 90; }
+  // Programmatic dependent launch (PDL, sm_90+): a kernel may start while the previous kernel in
+  // the stream is finishing; it sets up shared memory and asks L2 for its first weights, and
+  // waits for that kernel's completion before it reads or writes any global memory. So it is
+  // safe whatever the previous kernel writes, weights included. Applies only to kernels whose
+  // binary was built for sm_90+ (a JIT-compiled sm_80 body never uses it).
+  //   kWhereItHelps (default): only grids that fill the GPU's block slots (at most half a free
+  //     slot per SM) launch early. A smaller grid launched early gets its blocks placed into
+  //     whatever slots the previous kernel frees first, unevenly, and ran up to 20% slower
+  //     (bench/NOTES.md, entry 20).
+  //   kAlways: every launch (the tests use it to run every kernel's pre-wait path).
+  //   kOff: every launch waits for the previous kernel (what a per-kernel profiler may want).
+  enum class ProgrammaticLaunch { kOff, kWhereItHelps, kAlways };
+  void set_programmatic_launch(ProgrammaticLaunch mode) { programmatic_launch_ = mode; }
+  ProgrammaticLaunch programmatic_launch() const {
+    return sm_version_ >= 90 ? programmatic_launch_ : ProgrammaticLaunch::kOff;
+  }
 
   // Validation alone (what gemm() checks before any launch).
   Status check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
@@ -145,7 +152,7 @@ class GemmRunner {
   int device_ = -1;
   int sm_version_ = 0;
   int sm_count_ = 0;
-  bool programmatic_launch_ = true;
+  ProgrammaticLaunch programmatic_launch_ = ProgrammaticLaunch::kWhereItHelps;
   std::vector<KernelConfig> configs_;
   std::unique_ptr<Impl> impl_;
   std::map<std::tuple<int, int, int, int>, KernelConfig> profiled_;

@@ -268,24 +268,25 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   params.group_shift = group_shift(args.k, args.group_size);
   params.alpha = args.alpha;
   params.split_k = config.split_k;
-  if (config.family == KernelFamily::kStreamingSm80) {
-    // Trigger the next kernel's launch at entry only where this grid leaves at most half a free
-    // block slot per SM: then the next kernel's early blocks spread one per SM at most (see
-    // tensor_core_sm80/kernel.cuh, gemm_tile).
-    const long long blocks = static_cast<long long>((args.m + config.tile_m - 1) / config.tile_m) *
-                             ((args.n + config.tile_n - 1) / config.tile_n) * config.split_k;
-    const long long free_slots = static_cast<long long>(sm_count_) * entry->resident_blocks_per_sm - blocks;
-    params.launch_dependents_at_entry = free_slots <= sm_count_ / 2;
-  }
-  // See tensor_core_sm80/mainloop.cuh (prologue) for what programmatic launch overlaps. The reduce
-  // kernel is built for the same targets as the fused one, so one arch check covers both.
-  const bool programmatic = programmatic_dependent_launch() && entry->compiled_arch >= 90;
+  // Does the grid fill the GPU's block slots (at most half a free slot per SM)? Then it may launch
+  // programmatically (see ProgrammaticLaunch) and, for streaming tiles, let the next kernel launch
+  // at its entry: the next kernel's early blocks then only get the few slots this grid leaves
+  // (tensor_core_sm80/kernel.cuh, gemm_tile). What a programmatic launch overlaps: the prologue
+  // of tensor_core_sm80/mainloop.cuh. The reduce kernel is built for the same targets as the
+  // fused one, so one arch check covers both.
+  const long long blocks = static_cast<long long>((args.m + config.tile_m - 1) / config.tile_m) *
+                           ((args.n + config.tile_n - 1) / config.tile_n) * config.split_k;
+  const bool fills_the_gpu = static_cast<long long>(sm_count_) * entry->resident_blocks_per_sm - blocks <= sm_count_ / 2;
+  const ProgrammaticLaunch mode = programmatic_launch();
+  const bool programmatic = entry->compiled_arch >= 90 && (mode == ProgrammaticLaunch::kAlways ||
+                                                           (mode == ProgrammaticLaunch::kWhereItHelps && fills_the_gpu));
+  params.launch_dependents_at_entry = config.family == KernelFamily::kStreamingSm80 && fills_the_gpu;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }
   if (config.split_k > 1) {
     // The reduce reads nothing before griddepcontrol.wait (its first instruction), so it always
-    // launches programmatically behind the GEMM on sm_90, even with PDL turned off for the GEMM:
+    // launches programmatically behind the GEMM on sm_90, whatever the GEMM's launch mode:
     // its launch then overlaps the GEMM's tail instead of following it.
     const bool reduce_programmatic = sm_version_ >= 90 && entry->compiled_arch >= 90;
     if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, reduce_programmatic);
