@@ -49,7 +49,7 @@ struct BenchOptions {
   std::string json;
   int repeats = 9;
   bool profile = false;
-  bool no_pdl = false;
+  std::string pdl = "auto";
 };
 
 const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -247,7 +247,9 @@ int run_bench(const BenchOptions& options) {
   check_cuda(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
   GemmRunner runner;
   check_status(runner.status(), "runner");
-  runner.set_programmatic_launch(options.no_pdl ? GemmRunner::ProgrammaticLaunch::kOff : GemmRunner::ProgrammaticLaunch::kWhereItHelps);
+  runner.set_programmatic_launch(options.pdl == "off"      ? GemmRunner::ProgrammaticLaunch::kOff
+                                 : options.pdl == "always" ? GemmRunner::ProgrammaticLaunch::kAlways
+                                                           : GemmRunner::ProgrammaticLaunch::kWhereItHelps);
   std::vector<KernelConfig> forced;
   for (const std::string& name : options.config) {
     KernelConfig config;
@@ -480,7 +482,9 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_option("--config", options->config, "time these kernel configs (comma separated, see info) instead of the default")
       ->delimiter(',');
   command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
-  command->add_flag("--no-pdl", options->no_pdl, "turn programmatic dependent launch off (on sm_90 it is on where the grid fills the GPU)");
+  command->add_option("--pdl", options->pdl,
+                      "programmatic dependent launch on sm_90: auto (where the grid fills the GPU), always, off")
+      ->check(CLI::IsMember({"auto", "always", "off"}));
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
       ->check(CLI::Range(3, 1000));
