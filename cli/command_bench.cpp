@@ -232,7 +232,7 @@ nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
 const char* programmatic_launch_name(GemmRunner::ProgrammaticLaunch mode) {
   switch (mode) {
     case GemmRunner::ProgrammaticLaunch::kOff: return "off";
-    case GemmRunner::ProgrammaticLaunch::kWhereItHelps: return "where the grid fills the GPU";
+    case GemmRunner::ProgrammaticLaunch::kWhereItHelps: return "where it helps";
     case GemmRunner::ProgrammaticLaunch::kAlways: return "always";
   }
   return "?";
@@ -483,7 +483,7 @@ void register_bench(CLI::App& app, int* exit_code) {
       ->delimiter(',');
   command->add_flag("--profile", options->profile, "profile every config per shape and time the fastest");
   command->add_option("--pdl", options->pdl,
-                      "programmatic dependent launch on sm_90: auto (where the grid fills the GPU), always, off")
+                      "programmatic dependent launch on sm_90: auto (where it helps, see GemmRunner), always, off")
       ->check(CLI::IsMember({"auto", "always", "off"}));
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")

@@ -130,10 +130,10 @@ class GemmRunner {
   // waits for that kernel's completion before it reads or writes any global memory. So it is
   // safe whatever the previous kernel writes, weights included. Applies only to kernels whose
   // binary was built for sm_90+ (a JIT-compiled sm_80 body never uses it).
-  //   kWhereItHelps (default): only grids that fill the GPU's block slots (at most half a free
-  //     slot per SM) launch early. A smaller grid launched early gets its blocks placed into
-  //     whatever slots the previous kernel frees first, unevenly, and ran up to 20% slower
-  //     (bench/NOTES.md, entry 20).
+  //   kWhereItHelps (default): grids that fill the GPU's block slots (at most half a free slot
+  //     per SM), and streaming (decode) grids of at most one block per SM, launch early. Other
+  //     grids launched early got their blocks placed into whatever slots the previous kernel
+  //     freed first, several to an SM, and ran up to 20% slower (bench/NOTES.md, entry 20).
   //   kAlways: every launch (the tests use it to run every kernel's pre-wait path).
   //   kOff: every launch waits for the previous kernel (what a per-kernel profiler may want).
   enum class ProgrammaticLaunch { kOff, kWhereItHelps, kAlways };

@@ -277,9 +277,16 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   const long long blocks = static_cast<long long>((args.m + config.tile_m - 1) / config.tile_m) *
                            ((args.n + config.tile_n - 1) / config.tile_n) * config.split_k;
   const bool fills_the_gpu = static_cast<long long>(sm_count_) * entry->resident_blocks_per_sm - blocks <= sm_count_ / 2;
+  // Where the programmatic launch helps (bench/NOTES.md, entry 20, same-binary A/B on H100): grids
+  // that fill the GPU, and streaming grids of at most one block per SM (16x4096x4096 6.8 vs 8.2
+  // us). Not elsewhere: 1x8192x28672 (256 streaming blocks, three fit per SM) 50.2 vs 45.6 us,
+  // 32x11008x4096 (86 warp-specialized blocks, two fit per SM) 19.5 vs 16.2.
+  const bool programmatic_helps =
+      fills_the_gpu || (config.family == KernelFamily::kStreamingSm80 && blocks <= sm_count_);
   const ProgrammaticLaunch mode = programmatic_launch();
-  const bool programmatic = entry->compiled_arch >= 90 && (mode == ProgrammaticLaunch::kAlways ||
-                                                           (mode == ProgrammaticLaunch::kWhereItHelps && fills_the_gpu));
+  const bool programmatic =
+      entry->compiled_arch >= 90 && (mode == ProgrammaticLaunch::kAlways ||
+                                     (mode == ProgrammaticLaunch::kWhereItHelps && programmatic_helps));
   params.launch_dependents_at_entry = config.family == KernelFamily::kStreamingSm80 && fills_the_gpu;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
