@@ -288,6 +288,7 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
       entry->compiled_arch >= 90 && (mode == ProgrammaticLaunch::kAlways ||
                                      (mode == ProgrammaticLaunch::kWhereItHelps && programmatic_helps));
   params.launch_dependents_at_entry = config.family == KernelFamily::kStreamingSm80 && fills_the_gpu;
+  params.programmatic = programmatic;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }

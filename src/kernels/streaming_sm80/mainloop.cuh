@@ -236,9 +236,9 @@ struct Mainloop {
     clear(partial);
 
     // Prologue. Before waiting for the previous kernel in the stream (programmatic dependent
-    // launch) nothing is read: lane f asks L2 for the first k-blocks of fragment f's weight run
-    // (contiguous: one request), so that at decode sizes the HBM latency of this warp's first
-    // copies overlaps the previous kernel's tail. Eight k-blocks (4 KB per fragment) cover a
+    // launch) nothing is read: when launched programmatically, lane f asks L2 for the first
+    // k-blocks of fragment f's weight run (contiguous: one request), so that at decode sizes the
+    // HBM latency of this warp's first copies overlaps the previous kernel's tail. Eight k-blocks (4 KB per fragment) cover a
     // warp's whole range on one-wave decode layers (4-8 k-blocks per warp) and stay far below L2
     // for the largest grids (132 SMs x 16 warps x 2 fragments x 4 KB = 17 MB). After the wait,
     // the first Stages - 1 k-blocks are copied as any other, mostly out of L2.
@@ -247,7 +247,7 @@ struct Mainloop {
     #pragma unroll
     for (int f = 0; f < kFragmentsN; ++f) {
       // weight_source[f] points at this lane's 16 bytes of the run's first tile.
-      if (lane == f && fragment_valid[f] && prefetch_bytes > 0) {
+      if (params.programmatic && lane == f && fragment_valid[f] && prefetch_bytes > 0) {
         ptx::prefetch_l2_bulk(weight_source[f] - lane * 16, prefetch_bytes);
       }
     }

@@ -326,14 +326,15 @@ struct Mainloop {
     const int iterations = (work.k_block_end - work.k_block_begin + Tile::kWarpsK - 1) / Tile::kWarpsK;
     auto slots_of = [&](int stage) { return min(Tile::kWarpsK, work.k_block_end - work.k_block_begin - stage * Tile::kWarpsK); };
     // Prologue. Before waiting for the previous kernel in the stream (programmatic dependent
-    // launch) nothing is read: thread r asks L2 for row block r's weights of the first kInFlight
-    // stages (one contiguous run per row block, packed_layout.h), so that at decode sizes the
-    // HBM latency of the first copies overlaps the previous kernel's tail. After the wait the
-    // first stages are copied as any other, their weights mostly out of L2.
+    // launch) nothing is read: when launched programmatically, thread r asks L2 for row block r's
+    // weights of the first kInFlight stages (one contiguous run per row block, packed_layout.h),
+    // so that at decode sizes the HBM latency of the first copies overlaps the previous kernel's
+    // tail. After the wait the first stages are copied as any other, their weights mostly out of L2.
     {
       const int k_blocks = work.k_block_end - work.k_block_begin;
       const int row_block = work.n_begin / layout::kTileRows + static_cast<int>(threadIdx.x);
-      if (threadIdx.x < Tile::kTileN / layout::kTileRows && row_block < params.n / layout::kTileRows && k_blocks > 0) {
+      if (params.programmatic && threadIdx.x < Tile::kTileN / layout::kTileRows &&
+          row_block < params.n / layout::kTileRows && k_blocks > 0) {
         const uint32_t bytes = static_cast<uint32_t>(min(k_blocks, kInFlight * Tile::kWarpsK)) * layout::kTileBytes;
         ptx::prefetch_l2_bulk(static_cast<const uint8_t*>(params.packed_weights) +
                                   layout::tile_offset_bytes(row_block, work.k_block_begin, params.k),

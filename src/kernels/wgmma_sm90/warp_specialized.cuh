@@ -150,10 +150,12 @@ struct WarpSpecialized {
     };
 
     // Before waiting for the previous kernel in the stream (programmatic dependent launch) nothing
-    // is read: the first slots' weights are only asked of L2, so that their HBM latency overlaps
-    // that kernel's tail. The slots themselves are loaded after the wait.
+    // is read: when launched programmatically, the first slots' weights are only asked of L2, so
+    // that their HBM latency overlaps that kernel's tail. The slots are loaded after the wait.
     const int prologue = min(kStages, slots_needed);
-    for (int i = 0; i < prologue; ++i) tma_prefetch_3d(&maps.weights, 0, work.k_block_begin + 2 * i, row_block);
+    if (params.programmatic) {
+      for (int i = 0; i < prologue; ++i) tma_prefetch_3d(&maps.weights, 0, work.k_block_begin + 2 * i, row_block);
+    }
     ptx::grid_dependency_wait();
     for (int i = 0; i < prologue; ++i) issue_slot(i, i);
     // Slot i % Stages was last used by slot i - Stages: wait for its release (the empty barrier's
