@@ -235,22 +235,11 @@ struct Mainloop {
     clear(accumulators);
     clear(partial);
 
-    // Prologue. Before waiting for the previous kernel in the stream (programmatic dependent
-    // launch) nothing is read: when launched programmatically, lane f asks L2 for the first
-    // k-blocks of fragment f's weight run (contiguous: one request), so that at decode sizes the
-    // HBM latency of this warp's first copies overlaps the previous kernel's tail. Eight k-blocks (4 KB per fragment) cover a
-    // warp's whole range on one-wave decode layers (4-8 k-blocks per warp) and stay far below L2
-    // for the largest grids (132 SMs x 16 warps x 2 fragments x 4 KB = 17 MB). After the wait,
-    // the first Stages - 1 k-blocks are copied as any other, mostly out of L2.
-    constexpr int kPrefetchKBlocks = 8;
-    const uint32_t prefetch_bytes = static_cast<uint32_t>(min(count, kPrefetchKBlocks)) * layout::kTileBytes;
-    #pragma unroll
-    for (int f = 0; f < kFragmentsN; ++f) {
-      // weight_source[f] points at this lane's 16 bytes of the run's first tile.
-      if (params.programmatic && lane == f && fragment_valid[f] && prefetch_bytes > 0) {
-        ptx::prefetch_l2_bulk(weight_source[f] - lane * 16, prefetch_bytes);
-      }
-    }
+    // Prologue. Nothing is read before waiting for the previous kernel in the stream
+    // (programmatic dependent launch). Unlike the other families, no L2 prefetch of the weights
+    // either: a bulk prefetch ahead of the warp's own first copies delayed them (same-binary A/B
+    // on H100, bench/NOTES.md entry 20: 1x4096x4096 5.3 us without, 5.7 with; 16x11008x4096 15.0
+    // vs 16.1).
     ptx::grid_dependency_wait();
     #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {

@@ -27,8 +27,9 @@ struct Params {
   // than after its mainloop (see gemm_tile). The runner sets it where the grid leaves at most
   // half an SM's worth of free block slots per SM on average.
   bool launch_dependents_at_entry = false;
-  // Launched programmatically (PDL): the prologue then warms L2 with its first weights before
-  // waiting for the previous kernel. Without PDL there is nothing to overlap: the copies go first.
+  // Launched programmatically (PDL): the multistage and warp-specialized prologues then warm L2
+  // with their first weights before waiting for the previous kernel. Without PDL there is nothing
+  // to overlap, and the prefetch only delayed the copies (bench/NOTES.md, entry 20).
   bool programmatic = false;
 };
 
