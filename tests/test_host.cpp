@@ -789,6 +789,47 @@ TEST(Runner, WorkspaceSizeSaturatesInsteadOfWrapping) {
   EXPECT_EQ(runner.workspace_bytes(big, big, 4096, split), 0u);
 }
 
+// Programmatic launch where the grid cannot be placed badly (fills the GPU's block slots), and for
+// streaming grids of at most one block per SM; streaming grids that fill the GPU also trigger
+// their successor at entry. The block counts are the measured cases of bench/NOTES.md, entry 20.
+TEST(Heuristics, LaunchOverlap) {
+  const int sms = 132;
+  using heuristics::launch_overlap;
+  // 1x4096x4096, 16-warp streaming tile: 128 blocks, one fits per SM.
+  auto o = launch_overlap(KernelFamily::kStreamingSm80, 128, 1, sms);
+  EXPECT_TRUE(o.programmatic_helps);
+  EXPECT_TRUE(o.launch_dependents_at_entry);
+  // 1x11008x4096, 8-warp streaming tile: 344 blocks, three fit per SM (52 free slots).
+  o = launch_overlap(KernelFamily::kStreamingSm80, 344, 3, sms);
+  EXPECT_TRUE(o.programmatic_helps);
+  EXPECT_TRUE(o.launch_dependents_at_entry);
+  // 16x4096x4096: 128 streaming blocks of three per SM: programmatic, but the trigger stays late.
+  o = launch_overlap(KernelFamily::kStreamingSm80, 128, 3, sms);
+  EXPECT_TRUE(o.programmatic_helps);
+  EXPECT_FALSE(o.launch_dependents_at_entry);
+  // 1x8192x28672: 256 streaming blocks of three per SM (140 free slots): neither.
+  o = launch_overlap(KernelFamily::kStreamingSm80, 256, 3, sms);
+  EXPECT_FALSE(o.programmatic_helps);
+  EXPECT_FALSE(o.launch_dependents_at_entry);
+  // 32x11008x4096: 86 warp-specialized blocks of two per SM: neither.
+  o = launch_overlap(KernelFamily::kWarpSpecializedSm90, 86, 2, sms);
+  EXPECT_FALSE(o.programmatic_helps);
+  EXPECT_FALSE(o.launch_dependents_at_entry);
+  // 128x28672x8192: 112 blocks of one per SM (20 free): programmatic; only streaming tiles
+  // ever trigger at entry.
+  o = launch_overlap(KernelFamily::kWarpSpecializedSm90, 112, 1, sms);
+  EXPECT_TRUE(o.programmatic_helps);
+  EXPECT_FALSE(o.launch_dependents_at_entry);
+  // More blocks than slots (several waves): the grid fills the GPU.
+  o = launch_overlap(KernelFamily::kTensorCoreSm80, 896, 2, sms);
+  EXPECT_TRUE(o.programmatic_helps);
+  EXPECT_FALSE(o.launch_dependents_at_entry);
+  // An occupancy query that failed (0 blocks per SM) never counts as filling the GPU.
+  o = launch_overlap(KernelFamily::kStreamingSm80, 500, 0, sms);
+  EXPECT_FALSE(o.programmatic_helps);
+  EXPECT_FALSE(o.launch_dependents_at_entry);
+}
+
 TEST(Heuristics, FamilyAndFallback) {
   const heuristics::DeviceTraits hopper{90, 132}, ampere{80, 108};
   const std::vector<KernelConfig> everything = every_config(true);

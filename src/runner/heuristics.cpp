@@ -214,4 +214,28 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   return dequant;
 }
 
+LaunchOverlap launch_overlap(KernelFamily family, long long blocks, int resident_blocks_per_sm, int sm_count) {
+  // A programmatic launch's blocks are placed as soon as the previous kernel triggers, into
+  // whatever block slots are free then. A grid that fills the GPU's slots (at most half a free
+  // slot per SM) cannot be placed badly; a smaller one got several blocks crowded onto the SMs the
+  // previous kernel freed first and ran up to 20% slower, except streaming grids of at most one
+  // block per SM, which gained. Same-binary A/B on H100 (bench/NOTES.md, entry 20): 16x4096x4096
+  // (128 streaming blocks) 6.8 vs 8.2 us programmatic vs not; 1x8192x28672 (256 streaming blocks,
+  // three fit per SM) 50.2 vs 45.6; 32x11008x4096 (86 warp-specialized blocks, two fit) 19.5 vs
+  // 16.2; grids that fill the GPU gained or tied.
+  //
+  // The same test decides whether a streaming grid lets its successor launch at its entry: the
+  // successor's early blocks then only get the few slots this grid leaves (1x11008x4096: 11.1 vs
+  // 12.5 us), where a grid leaving many free had them crowd in (forced three-per-SM tile at
+  // 1x4096x4096: 9.0 vs 6.1).
+  const bool streaming = family == KernelFamily::kStreamingSm80;
+  const bool known = resident_blocks_per_sm > 0 && sm_count > 0;
+  const bool fills_the_gpu =
+      known && static_cast<long long>(sm_count) * resident_blocks_per_sm - blocks <= sm_count / 2;
+  LaunchOverlap overlap;
+  overlap.programmatic_helps = fills_the_gpu || (known && streaming && blocks <= sm_count);
+  overlap.launch_dependents_at_entry = streaming && fills_the_gpu;
+  return overlap;
+}
+
 }  // namespace w4a16::heuristics

@@ -1,6 +1,6 @@
 #pragma once
 // The heuristic default config: a tile-size table indexed by m, and a split-K rule that fills the
-// GPU. Kept apart from the runner so tuning touches one file.
+// GPU; and where a programmatic launch pays. Kept apart from the runner so tuning touches one file.
 
 #include <vector>
 
@@ -19,5 +19,13 @@ const std::vector<int>& split_k_choices();
 // Picks from `available` (the runner's config list); falls back to dequant_cublas when the
 // preferred tensor-core tile is not compiled for this device.
 KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::vector<KernelConfig>& available);
+
+// Programmatic dependent launch (sm_90) for one launch of a fused kernel whose grid has `blocks`
+// blocks, `resident_blocks_per_sm` of which fit on an SM at once (0: unknown).
+struct LaunchOverlap {
+  bool programmatic_helps;          // launch it programmatically under ProgrammaticLaunch::kWhereItHelps
+  bool launch_dependents_at_entry;  // streaming tiles: let the next kernel launch at this one's entry
+};
+LaunchOverlap launch_overlap(KernelFamily family, long long blocks, int resident_blocks_per_sm, int sm_count);
 
 }  // namespace w4a16::heuristics

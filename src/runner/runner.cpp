@@ -268,26 +268,18 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   params.group_shift = group_shift(args.k, args.group_size);
   params.alpha = args.alpha;
   params.split_k = config.split_k;
-  // Does the grid fill the GPU's block slots (at most half a free slot per SM)? Then it may launch
-  // programmatically (see ProgrammaticLaunch) and, for streaming tiles, let the next kernel launch
-  // at its entry: the next kernel's early blocks then only get the few slots this grid leaves
-  // (tensor_core_sm80/kernel.cuh, gemm_tile). What a programmatic launch overlaps: the prologue
-  // of tensor_core_sm80/mainloop.cuh. The reduce kernel is built for the same targets as the
-  // fused one, so one arch check covers both.
+  // Programmatic launch (see ProgrammaticLaunch; what it overlaps: the prologues of the kernel
+  // families) and the streaming tiles' trigger point, per launch: heuristics::launch_overlap. The
+  // reduce kernel is built for the same targets as the fused one, so one arch check covers both.
   const long long blocks = static_cast<long long>((args.m + config.tile_m - 1) / config.tile_m) *
                            ((args.n + config.tile_n - 1) / config.tile_n) * config.split_k;
-  const bool fills_the_gpu = static_cast<long long>(sm_count_) * entry->resident_blocks_per_sm - blocks <= sm_count_ / 2;
-  // Where the programmatic launch helps (bench/NOTES.md, entry 20, same-binary A/B on H100): grids
-  // that fill the GPU, and streaming grids of at most one block per SM (16x4096x4096 6.8 vs 8.2
-  // us). Not elsewhere: 1x8192x28672 (256 streaming blocks, three fit per SM) 50.2 vs 45.6 us,
-  // 32x11008x4096 (86 warp-specialized blocks, two fit per SM) 19.5 vs 16.2.
-  const bool programmatic_helps =
-      fills_the_gpu || (config.family == KernelFamily::kStreamingSm80 && blocks <= sm_count_);
+  const heuristics::LaunchOverlap overlap =
+      heuristics::launch_overlap(config.family, blocks, entry->resident_blocks_per_sm, sm_count_);
   const ProgrammaticLaunch mode = programmatic_launch();
   const bool programmatic =
       entry->compiled_arch >= 90 && (mode == ProgrammaticLaunch::kAlways ||
-                                     (mode == ProgrammaticLaunch::kWhereItHelps && programmatic_helps));
-  params.launch_dependents_at_entry = config.family == KernelFamily::kStreamingSm80 && fills_the_gpu;
+                                     (mode == ProgrammaticLaunch::kWhereItHelps && overlap.programmatic_helps));
+  params.launch_dependents_at_entry = overlap.launch_dependents_at_entry;
   params.programmatic = programmatic;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());

@@ -24,8 +24,7 @@ struct Params {
   float alpha = 1.0f;
   int split_k = 1;
   // Streaming tiles only: let the next kernel in the stream launch at this kernel's entry rather
-  // than after its mainloop (see gemm_tile). The runner sets it where the grid leaves at most
-  // half an SM's worth of free block slots per SM on average.
+  // than after its mainloop (see gemm_tile); runner/heuristics.cpp (launch_overlap) decides.
   bool launch_dependents_at_entry = false;
   // Launched programmatically (PDL): the multistage and warp-specialized prologues then warm L2
   // with their first weights before waiting for the previous kernel. Without PDL there is nothing
