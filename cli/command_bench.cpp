@@ -232,7 +232,7 @@ nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
 const char* programmatic_launch_name(GemmRunner::ProgrammaticLaunch mode) {
   switch (mode) {
     case GemmRunner::ProgrammaticLaunch::kOff: return "off";
-    case GemmRunner::ProgrammaticLaunch::kWhereItHelps: return "where it helps";
+    case GemmRunner::ProgrammaticLaunch::kWhereItHelps: return "auto";
     case GemmRunner::ProgrammaticLaunch::kAlways: return "always";
   }
   return "?";
@@ -274,7 +274,7 @@ int run_bench(const BenchOptions& options) {
   for (const auto& [name, tflops] : ceilings.fp16_by_shape) std::printf(" %s: %.0f", name.c_str(), tflops);
   std::printf(")\n");
   std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d, "
-              "programmatic dependent launch %s\n\n",
+              "programmatic dependent launch: %s\n\n",
               options.group, options.repeats, programmatic_launch_name(runner.programmatic_launch()));
   std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %8s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
               "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "floor us", "flr%", "cuBLAS us", "eff%", "speedup");

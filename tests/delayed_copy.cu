@@ -9,8 +9,14 @@ __global__ void delayed_copy_kernel(const DelayedCopy job) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
-  const long long start = clock64();
-  while (clock64() - start < job.delay_cycles) {
+  // %globaltimer counts nanoseconds whatever the SM clock.
+  auto now = [] {
+    unsigned long long time;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(time));
+    return time;
+  };
+  const unsigned long long start = now();
+  while (now() - start < job.delay_nanoseconds) {
   }
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   for (int c = 0; c < DelayedCopy::kMaxCopies; ++c) {

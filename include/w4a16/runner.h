@@ -126,16 +126,21 @@ class GemmRunner {
                  cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
 
   // Programmatic dependent launch (PDL, sm_90+): a kernel may start while the previous kernel in
-  // the stream is finishing; it sets up shared memory and asks L2 for its first weights, and
-  // waits for that kernel's completion before it reads or writes any global memory. So it is
-  // safe whatever the previous kernel writes, weights included. Applies only to kernels whose
-  // binary was built for sm_90+ (a JIT-compiled sm_80 body never uses it).
+  // the stream is finishing. Before its griddepcontrol.wait it only sets up shared memory and (the
+  // multistage and warp-specialized kernels) asks L2 for its first weights; every global read and
+  // write comes after. So it is safe whatever the previous kernel writes, weights included.
+  // Applies only to kernels whose binary was built for sm_90+ (a JIT-compiled sm_80 body never
+  // uses it). Our kernels let their successor launch before they store C (after their mainloop,
+  // or at entry for decode grids that fill the GPU): a kernel of yours launched with PDL behind a
+  // GEMM must call cudaGridDependencySynchronize() before it reads C. Its early blocks also hold
+  // SM slots while they wait, which kernels in other streams then do not get.
   //   kWhereItHelps (default): grids that fill the GPU's block slots (at most half a free slot
   //     per SM), and streaming (decode) grids of at most one block per SM, launch early. Other
   //     grids launched early got their blocks placed into whatever slots the previous kernel
   //     freed first, several to an SM, and ran up to 20% slower (bench/NOTES.md, entry 20).
   //   kAlways: every launch (the tests use it to run every kernel's pre-wait path).
-  //   kOff: every launch waits for the previous kernel (what a per-kernel profiler may want).
+  //   kOff: no launch is programmatic (what a per-kernel profiler may want); no decode grid lets
+  //     its successor launch at its entry.
   enum class ProgrammaticLaunch { kOff, kWhereItHelps, kAlways };
   void set_programmatic_launch(ProgrammaticLaunch mode) { programmatic_launch_ = mode; }
   ProgrammaticLaunch programmatic_launch() const {

@@ -226,8 +226,8 @@ LaunchOverlap launch_overlap(KernelFamily family, long long blocks, int resident
   //
   // The same test decides whether a streaming grid lets its successor launch at its entry: the
   // successor's early blocks then only get the few slots this grid leaves (1x11008x4096: 11.1 vs
-  // 12.5 us), where a grid leaving many free had them crowd in (forced three-per-SM tile at
-  // 1x4096x4096: 9.0 vs 6.1).
+  // 12.5 us, measured while the streaming prologue still prefetched its weights), where a grid
+  // leaving many free had them crowd in (forced three-per-SM tile at 1x4096x4096: 9.0 vs 6.1).
   const bool streaming = family == KernelFamily::kStreamingSm80;
   const bool known = resident_blocks_per_sm > 0 && sm_count > 0;
   const bool fills_the_gpu =

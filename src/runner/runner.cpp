@@ -271,24 +271,23 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
   // Programmatic launch (see ProgrammaticLaunch; what it overlaps: the prologues of the kernel
   // families) and the streaming tiles' trigger point, per launch: heuristics::launch_overlap. The
   // reduce kernel is built for the same targets as the fused one, so one arch check covers both.
-  const long long blocks = static_cast<long long>((args.m + config.tile_m - 1) / config.tile_m) *
-                           ((args.n + config.tile_n - 1) / config.tile_n) * config.split_k;
+  const long long blocks = output_tiles(args, config) * config.split_k;
   const heuristics::LaunchOverlap overlap =
       heuristics::launch_overlap(config.family, blocks, entry->resident_blocks_per_sm, sm_count_);
   const ProgrammaticLaunch mode = programmatic_launch();
   const bool programmatic =
       entry->compiled_arch >= 90 && (mode == ProgrammaticLaunch::kAlways ||
                                      (mode == ProgrammaticLaunch::kWhereItHelps && overlap.programmatic_helps));
-  params.launch_dependents_at_entry = overlap.launch_dependents_at_entry;
+  params.launch_dependents_at_entry = overlap.launch_dependents_at_entry && mode != ProgrammaticLaunch::kOff;
   params.programmatic = programmatic;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }
   if (config.split_k > 1) {
-    // The reduce reads nothing before griddepcontrol.wait (its first instruction), so it always
-    // launches programmatically behind the GEMM on sm_90, whatever the GEMM's launch mode:
-    // its launch then overlaps the GEMM's tail instead of following it.
-    const bool reduce_programmatic = sm_version_ >= 90 && entry->compiled_arch >= 90;
+    // The reduce reads nothing before griddepcontrol.wait (its first instruction), so unless PDL
+    // is off it launches programmatically behind the GEMM, whatever the GEMM's own launch: its
+    // launch then overlaps the GEMM's tail instead of following it.
+    const bool reduce_programmatic = mode != ProgrammaticLaunch::kOff && entry->compiled_arch >= 90;
     if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, reduce_programmatic);
         error != cudaSuccess) {
       return cuda_status(error, "split-K reduce launch");

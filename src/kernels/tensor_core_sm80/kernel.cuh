@@ -39,12 +39,12 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* shared)
   static_assert(!Tile::kWarpSpecialized, "see wgmma_sm90::warp_specialized_kernel");
   // Streaming (decode) tiles may let the next kernel in the stream launch at once. The launch
   // happens once every block of this grid has triggered, so all of them are resident by then and
-  // the next kernel's blocks take only the slots this grid leaves free; before their
-  // griddepcontrol.wait they only warm L2 with their weights, so the next call's first weights
-  // stream in while this call's do. Where the grid leaves many slots free (a 128-block grid of
-  // three-per-SM blocks), those blocks crowd onto SMs this grid is using and the pair runs far
-  // slower, hence the runner's choice per launch (bench/NOTES.md, entry 20: 1x11008x4096 11.1
-  // vs 12.5 us with the trigger at entry; 1x4096x4096 on a three-per-SM tile 9.0 vs 6.1).
+  // the next kernel's blocks take only the slots this grid leaves free, where they get through
+  // their launch and setup (and, for multistage and warp-specialized successors, warm L2 with
+  // their first weights) before their griddepcontrol.wait. Where the grid leaves many slots free
+  // (a 128-block grid of three-per-SM blocks), those blocks crowd onto SMs this grid is using and
+  // the pair runs far slower, hence the choice per launch (runner/heuristics.cpp, launch_overlap;
+  // bench/NOTES.md, entry 20).
   const bool trigger_at_entry = Tile::kStreaming && params.launch_dependents_at_entry;
   if (trigger_at_entry) ptx::launch_dependent_grids();
   const TileWork work = schedule_tile<Tile>(params);
@@ -60,8 +60,8 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* shared)
   typename Loop::Accumulators accumulators;
   Loop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
   // Otherwise: every load of this block is done; let the next kernel in the stream launch once
-  // all blocks got here, so its prologue (weight prefetch) overlaps this kernel's reduction,
-  // epilogue and tail. Triggering multistage tiles at kernel entry was measured slower: the next
+  // all blocks got here, so its launch and prologue overlap this kernel's reduction, epilogue and
+  // tail. Triggering multistage tiles at kernel entry was measured slower: the next
   // kernel's blocks were then placed onto busy SMs, unevenly, and its makespan doubled for coarse
   // grids (bench/NOTES.md, entry 9).
   if (!trigger_at_entry) ptx::launch_dependent_grids();
@@ -102,11 +102,14 @@ int compiled_for() {
   return attributes.ptxVersion;
 }
 
+// How many blocks of Kernel an SM of the current device holds at once; 0 when the query fails
+// (the error is cleared: callers treat 0 as unknown).
 template <class Tile, auto Kernel>
 int resident_blocks_per_sm() {
   int blocks = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, Kernel, Tile::kBlockThreads, Tile::kSharedBytes) !=
       cudaSuccess) {
+    cudaGetLastError();
     return 0;
   }
   return blocks;

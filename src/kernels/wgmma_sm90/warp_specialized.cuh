@@ -289,6 +289,11 @@ __device__ __forceinline__ void warp_specialized_tile(const Params& params, cons
     Loop::consume(params, work, slots_address, full_address, empty_address, warp_m, warp_n, accumulators);
     // Every load of this block has landed (see tensor_core_sm80/kernel.cuh for why not earlier).
     ptx::launch_dependent_grids();
+    // Only the producer waited for the previous kernel; the consumers' stores are ordered after
+    // that wait through the slots they consumed, except where a split-K slice is empty (no slot):
+    // its zero partials must not be written before the previous kernel is done with the
+    // workspace. Free here: the dependency resolved long ago whenever there were slots.
+    ptx::grid_dependency_wait();
     tensor_core_sm80::Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
   }
 }
