@@ -793,41 +793,32 @@ TEST(Runner, WorkspaceSizeSaturatesInsteadOfWrapping) {
 // streaming grids of at most one block per SM; streaming grids that fill the GPU also trigger
 // their successor at entry. The block counts are the measured cases of bench/NOTES.md, entry 20.
 TEST(Heuristics, LaunchOverlap) {
-  const int sms = 132;
-  using heuristics::launch_overlap;
-  // 1x4096x4096, 16-warp streaming tile: 128 blocks, one fits per SM.
-  auto o = launch_overlap(KernelFamily::kStreamingSm80, 128, 1, sms);
-  EXPECT_TRUE(o.programmatic_helps);
-  EXPECT_TRUE(o.launch_dependents_at_entry);
-  // 1x11008x4096, 8-warp streaming tile: 344 blocks, three fit per SM (52 free slots).
-  o = launch_overlap(KernelFamily::kStreamingSm80, 344, 3, sms);
-  EXPECT_TRUE(o.programmatic_helps);
-  EXPECT_TRUE(o.launch_dependents_at_entry);
-  // 16x4096x4096: 128 streaming blocks of three per SM: programmatic, but the trigger stays late.
-  o = launch_overlap(KernelFamily::kStreamingSm80, 128, 3, sms);
-  EXPECT_TRUE(o.programmatic_helps);
-  EXPECT_FALSE(o.launch_dependents_at_entry);
-  // 1x8192x28672: 256 streaming blocks of three per SM (140 free slots): neither.
-  o = launch_overlap(KernelFamily::kStreamingSm80, 256, 3, sms);
-  EXPECT_FALSE(o.programmatic_helps);
-  EXPECT_FALSE(o.launch_dependents_at_entry);
-  // 32x11008x4096: 86 warp-specialized blocks of two per SM: neither.
-  o = launch_overlap(KernelFamily::kWarpSpecializedSm90, 86, 2, sms);
-  EXPECT_FALSE(o.programmatic_helps);
-  EXPECT_FALSE(o.launch_dependents_at_entry);
-  // 128x28672x8192: 112 blocks of one per SM (20 free): programmatic; only streaming tiles
-  // ever trigger at entry.
-  o = launch_overlap(KernelFamily::kWarpSpecializedSm90, 112, 1, sms);
-  EXPECT_TRUE(o.programmatic_helps);
-  EXPECT_FALSE(o.launch_dependents_at_entry);
-  // More blocks than slots (several waves): the grid fills the GPU.
-  o = launch_overlap(KernelFamily::kTensorCoreSm80, 896, 2, sms);
-  EXPECT_TRUE(o.programmatic_helps);
-  EXPECT_FALSE(o.launch_dependents_at_entry);
-  // An occupancy query that failed (0 blocks per SM) never counts as filling the GPU.
-  o = launch_overlap(KernelFamily::kStreamingSm80, 500, 0, sms);
-  EXPECT_FALSE(o.programmatic_helps);
-  EXPECT_FALSE(o.launch_dependents_at_entry);
+  struct Case {
+    const char* shape;
+    KernelFamily family;
+    long long blocks;
+    int resident_blocks_per_sm;  // 0: the occupancy query failed
+    bool programmatic, at_entry;
+  };
+  const Case cases[] = {
+      {"1x4096x4096, 16-warp streaming tile, one per SM", KernelFamily::kStreamingSm80, 128, 1, true, true},
+      {"1x11008x4096, 8-warp streaming tile, three per SM (52 free)", KernelFamily::kStreamingSm80, 344, 3, true, true},
+      {"16x4096x4096, streaming, three per SM: programmatic, late trigger", KernelFamily::kStreamingSm80, 128, 3,
+       true, false},
+      {"1x8192x28672, streaming, three per SM (140 free)", KernelFamily::kStreamingSm80, 256, 3, false, false},
+      {"32x11008x4096, warp-specialized, two per SM", KernelFamily::kWarpSpecializedSm90, 86, 2, false, false},
+      {"128x28672x8192, warp-specialized, one per SM (20 free): never at entry", KernelFamily::kWarpSpecializedSm90,
+       112, 1, true, false},
+      {"several waves: fills the GPU", KernelFamily::kTensorCoreSm80, 896, 2, true, false},
+      {"unknown occupancy never counts as filling", KernelFamily::kStreamingSm80, 500, 0, false, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.shape);
+    const heuristics::LaunchOverlap overlap =
+        heuristics::launch_overlap(c.family, c.blocks, c.resident_blocks_per_sm, /*sm_count=*/132);
+    EXPECT_EQ(overlap.programmatic_helps, c.programmatic);
+    EXPECT_EQ(overlap.launch_dependents_at_entry, c.at_entry);
+  }
 }
 
 TEST(Heuristics, FamilyAndFallback) {
