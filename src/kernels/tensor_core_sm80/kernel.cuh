@@ -61,9 +61,9 @@ __device__ __forceinline__ void gemm_tile(const Params& params, uint8_t* shared)
   Loop::run(params, work, shared, warp_m, warp_n, warp_k, accumulators);
   // Otherwise: every load of this block is done; let the next kernel in the stream launch once
   // all blocks got here, so its launch and prologue overlap this kernel's reduction, epilogue and
-  // tail. Triggering multistage tiles at kernel entry was measured slower: the next
-  // kernel's blocks were then placed onto busy SMs, unevenly, and its makespan doubled for coarse
-  // grids (bench/NOTES.md, entry 9).
+  // tail. Triggering multistage tiles at kernel entry was measured slower: the next kernel's
+  // blocks were then placed onto busy SMs, unevenly, and its makespan doubled for coarse grids
+  // (bench/NOTES.md, entry 9).
   if (!trigger_at_entry) ptx::launch_dependent_grids();
   Mainloop<Tile>::reduce_across_warps_k(shared, warp_m, warp_n, warp_k, accumulators);
   if (warp_k == 0) Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
