@@ -886,13 +886,14 @@ TEST(Heuristics, FamilyAndFallback) {
   // tiles, without split-K; the multistage tiles keep the largest layers (and m = 9..16 on
   // layers beyond 8192 x 11008).
   const std::vector<KernelConfig> with_streaming = every_config(true, true, true);
-  for (const auto& [m, n, k] : {std::tuple{1, 4096, 4096}, {8, 11008, 4096}, {1, 8192, 28672}, {16, 8192, 8192}}) {
+  for (const auto& [m, n, k] :
+       {std::tuple{1, 4096, 4096}, {8, 11008, 4096}, {1, 8192, 28672}, {16, 8192, 8192}, {16, 4096, 11008}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
     EXPECT_EQ(c.family, KernelFamily::kStreamingSm80) << m << "x" << n << "x" << k << ": " << c.name();
     EXPECT_EQ(c.split_k, 1) << c.name();
     EXPECT_EQ(c.tile_m, m <= 8 ? 8 : 16) << c.name();
-    // 16 warps along k where the layer is at most one 32-channel tile per SM (m <= 8), else 8.
-    EXPECT_EQ(c.warps_k, m <= 8 && n / 32 <= hopper.sm_count ? 16 : 8) << c.name();
+    // 16 warps along k where the layer is at most one 32-channel tile per SM, else 8.
+    EXPECT_EQ(c.warps_k, n / 32 <= hopper.sm_count ? 16 : 8) << c.name();
   }
   for (const auto& [m, n, k] : {std::tuple{1, 28672, 8192}, {16, 8192, 28672}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);

@@ -100,12 +100,16 @@ constexpr TileChoice kStreamingTiles[] = {
     {16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
 };
 constexpr double kStreamingMaxTilesPerSm = 3.0;
-// ... and at m <= 8 on layers of at most one such tile per SM (4096 x 4096, 4096 x 11008), 16 warps
-// along k instead of 8: with one block per SM, twice the warps share each block's k range, so
-// the last k-blocks' math after the bytes have landed (the call's tail) halves. Forced-config
-// sweep (bench/NOTES.md, entry 19): 1x4096x11008 11.0 vs 11.9 us, 8x4096x4096 6.1 vs 6.4,
-// 1x2048x8192 7.7 vs 8.9; at 8192 x 8192 (two tiles per SM) 16.7 vs 14.6, hence the limit.
-constexpr TileChoice kStreamingOneWaveTile = {8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80};
+// ... and on layers of at most one such tile per SM (4096 x 4096, 4096 x 11008), 16 warps along k
+// instead of 8: with one block per SM, twice the warps share each block's k range, so the last
+// k-blocks' math after the bytes have landed (the call's tail) halves. Forced-config sweeps
+// (bench/NOTES.md, entries 19 and 21): 1x4096x11008 11.0 vs 11.9 us, 8x4096x4096 6.1 vs 6.4,
+// 1x2048x8192 7.7 vs 8.9, 16x4096x11008 12.1 vs 13.4, 16x4096x4096 6.3 vs 6.4; at 8192 x 8192 (two
+// tiles per SM) 16.7 vs 14.6, hence the limit. Deeper rings (4 or 5 stages) gained nothing.
+constexpr TileChoice kStreamingOneWaveTiles[] = {
+    {8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+    {16, 16, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+};
 constexpr long long kStreamingMaxElementsM16 = 8192LL * 11008;
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
@@ -155,10 +159,11 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   const long long wide_k_blocks = (static_cast<long long>(n) + kWideKDecodeTile.tile_n - 1) / kWideKDecodeTile.tile_n;
   const bool wide_k = m <= 8 && !small_layer && wide_k_blocks >= kWideKMinBlocksPerSm * device.sm_count &&
                       wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
-  const bool one_wave = m <= kStreamingOneWaveTile.max_m &&
-                        static_cast<long long>(n) / kStreamingOneWaveTile.tile_n <= device.sm_count &&
-                        is_available(config_of(kStreamingOneWaveTile));
-  const TileChoice* const streaming_tile = one_wave                          ? &kStreamingOneWaveTile
+  const TileChoice& one_wave_tile = m <= kStreamingOneWaveTiles[0].max_m ? kStreamingOneWaveTiles[0]
+                                                                          : kStreamingOneWaveTiles[1];
+  const bool one_wave = m <= one_wave_tile.max_m && static_cast<long long>(n) / one_wave_tile.tile_n <= device.sm_count &&
+                        is_available(config_of(one_wave_tile));
+  const TileChoice* const streaming_tile = one_wave                          ? &one_wave_tile
                                            : m <= kStreamingTiles[0].max_m ? &kStreamingTiles[0]
                                                                            : &kStreamingTiles[1];
   const bool streaming = m <= kStreamingTiles[1].max_m &&

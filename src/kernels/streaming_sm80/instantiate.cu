@@ -25,6 +25,7 @@ void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_kernel<Tile<16, 64, 1, 1, 8, 4, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<16, 32, 1, 1, 8, 4, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<16, 64, 1, 2, 4, 4, KLoop::kStreaming>>());
+  table.push_back(compiled_kernel<Tile<16, 32, 1, 1, 16, 3, KLoop::kStreaming>>());
 }
 
 }  // namespace w4a16::tensor_core_sm80
