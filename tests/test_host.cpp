@@ -805,7 +805,7 @@ TEST(Heuristics, LaunchOverlap) {
       {"1x11008x4096, 8-warp streaming tile, three per SM (52 free)", KernelFamily::kStreamingSm80, 344, 3, true, true},
       {"16x4096x4096, streaming, three per SM: programmatic, late trigger", KernelFamily::kStreamingSm80, 128, 3,
        true, false},
-      {"1x8192x28672, streaming, three per SM (140 free)", KernelFamily::kStreamingSm80, 256, 3, false, false},
+      {"256 streaming blocks, three per SM (140 free)", KernelFamily::kStreamingSm80, 256, 3, false, false},
       {"32x11008x4096, warp-specialized, two per SM", KernelFamily::kWarpSpecializedSm90, 86, 2, false, false},
       {"128x28672x8192, warp-specialized, one per SM (20 free): never at entry", KernelFamily::kWarpSpecializedSm90,
        112, 1, true, false},
@@ -882,23 +882,37 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_ws).family, KernelFamily::kTensorCoreSm80);
   // Without them, Hopper hands m >= 512 to dequant_cublas.
   EXPECT_EQ(heuristics::choose(512, 28672, 8192, hopper, everything).family, KernelFamily::kDequantCublas);
-  // With the streaming tiles: decode (m <= 16) on layers up to a few waves of their 32-channel
-  // tiles, without split-K; the multistage tiles keep the largest layers (and m = 9..16 on
-  // layers beyond 8192 x 11008).
+  // With the streaming tiles, decode (m <= 16) follows the streaming rules in order: one-wave
+  // 32-channel tiles with 16 warps, one-wave 64-channel tiles, 32-channel tiles up to three per SM,
+  // and at m <= 8 the 64-channel 8-warp tile on the largest layers; the multistage tiles keep
+  // m = 9..16 on the largest layers and on long k beyond the 32-channel rules' element limit.
   const std::vector<KernelConfig> with_streaming = every_config(true, true, true);
-  for (const auto& [m, n, k] :
-       {std::tuple{1, 4096, 4096}, {8, 11008, 4096}, {1, 8192, 28672}, {16, 8192, 8192}, {16, 4096, 11008}}) {
-    const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
-    EXPECT_EQ(c.family, KernelFamily::kStreamingSm80) << m << "x" << n << "x" << k << ": " << c.name();
-    EXPECT_EQ(c.split_k, 1) << c.name();
-    EXPECT_EQ(c.tile_m, m <= 8 ? 8 : 16) << c.name();
-    // 16 warps along k where the layer is at most one 32-channel tile per SM, else 8.
-    EXPECT_EQ(c.warps_k, n / 32 <= hopper.sm_count ? 16 : 8) << c.name();
+  const struct {
+    int m, n, k;
+    const char* config;
+  } decode_cases[] = {
+      {1, 4096, 4096, "st_m8n32_w1x1x16_s3_k1"},    {8, 4096, 11008, "st_m8n32_w1x1x16_s3_k1"},
+      {16, 4096, 11008, "st_m16n32_w1x1x16_s3_k1"}, {1, 8192, 8192, "st_m8n64_w1x1x16_s3_k1"},
+      {8, 8192, 28672, "st_m8n64_w1x1x16_s3_k1"},   {16, 8192, 8192, "st_m16n64_w1x1x8_s4_k1"},
+      {16, 8192, 28672, "st_m16n64_w1x1x8_s4_k1"},  {1, 11008, 4096, "st_m8n32_w1x1x8_s4_k1"},
+      {16, 11008, 4096, "st_m16n32_w1x1x8_s4_k1"},  {1, 28672, 8192, "st_m8n64_w1x1x8_s4_k1"},
+  };
+  for (const auto& c : decode_cases) {
+    EXPECT_EQ(heuristics::choose(c.m, c.n, c.k, hopper, with_streaming).name(), c.config)
+        << c.m << "x" << c.n << "x" << c.k;
   }
-  for (const auto& [m, n, k] : {std::tuple{1, 28672, 8192}, {16, 8192, 28672}}) {
+  // Unmeasured with streaming tiles: m = 9..16 on the 28672-wide layer, and on a one-wave layer with
+  // more weights than the 32-channel rules' limit; n between the 3-wave and the 2-wave rules.
+  for (const auto& [m, n, k] : {std::tuple{16, 28672, 8192}, {16, 4096, 28672}, {1, 14336, 4096}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
     EXPECT_EQ(c.family, KernelFamily::kTensorCoreSm80) << m << "x" << n << "x" << k << ": " << c.name();
   }
+  // A rule whose tile is not compiled here falls through to the next one that is.
+  std::vector<KernelConfig> without_wide_one_wave;
+  for (const KernelConfig& c : with_streaming) {
+    if (!(c.family == KernelFamily::kStreamingSm80 && c.tile_n == 64 && c.warps_k == 16)) without_wide_one_wave.push_back(c);
+  }
+  EXPECT_EQ(heuristics::choose(1, 8192, 8192, hopper, without_wide_one_wave).name(), "st_m8n32_w1x1x8_s4_k1");
 
   // Nothing compiled that the table names: dequant_cublas.
   KernelConfig dequant;

@@ -86,31 +86,53 @@ constexpr double kWideTileMinWaveUse = 0.8;
 constexpr int kDequantCublasMinM_Sm90 = 512;
 constexpr int kDequantCublasMinM_WarpSpecialized = 3072;
 
-// Decode (m <= 16) on layers up to a few waves of 32-channel tiles: the streaming family (warp-
-// private stages, no block barrier), 8 warps along k, 4 stages, no split-K. Read off a forced-
-// config sweep in the benchmark's graph harness (bench/NOTES.md, entry 16): on H100 it beats the
-// multistage decode tiles by 10-20% on 4096x4096 .. 8192x28672 (e.g. 1x4096x4096 6.1 vs 7.4 us,
-// 1x11008x4096 11.3 vs 13.2), while on 28672x8192 (896 such tiles) the multistage 128-channel
-// tile stays ahead (45.4 vs 46.1 us). At m = 9..16 (two 8-row fragments per warp) its win holds up
-// to 8192x8192 and turns into a 4% loss at 8192x28672, hence the element limit (set between the
-// two, at 8192x11008). Measured on H100 only; on parts with 100 KB of shared memory per SM (sm_86,
-// sm_89) one of these 68 KB blocks fits per SM, so "3 tiles per SM" means three waves there.
-constexpr TileChoice kStreamingTiles[] = {
-    {8, 8, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
-    {16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+// Decode (m <= 16): the streaming family (warp-private stages, no block barrier, no split-K). The
+// tile is the first of the rules below whose condition holds on this layer and which is compiled
+// and fits here (these tiles take 104-160 KB of shared memory: none fits on sm_86 / sm_89); where
+// none applies, the multistage tiles take over. Read off forced-config sweeps in the
+// benchmark's graph harness on H100 and H200 (bench/NOTES.md, entries 16, 19 and 21).
+//
+// What decides it is bytes in flight against the grid's shape. A warp keeps (Stages - 1) k-blocks
+// of its weights in flight (1 KB each at 32 channels, 2 KB at 64): on H100 ~6 MB over the GPU
+// covers HBM's bandwidth-latency product and the 32- and 64-channel tiles tie, but on H200 (4.5
+// TB/s) the 32-channel tiles stall at ~2.8 TB/s and the 64-channel ones run ~20% faster
+// (1x8192x28672 35.1 vs 43.2 us, 1x8192x8192 11.4 vs 14.0, 1x28672x8192 35.8 vs 43.8 for the
+// multistage tile) while tying on H100 (44.2 vs 44.4, 14.8 vs 14.7, 46.1 vs 45.5-46.2).
+struct StreamingRule {
+  TileChoice tile;
+  double max_tiles_per_sm;            // the rule holds up to this many tiles per SM ...
+  double min_tiles_per_sm = 0.0;      // ... and above this many
+  long long max_elements_m16 = std::numeric_limits<long long>::max();  // n * k limit at m > 8
 };
-constexpr double kStreamingMaxTilesPerSm = 3.0;
-// ... and on layers of at most one such tile per SM (4096 x 4096, 4096 x 11008), 16 warps along k
-// instead of 8: with one block per SM, twice the warps share each block's k range, so the last
-// k-blocks' math after the bytes have landed (the call's tail) halves. Forced-config sweeps
-// (bench/NOTES.md, entries 19 and 21): 1x4096x11008 11.0 vs 11.9 us, 8x4096x4096 6.1 vs 6.4,
-// 1x2048x8192 7.7 vs 8.9, 16x4096x11008 12.1 vs 13.4, 16x4096x4096 6.3 vs 6.4; at 8192 x 8192 (two
-// tiles per SM) 16.7 vs 14.6, hence the limit. Deeper rings (4 or 5 stages) gained nothing.
-constexpr TileChoice kStreamingOneWaveTiles[] = {
-    {8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
-    {16, 16, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+constexpr StreamingRule kStreamingRules[] = {
+    // At most one 32-channel tile per SM (4096-wide layers): 16 warps along k, so the math left
+    // after the last bytes land (the call's tail) halves. 1x4096x11008 11.0 vs 11.9 us for 8 warps,
+    // 8x4096x4096 6.1 vs 6.4, 16x4096x11008 12.1 vs 13.4; deeper rings (4-5 stages) gained nothing
+    // on H100 (on H200 1x4096x4096 4.8 vs 5.0 us with 5 stages). At m = 9..16 only up to 8192 x
+    // 11008 weights, like the 8-warp tile below (longer k was not measured with this one).
+    {{8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0},
+    {{16, 16, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.0, 8192LL * 11008},
+    // More than one 32-channel tile per SM but at most one 64-channel tile (8192-wide layers; not
+    // on narrower ones, where 64-channel tiles would leave SMs idle): 64 channels per warp, 2 KB
+    // per k-block. m <= 8 with 16 warps (1x8192x8192 H100 14.8 vs 14.7 for the 32-channel tile, H200
+    // 11.4 vs 14.0); m = 9..16 with 8 warps and 4 stages, on any k (16x8192x8192 H100 16.1-16.4 vs
+    // 17.6-17.8, H200 15.1 vs 16.7; 16x8192x28672 H100 48.6-49.1 vs 51.0-51.6 for the multistage
+    // tile with split-K 4, H200 46.1 vs 45.8).
+    {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.5},
+    {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.5},
+    // Up to three 32-channel tiles per SM (11008-wide layers), 8 warps along k, 4 stages, three
+    // blocks per SM: 1x11008x4096 11.0 us against 12.7 for 64 channels per warp (which fit two
+    // per SM). At m = 9..16 (two 8-row fragments per warp) only up to 8192 x 11008 weights: beyond
+    // that the multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
+    {{8, 8, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0},
+    {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0, 0.0, 8192LL * 11008},
+    // The largest layers (28672-wide: more than two 64-channel tiles per SM), m <= 8: 64 channels
+    // per warp, 8 warps, two blocks per SM: H100 46.1 us against 45.5-46.2 for the multistage
+    // 128-channel tile, H200 35.8 vs 43.8. Layers between these and the rule above (12672 to
+    // 16896 channels on an H100) were not measured and keep the multistage tiles.
+    {{8, 8, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
+     std::numeric_limits<double>::max(), 2.0},
 };
-constexpr long long kStreamingMaxElementsM16 = 8192LL * 11008;
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
 // The mid-sized decode rule below uses the mma.sync target.
@@ -159,18 +181,20 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   const long long wide_k_blocks = (static_cast<long long>(n) + kWideKDecodeTile.tile_n - 1) / kWideKDecodeTile.tile_n;
   const bool wide_k = m <= 8 && !small_layer && wide_k_blocks >= kWideKMinBlocksPerSm * device.sm_count &&
                       wide_k_blocks < kTargetBlocksPerSm * device.sm_count;
-  const TileChoice& one_wave_tile = m <= kStreamingOneWaveTiles[0].max_m ? kStreamingOneWaveTiles[0]
-                                                                          : kStreamingOneWaveTiles[1];
-  const bool one_wave = m <= one_wave_tile.max_m && static_cast<long long>(n) / one_wave_tile.tile_n <= device.sm_count &&
-                        is_available(config_of(one_wave_tile));
-  const TileChoice* const streaming_tile = one_wave                          ? &one_wave_tile
-                                           : m <= kStreamingTiles[0].max_m ? &kStreamingTiles[0]
-                                                                           : &kStreamingTiles[1];
-  const bool streaming = m <= kStreamingTiles[1].max_m &&
-                         static_cast<double>(n) / streaming_tile->tile_n <= kStreamingMaxTilesPerSm * device.sm_count &&
-                         (m <= kStreamingTiles[0].max_m || static_cast<long long>(n) * k <= kStreamingMaxElementsM16);
+  // The first decode rule that holds (see kStreamingRules), or none.
+  const TileChoice* streaming_tile = nullptr;
+  for (const StreamingRule& rule : kStreamingRules) {
+    const TileChoice& tile = rule.tile;
+    if (m > tile.max_m || (m > 8 && static_cast<long long>(n) * k > rule.max_elements_m16)) continue;
+    if (m <= 8 && tile.max_m > 8) continue;  // an m <= 8 problem takes the 8-row tiles
+    const double tiles_per_sm = static_cast<double>(n) / tile.tile_n / device.sm_count;
+    if (tiles_per_sm > rule.max_tiles_per_sm || tiles_per_sm <= rule.min_tiles_per_sm) continue;
+    if (!is_available(config_of(tile))) continue;
+    streaming_tile = &tile;
+    break;
+  }
   const TileChoice* const first = warp_specialized && m >= kWarpSpecializedMinM ? warp_specialized_tile
-                                  : streaming && is_available(config_of(*streaming_tile)) ? streaming_tile
+                                  : streaming_tile != nullptr  ? streaming_tile
                                   : small_layer                ? small_layer_tile
                                   : wide_k                     ? &kWideKDecodeTile
                                                                : table_tile;
