@@ -88,8 +88,9 @@ constexpr int kDequantCublasMinM_WarpSpecialized = 3072;
 
 // Decode (m <= 16): the streaming family (warp-private stages, no block barrier, no split-K). The
 // tile is the first of the rules below whose condition holds on this layer and which is compiled
-// and fits here (these tiles take 104-160 KB of shared memory: none fits on sm_86 / sm_89); where
-// none applies, the multistage tiles take over. Read off forced-config sweeps in the
+// and fits here (these tiles take 70-160 KB of shared memory per block: on sm_86 / sm_89, with
+// ~100 KB per SM, only the 8-row 32-channel 8-warp tile fits, one block per SM); where none
+// applies, the multistage tiles take over. Read off forced-config sweeps in the
 // benchmark's graph harness on H100 and H200 (bench/NOTES.md, entries 16, 19 and 21).
 //
 // What decides it is bytes in flight against the grid's shape. A warp keeps (Stages - 1) k-blocks
