@@ -803,7 +803,7 @@ TEST(Heuristics, LaunchOverlap) {
   const Case cases[] = {
       {"1x4096x4096, 16-warp streaming tile, one per SM", KernelFamily::kStreamingSm80, 128, 1, true, true},
       {"1x11008x4096, 8-warp streaming tile, three per SM (52 free)", KernelFamily::kStreamingSm80, 344, 3, true, true},
-      {"16x4096x4096, streaming, three per SM: programmatic, late trigger", KernelFamily::kStreamingSm80, 128, 3,
+      {"128 streaming blocks, three per SM: programmatic, late trigger", KernelFamily::kStreamingSm80, 128, 3,
        true, false},
       {"256 streaming blocks, three per SM (140 free)", KernelFamily::kStreamingSm80, 256, 3, false, false},
       {"32x11008x4096, warp-specialized, two per SM", KernelFamily::kWarpSpecializedSm90, 86, 2, false, false},
@@ -901,12 +901,30 @@ TEST(Heuristics, FamilyAndFallback) {
     EXPECT_EQ(heuristics::choose(c.m, c.n, c.k, hopper, with_streaming).name(), c.config)
         << c.m << "x" << c.n << "x" << c.k;
   }
+  // The rules' bounds: 64-channel one-wave tiles only where they fill >= 90% of the SMs (6144
+  // channels on 132 SMs would fill 73%: 32-channel tiles; on 108 SMs 4096 and 8192 channels stay
+  // with the 32-channel 8-warp tile), and m = 9 takes the 16-row tiles.
+  const struct {
+    int m, n, k;
+    const heuristics::DeviceTraits* device;
+    const char* config;
+  } bound_cases[] = {
+      {1, 6144, 4096, &hopper, "st_m8n32_w1x1x8_s4_k1"},   {9, 8192, 8192, &hopper, "st_m16n64_w1x1x8_s4_k1"},
+      {1, 4096, 4096, &ampere, "st_m8n32_w1x1x8_s4_k1"},   {16, 4096, 4096, &ampere, "st_m16n32_w1x1x8_s4_k1"},
+      {1, 8192, 8192, &ampere, "st_m8n32_w1x1x8_s4_k1"},
+  };
+  for (const auto& c : bound_cases) {
+    EXPECT_EQ(heuristics::choose(c.m, c.n, c.k, *c.device, with_streaming).name(), c.config)
+        << c.m << "x" << c.n << "x" << c.k << " on " << c.device->sm_count << " SMs";
+  }
   // Unmeasured with streaming tiles: m = 9..16 on the 28672-wide layer, and on a one-wave layer with
-  // more weights than the 32-channel rules' limit; n between the 3-wave and the 2-wave rules.
-  for (const auto& [m, n, k] : {std::tuple{16, 28672, 8192}, {16, 4096, 28672}, {1, 14336, 4096}}) {
+  // more weights than the 32-channel rules' limit; n between the 3-wave and the 2-wave rules, and
+  // beyond 3.5 64-channel tiles per SM (a vocabulary head; 28672 on 108 SMs).
+  for (const auto& [m, n, k] : {std::tuple{16, 28672, 8192}, {16, 4096, 28672}, {1, 14336, 4096}, {1, 32000, 4096}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
     EXPECT_EQ(c.family, KernelFamily::kTensorCoreSm80) << m << "x" << n << "x" << k << ": " << c.name();
   }
+  EXPECT_EQ(heuristics::choose(1, 28672, 8192, ampere, with_streaming).family, KernelFamily::kTensorCoreSm80);
   // A rule whose tile is not compiled here falls through to the next one that is.
   std::vector<KernelConfig> without_wide_one_wave;
   for (const KernelConfig& c : with_streaming) {

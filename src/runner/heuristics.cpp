@@ -106,33 +106,34 @@ struct StreamingRule {
   long long max_elements_m16 = std::numeric_limits<long long>::max();  // n * k limit at m > 8
 };
 constexpr StreamingRule kStreamingRules[] = {
-    // At most one 32-channel tile per SM (4096-wide layers): 16 warps along k, so the math left
+    // At most one 32-channel tile per SM (4096-wide layers and narrower): 16 warps along k, so the math left
     // after the last bytes land (the call's tail) halves. 1x4096x11008 11.0 vs 11.9 us for 8 warps,
     // 8x4096x4096 6.1 vs 6.4, 16x4096x11008 12.1 vs 13.4; deeper rings (4-5 stages) gained nothing
     // on H100 (on H200 1x4096x4096 4.8 vs 5.0 us with 5 stages). At m = 9..16 only up to 8192 x
     // 11008 weights, like the 8-warp tile below (longer k was not measured with this one).
     {{8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0},
     {{16, 16, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.0, 8192LL * 11008},
-    // More than one 32-channel tile per SM but at most one 64-channel tile (8192-wide layers; not
-    // on narrower ones, where 64-channel tiles would leave SMs idle): 64 channels per warp, 2 KB
-    // per k-block. m <= 8 with 16 warps (1x8192x8192 H100 14.8 vs 14.7 for the 32-channel tile, H200
+    // More than one 32-channel tile per SM, and 64-channel tiles filling 90-100% of the SMs
+    // (8192-wide layers on an H100; not on narrower ones, where they would leave SMs idle, nor on
+    // parts with fewer SMs, where 8192 channels make more than one per SM): 64 channels per
+    // warp, 2 KB per k-block. m <= 8 with 16 warps (1x8192x8192 H100 14.8 vs 14.7 for the 32-channel tile, H200
     // 11.4 vs 14.0); m = 9..16 with 8 warps and 4 stages, on any k (16x8192x8192 H100 16.1-16.4 vs
     // 17.6-17.8, H200 15.1 vs 16.7; 16x8192x28672 H100 48.6-49.1 vs 51.0-51.6 for the multistage
     // tile with split-K 4, H200 46.1 vs 45.8).
-    {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.5},
-    {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.5},
+    {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
+    {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
     // Up to three 32-channel tiles per SM (11008-wide layers), 8 warps along k, 4 stages, three
     // blocks per SM: 1x11008x4096 11.0 us against 12.7 for 64 channels per warp (which fit two
     // per SM). At m = 9..16 (two 8-row fragments per warp) only up to 8192 x 11008 weights: beyond
     // that the multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
     {{8, 8, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0},
     {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0, 0.0, 8192LL * 11008},
-    // The largest layers (28672-wide: more than two 64-channel tiles per SM), m <= 8: 64 channels
-    // per warp, 8 warps, two blocks per SM: H100 46.1 us against 45.5-46.2 for the multistage
-    // 128-channel tile, H200 35.8 vs 43.8. Layers between these and the rule above (12672 to
-    // 16896 channels on an H100) were not measured and keep the multistage tiles.
-    {{8, 8, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80},
-     std::numeric_limits<double>::max(), 2.0},
+    // The largest layers, m <= 8: 2 to 3.5 64-channel tiles per SM (28672-wide on an H100), 64
+    // channels per warp, 8 warps, two blocks per SM: H100 46.1 us against 45.5-46.2 for the
+    // multistage 128-channel tile, H200 35.8 vs 43.8. Only that layer was measured: narrower ones
+    // (12672 to 16896 channels on an H100) and wider ones (vocabulary heads, 32000 and up) keep the
+    // multistage tiles.
+    {{8, 8, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.5, 2.0},
 };
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
@@ -249,9 +250,10 @@ LaunchOverlap launch_overlap(KernelFamily family, long long blocks, int resident
   // whatever block slots are free then. A grid that fills the GPU's slots (at most half a free
   // slot per SM) cannot be placed badly; a smaller one got several blocks crowded onto the SMs the
   // previous kernel freed first and ran up to 20% slower, except streaming grids of at most one
-  // block per SM, which gained. Same-binary A/B on H100 (bench/NOTES.md, entry 20): 16x4096x4096
-  // (128 streaming blocks) 6.8 vs 8.2 us programmatic vs not; 1x8192x28672 (256 streaming blocks,
-  // three fit per SM) 50.2 vs 45.6; 32x11008x4096 (86 warp-specialized blocks, two fit) 19.5 vs
+  // block per SM, which gained. Same-binary A/B on H100 (bench/NOTES.md, entry 20, with the
+  // 8-warp 32-channel streaming tiles these shapes used then): 16x4096x4096 (128 streaming blocks)
+  // 6.8 vs 8.2 us programmatic vs not; 1x8192x28672 (256 streaming blocks, three fit per SM) 50.2
+  // vs 45.6; 32x11008x4096 (86 warp-specialized blocks, two fit) 19.5 vs
   // 16.2; grids that fill the GPU gained or tied.
   //
   // The same test decides whether a streaming grid lets its successor launch at its entry: the
