@@ -894,8 +894,9 @@ TEST(Heuristics, FamilyAndFallback) {
       {1, 4096, 4096, "st_m8n32_w1x1x16_s3_k1"},    {8, 4096, 11008, "st_m8n32_w1x1x16_s3_k1"},
       {16, 4096, 11008, "st_m16n32_w1x1x16_s3_k1"}, {1, 8192, 8192, "st_m8n64_w1x1x16_s3_k1"},
       {8, 8192, 28672, "st_m8n64_w1x1x16_s3_k1"},   {16, 8192, 8192, "st_m16n64_w1x1x8_s4_k1"},
-      {16, 8192, 28672, "st_m16n64_w1x1x8_s4_k1"},  {1, 11008, 4096, "st_m8n32_w1x1x8_s4_k1"},
-      {16, 11008, 4096, "st_m16n32_w1x1x8_s4_k1"},  {1, 28672, 8192, "st_m8n64_w1x1x8_s4_k1"},
+      {16, 8192, 28672, "st_m16n64_w1x1x8_s4_k1"},  {1, 11008, 4096, "st_m8n32_w1x1x8_s3_k1"},
+      {16, 11008, 4096, "st_m16n32_w1x1x8_s4_k1"},  {1, 28672, 8192, "st_m8n64_w1x1x8_s3_k1"},
+      {8, 28672, 8192, "st_m8n64_w1x1x8_s3_k1"},
   };
   for (const auto& c : decode_cases) {
     EXPECT_EQ(heuristics::choose(c.m, c.n, c.k, hopper, with_streaming).name(), c.config)
@@ -909,9 +910,9 @@ TEST(Heuristics, FamilyAndFallback) {
     const heuristics::DeviceTraits* device;
     const char* config;
   } bound_cases[] = {
-      {1, 6144, 4096, &hopper, "st_m8n32_w1x1x8_s4_k1"},   {9, 8192, 8192, &hopper, "st_m16n64_w1x1x8_s4_k1"},
-      {1, 4096, 4096, &ampere, "st_m8n32_w1x1x8_s4_k1"},   {16, 4096, 4096, &ampere, "st_m16n32_w1x1x8_s4_k1"},
-      {1, 8192, 8192, &ampere, "st_m8n32_w1x1x8_s4_k1"},
+      {1, 6144, 4096, &hopper, "st_m8n32_w1x1x8_s3_k1"},   {9, 8192, 8192, &hopper, "st_m16n64_w1x1x8_s4_k1"},
+      {1, 4096, 4096, &ampere, "st_m8n32_w1x1x8_s3_k1"},   {16, 4096, 4096, &ampere, "st_m16n32_w1x1x8_s4_k1"},
+      {1, 8192, 8192, &ampere, "st_m8n32_w1x1x8_s3_k1"},
   };
   for (const auto& c : bound_cases) {
     EXPECT_EQ(heuristics::choose(c.m, c.n, c.k, *c.device, with_streaming).name(), c.config)
@@ -930,7 +931,7 @@ TEST(Heuristics, FamilyAndFallback) {
   for (const KernelConfig& c : with_streaming) {
     if (!(c.family == KernelFamily::kStreamingSm80 && c.tile_n == 64 && c.warps_k == 16)) without_wide_one_wave.push_back(c);
   }
-  EXPECT_EQ(heuristics::choose(1, 8192, 8192, hopper, without_wide_one_wave).name(), "st_m8n32_w1x1x8_s4_k1");
+  EXPECT_EQ(heuristics::choose(1, 8192, 8192, hopper, without_wide_one_wave).name(), "st_m8n32_w1x1x8_s3_k1");
 
   // Nothing compiled that the table names: dequant_cublas.
   KernelConfig dequant;

@@ -122,18 +122,23 @@ constexpr StreamingRule kStreamingRules[] = {
     // tile with split-K 4, H200 46.1 vs 45.8).
     {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
     {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
-    // Up to three 32-channel tiles per SM (11008-wide layers), 8 warps along k, 4 stages, three
-    // blocks per SM: 1x11008x4096 11.0 us against 12.7 for 64 channels per warp (which fit two
-    // per SM). At m = 9..16 (two 8-row fragments per warp) only up to 8192 x 11008 weights: beyond
-    // that the multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
-    {{8, 8, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0},
+    // Up to three 32-channel tiles per SM (11008-wide layers), 8 warps along k, three blocks per
+    // SM: 1x11008x4096 11.0 us against 12.7 for 64 channels per warp (which fit two per SM). At
+    // m <= 8 a ring of 3 stages, not 4: fewer bytes in flight, yet faster on H100 (1x11008x4096
+    // 10.6 vs 10.9 us, 1x11008x8192 19.3 vs 19.9, 1x12288x4096 11.1 vs 11.4) and level on H200
+    // (within 0.1 us from 6144 to 12288 channels; bench/NOTES.md, entry 22). At m = 9..16 (two
+    // 8-row fragments per warp) 4 stages, and only up to 8192 x 11008 weights: beyond that the
+    // multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
+    {{8, 8, 32, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0},
     {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0, 0.0, 8192LL * 11008},
     // The largest layers, m <= 8: 2 to 3.5 64-channel tiles per SM (28672-wide on an H100), 64
     // channels per warp, 8 warps, two blocks per SM: H100 46.1 us against 45.5-46.2 for the
-    // multistage 128-channel tile, H200 35.8 vs 43.8. Only that layer was measured: narrower ones
-    // (12672 to 16896 channels on an H100) and wider ones (vocabulary heads, 32000 and up) keep the
-    // multistage tiles.
-    {{8, 8, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.5, 2.0},
+    // multistage 128-channel tile, H200 35.8 vs 43.8. A ring of 3 stages rather than 4 (again
+    // fewer bytes in flight): H100 45.2 vs 46.2 us at m = 1 and 46.2 vs 47.4 at m = 8, H200 38.4
+    // vs 37.3 at m = 1 but 38.0 vs 41.6 at m = 8 (entry 22). Only that layer was measured:
+    // narrower ones (12672 to 16896 channels on an H100) and wider ones (vocabulary heads, 32000
+    // and up) keep the multistage tiles.
+    {{8, 8, 64, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.5, 2.0},
 };
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.

@@ -16,6 +16,7 @@ void append_streaming_sm80_kernels(std::vector<CompiledKernel>& table) {
   table.push_back(compiled_kernel<Tile<8, 256, 1, 4, 2, 3, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<8, 64, 1, 1, 16, 3, KLoop::kStreaming>>());
   // 32 and 16 channels per warp (2.1 and 1.6 KB stages): more blocks for small layers.
+  table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 3, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 4, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 8, 6, KLoop::kStreaming>>());
   table.push_back(compiled_kernel<Tile<8, 32, 1, 1, 16, 3, KLoop::kStreaming>>());
