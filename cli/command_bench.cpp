@@ -385,9 +385,10 @@ int run_bench(const BenchOptions& options) {
             std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream,
             // The first shape of a layer follows the ceilings or the previous layer's largest m,
             // both compute-heavy: give the clock time to recover (see time_graph). One second was
-            // not enough after the 28672-wide layers' m = 4096: the first decode shape of the next
-            // layer ran 1-1.5% slower than the same kernel at m = 2 right after it (H100,
-            // 1x28672x8192 46.5 us after 1 s, 45.8 after 3 s; bench/NOTES.md, entry 22).
+            // not enough after the previous layer's m = 4096: the first decode shape ran 1.4-2.6%
+            // slower than the same kernel at m = 2 right after it (H100, 1x28672x8192 46.8 vs
+            // 45.6 us); 1 s vs 3 s: 46.5 vs 45.8 us, 1x8192x28672 45.1 vs 44.6 (bench/NOTES.md,
+            // entry 22).
             shape_index == 0 && c == 0 ? kSettleAfterComputeMs : 25));
       }
       const Timing dense_timing = time_graph(

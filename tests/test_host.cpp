@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "common/packed_layout.h"
+#include "kernels/tensor_core_sm80/params.h"
 #include "kernels/wgmma_sm90/tensor_maps.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
@@ -938,6 +939,56 @@ TEST(Heuristics, FamilyAndFallback) {
   dequant.family = KernelFamily::kDequantCublas;
   EXPECT_EQ(heuristics::choose(16, 4096, 4096, ampere, {dequant}), dequant);
   EXPECT_EQ(heuristics::choose(16, 4096, 4096, ampere, {}).family, KernelFamily::kDequantCublas);
+}
+
+// The rules name tiles; the instantiation files decide which exist, and a rule whose tile is not
+// compiled falls through to the next one at run time without a word. So over the benchmark's
+// default grid, the configs this build really compiles (no device needed to list them) must give
+// the same choice as a list holding every config.
+TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
+  std::vector<tensor_core_sm80::CompiledKernel> compiled;
+  tensor_core_sm80::append_small_m_kernels(compiled);
+  tensor_core_sm80::append_medium_m_kernels(compiled);
+  tensor_core_sm80::append_large_m_kernels(compiled);
+  tensor_core_sm80::append_streaming_sm80_kernels(compiled);
+  tensor_core_sm80::append_warp_specialized_sm90_kernels(compiled);
+  std::vector<KernelConfig> available;
+  bool has_warp_specialized = false;
+  for (const auto& kernel : compiled) {
+    has_warp_specialized |= kernel.shape.warp_specialized;
+    for (int split : heuristics::split_k_choices()) {
+      KernelConfig c;
+      c.family = kernel.shape.warp_specialized ? KernelFamily::kWarpSpecializedSm90
+                 : kernel.shape.streaming      ? KernelFamily::kStreamingSm80
+                                               : KernelFamily::kTensorCoreSm80;
+      c.tile_m = kernel.shape.tile_m;
+      c.tile_n = kernel.shape.tile_n;
+      c.warps_m = kernel.shape.warps_m;
+      c.warps_n = kernel.shape.warps_n;
+      c.warps_k = kernel.shape.warps_k;
+      c.stages = kernel.shape.stages;
+      c.split_k = split;
+      available.push_back(c);
+    }
+  }
+  KernelConfig dequant;
+  dequant.family = KernelFamily::kDequantCublas;
+  available.push_back(dequant);
+  ASSERT_TRUE(has_warp_specialized) << "this build has no sm_90a tiles (CMAKE_CUDA_ARCHITECTURES without 90a)";
+
+  const std::vector<KernelConfig> everything = every_config(true, true, true);
+  const heuristics::DeviceTraits hopper{90, 132}, ampere{80, 108};
+  const std::pair<int, int> layers[] = {{4096, 4096}, {11008, 4096}, {4096, 11008},
+                                        {8192, 8192}, {28672, 8192}, {8192, 28672}};
+  for (const heuristics::DeviceTraits& device : {hopper, ampere}) {
+    for (const auto& [n, k] : layers) {
+      for (int m : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096}) {
+        EXPECT_EQ(heuristics::choose(m, n, k, device, available).name(),
+                  heuristics::choose(m, n, k, device, everything).name())
+            << m << "x" << n << "x" << k << " on sm_" << device.sm_version;
+      }
+    }
+  }
 }
 
 // =============================================================================================

@@ -88,17 +88,19 @@ constexpr int kDequantCublasMinM_WarpSpecialized = 3072;
 
 // Decode (m <= 16): the streaming family (warp-private stages, no block barrier, no split-K). The
 // tile is the first of the rules below whose condition holds on this layer and which is compiled
-// and fits here (these tiles take 70-160 KB of shared memory per block: on sm_86 / sm_89, with
-// ~100 KB per SM, only the 8-row 32-channel 8-warp tile fits, one block per SM); where none
-// applies, the multistage tiles take over. Read off forced-config sweeps in the
-// benchmark's graph harness on H100 and H200 (bench/NOTES.md, entries 16, 19 and 21).
+// and fits here (these tiles take 51-156 KB of shared memory per block: on sm_86 / sm_89, with
+// ~100 KB per SM, only the 8-row 8-warp tiles of 3 stages fit, 32 or 64 channels per warp, one
+// block per SM; nothing there was measured); where none applies, the multistage tiles take over.
+// Read off forced-config sweeps in the benchmark's graph harness on H100 and H200
+// (bench/NOTES.md, entries 16, 19, 21 and 22).
 //
 // What decides it is bytes in flight against the grid's shape. A warp keeps (Stages - 1) k-blocks
 // of its weights in flight (1 KB each at 32 channels, 2 KB at 64): on H100 ~6 MB over the GPU
 // covers HBM's bandwidth-latency product and the 32- and 64-channel tiles tie, but on H200 (4.5
 // TB/s) the 32-channel tiles stall at ~2.8 TB/s and the 64-channel ones run ~20% faster
-// (1x8192x28672 35.1 vs 43.2 us, 1x8192x8192 11.4 vs 14.0, 1x28672x8192 35.8 vs 43.8 for the
-// multistage tile) while tying on H100 (44.2 vs 44.4, 14.8 vs 14.7, 46.1 vs 45.5-46.2).
+// (1x8192x28672 35.1 vs 43.2 us, 1x8192x8192 11.4 vs 14.0, 1x28672x8192 35.8 with 4 stages vs
+// 43.8 for the multistage tile) while tying on H100 (44.2 vs 44.4, 14.8 vs 14.7, 46.1 vs
+// 45.5-46.2; entry 21).
 struct StreamingRule {
   TileChoice tile;
   double max_tiles_per_sm;            // the rule holds up to this many tiles per SM ...
@@ -123,17 +125,17 @@ constexpr StreamingRule kStreamingRules[] = {
     {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
     {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
     // Up to three 32-channel tiles per SM (11008-wide layers), 8 warps along k, three blocks per
-    // SM: 1x11008x4096 11.0 us against 12.7 for 64 channels per warp (which fit two per SM). At
-    // m <= 8 a ring of 3 stages, not 4: fewer bytes in flight, yet faster on H100 (1x11008x4096
+    // SM: 1x11008x4096 11.0 us (4 stages) against 12.7 for 64 channels per warp (which fit two
+    // per SM). At m <= 8 a ring of 3 stages, not 4: fewer bytes in flight, yet faster on H100 (1x11008x4096
     // 10.6 vs 10.9 us, 1x11008x8192 19.3 vs 19.9, 1x12288x4096 11.1 vs 11.4) and level on H200
-    // (within 0.1 us from 6144 to 12288 channels; bench/NOTES.md, entry 22). At m = 9..16 (two
+    // (within 0.1-0.2 us from 6144 to 12288 channels; bench/NOTES.md, entry 22). At m = 9..16 (two
     // 8-row fragments per warp) 4 stages, and only up to 8192 x 11008 weights: beyond that the
     // multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
     {{8, 8, 32, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0},
     {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0, 0.0, 8192LL * 11008},
     // The largest layers, m <= 8: 2 to 3.5 64-channel tiles per SM (28672-wide on an H100), 64
-    // channels per warp, 8 warps, two blocks per SM: H100 46.1 us against 45.5-46.2 for the
-    // multistage 128-channel tile, H200 35.8 vs 43.8. A ring of 3 stages rather than 4 (again
+    // channels per warp, 8 warps, two blocks per SM: H100 46.1 us (4 stages) against 45.5-46.2
+    // for the multistage 128-channel tile, H200 35.8 vs 43.8 (entry 21). A ring of 3 stages rather than 4 (again
     // fewer bytes in flight): H100 45.2 vs 46.2 us at m = 1 and 46.2 vs 47.4 at m = 8, H200 38.4
     // vs 37.3 at m = 1 but 38.0 vs 41.6 at m = 8 (entry 22). Only that layer was measured:
     // narrower ones (12672 to 16896 channels on an H100) and wider ones (vocabulary heads, 32000
