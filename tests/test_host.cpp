@@ -14,8 +14,8 @@
 #include <gtest/gtest.h>
 
 #include "common/packed_layout.h"
-#include "kernels/tensor_core_sm80/params.h"
 #include "kernels/wgmma_sm90/tensor_maps.h"
+#include "runner/compiled_config.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
 #include "w4a16/w4a16.h"
@@ -956,20 +956,7 @@ TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
   bool has_warp_specialized = false;
   for (const auto& kernel : compiled) {
     has_warp_specialized |= kernel.shape.warp_specialized;
-    for (int split : heuristics::split_k_choices()) {
-      KernelConfig c;
-      c.family = kernel.shape.warp_specialized ? KernelFamily::kWarpSpecializedSm90
-                 : kernel.shape.streaming      ? KernelFamily::kStreamingSm80
-                                               : KernelFamily::kTensorCoreSm80;
-      c.tile_m = kernel.shape.tile_m;
-      c.tile_n = kernel.shape.tile_n;
-      c.warps_m = kernel.shape.warps_m;
-      c.warps_n = kernel.shape.warps_n;
-      c.warps_k = kernel.shape.warps_k;
-      c.stages = kernel.shape.stages;
-      c.split_k = split;
-      available.push_back(c);
-    }
+    for (int split : heuristics::split_k_choices()) available.push_back(config_of(kernel.shape, split));
   }
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;

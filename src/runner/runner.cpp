@@ -11,6 +11,7 @@
 
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "kernels/tensor_core_sm80/params.h"
+#include "runner/compiled_config.h"
 #include "runner/heuristics.h"
 #include "w4a16/quantize.h"
 
@@ -101,17 +102,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
       }
       const int resident_blocks = kernel.resident_blocks_per_sm();  // after prepare(): its shared-memory limit
       for (int split : heuristics::split_k_choices()) {
-        KernelConfig config;
-        config.family = kernel.shape.warp_specialized ? KernelFamily::kWarpSpecializedSm90
-                        : kernel.shape.streaming      ? KernelFamily::kStreamingSm80
-                                                      : KernelFamily::kTensorCoreSm80;
-        config.tile_m = kernel.shape.tile_m;
-        config.tile_n = kernel.shape.tile_n;
-        config.warps_m = kernel.shape.warps_m;
-        config.warps_n = kernel.shape.warps_n;
-        config.warps_k = kernel.shape.warps_k;
-        config.stages = kernel.shape.stages;
-        config.split_k = split;
+        const KernelConfig config = config_of(kernel.shape, split);
         configs_.push_back(config);
         impl_->tensor_core_kernels.push_back({config, kernel, compiled_arch, resident_blocks});
       }
