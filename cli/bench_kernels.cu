@@ -1,6 +1,7 @@
 #include "cli/bench_kernels.h"
 
 #include "cli/cli_support.h"
+#include "kernels/common/element.cuh"
 
 namespace w4a16::cli {
 
@@ -18,10 +19,11 @@ __global__ void fill_bytes_kernel(uint64_t* data, size_t words, uint64_t seed) {
   }
 }
 
-__global__ void fill_half_kernel(__half* data, size_t count, float low, float high, uint64_t seed) {
+template <class E>
+__global__ void fill_elements_kernel(typename E::Scalar* data, size_t count, float low, float high, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
     const float u = float(mix(seed + i * 0x9E3779B97F4A7C15ull) >> 40) / 16777216.0f;
-    data[i] = __float2half(low + (high - low) * u);
+    data[i] = E::from_float(low + (high - low) * u);
   }
 }
 
@@ -93,9 +95,15 @@ void fill_random_bytes(void* data, size_t bytes, uint64_t seed) {
   check_cuda(cudaGetLastError(), "fill_random_bytes");
 }
 
-void fill_random_half(__half* data, size_t count, float low, float high, uint64_t seed) {
-  fill_half_kernel<<<2048, 256>>>(data, count, low, high, seed);
-  check_cuda(cudaGetLastError(), "fill_random_half");
+void fill_random_elements(ElementType element, void* data, size_t count, float low, float high, uint64_t seed) {
+  if (element == ElementType::kBFloat16) {
+    using E = Element<__nv_bfloat16>;
+    fill_elements_kernel<E><<<2048, 256>>>(static_cast<E::Scalar*>(data), count, low, high, seed);
+  } else {
+    using E = Element<__half>;
+    fill_elements_kernel<E><<<2048, 256>>>(static_cast<E::Scalar*>(data), count, low, high, seed);
+  }
+  check_cuda(cudaGetLastError(), "fill_random_elements");
 }
 
 void launch_read_probe(const void* data, size_t bytes, unsigned* sink, int sm_count, cudaStream_t stream) {

@@ -5,15 +5,16 @@
 #include <cstddef>
 #include <cstdint>
 
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
+
+#include "w4a16/format.h"
 
 namespace w4a16::cli {
 
 // Uniformly random bytes (any byte is a valid pair of int4 codes).
 void fill_random_bytes(void* data, size_t bytes, uint64_t seed);
-// fp16 values uniform in [low, high).
-void fill_random_half(__half* data, size_t count, float low, float high, uint64_t seed);
+// 16-bit values of `element` uniform in [low, high).
+void fill_random_elements(ElementType element, void* data, size_t count, float low, float high, uint64_t seed);
 
 // Reads `bytes` of `data` once with 16-byte loads across the whole GPU (the result is folded into
 // `sink` so the loads cannot be optimized away). Enqueue-only; time it with events.

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "w4a16/format.h"
 #include "w4a16/status.h"
 
 namespace w4a16::cli {
@@ -58,6 +59,13 @@ class DeviceBuffer {
   void* pointer_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// "fp16" or "bf16" (what --dtype accepts).
+inline ElementType parse_element_type(const std::string& name) {
+  if (name == "fp16") return ElementType::kFloat16;
+  if (name == "bf16") return ElementType::kBFloat16;
+  throw CliError("unknown dtype '" + name + "': use fp16 or bf16");
+}
 
 // Returns false (and prints why) when no CUDA device is usable.
 bool require_gpu(const char* command);

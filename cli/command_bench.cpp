@@ -1,6 +1,7 @@
-// w4a16 bench: times the runner against cuBLAS FP16 over LLM-sized shapes, next to ceilings
-// measured in the same run. Method (see README / bench/NOTES.md):
-//  - weights (w4a16: packed + scales; cuBLAS: dense fp16) rotate over enough copies that their total
+// w4a16 bench: times the runner against dense cuBLAS (in the same activation type) over LLM-sized
+// shapes, next to ceilings measured in the same run; `--formats` instead times every format side by
+// side at the same configs. Method (see README / bench/NOTES.md):
+//  - weights (w4a16: packed + scales (+ zeros); cuBLAS: dense) rotate over enough copies that their total
 //    exceeds 4x L2, so every call streams its weights from HBM, as in a real forward pass;
 //  - `iterations` back-to-back calls are captured in one CUDA graph, so launch gaps don't dominate
 //    microsecond shapes; the graph is replayed until its time settles (warm-up), then `repeats`
@@ -50,6 +51,9 @@ struct BenchOptions {
   int repeats = 9;
   bool profile = false;
   std::string pdl = "auto";
+  std::string dtype = "fp16";
+  bool zeros = false;
+  bool formats = false;  // every format side by side (run_formats)
 };
 
 const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -69,6 +73,10 @@ std::vector<Shape> select_shapes(const BenchOptions& options) {
     shapes = {{1, 4096, 4096}, {16, 4096, 4096}, {128, 4096, 4096}, {1024, 4096, 4096}, {1, 28672, 8192}};
   } else if (options.shapes == "seed") {
     shapes = {{1, 4096, 4096}, {1, 11008, 4096}, {32, 4096, 4096}, {128, 4096, 4096}};
+  } else if (options.formats && options.shapes == "default") {
+    // The formats comparison's grid (issue acceptance): decode to prefill on three layers.
+    for (const auto& [n, k] : std::vector<std::pair<int, int>>{{4096, 4096}, {28672, 8192}, {8192, 28672}})
+      for (int m : {1, 16, 64, 256, 4096}) shapes.push_back({m, n, k});
   } else if (options.shapes == "default") {
     // The LLM grid; it contains the seed's four shapes.
     for (const auto& [n, k] : kDefaultLayers)
@@ -159,12 +167,12 @@ int copies_for(size_t bytes, size_t l2_bytes) {
 
 struct Ceilings {
   double hbm_read_gbps = 0;
-  double fp16_tflops = 0;
+  double fp16_tflops = 0;  // of the run's activation type (fp16 or bf16), by the best cuBLAS
   std::vector<std::pair<std::string, double>> fp16_by_shape;
 };
 
 Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_count, cudaStream_t stream,
-                          int repeats) {
+                          int repeats, ElementType element) {
   Ceilings ceilings;
   {
     const size_t bytes = size_t(2) << 30;  // 2 GiB, 40x L2
@@ -179,16 +187,16 @@ Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_
   for (int size : {4096, 8192}) {
     const size_t elements = size_t(size) * size;
     DeviceBuffer a(elements * 2), b(elements * 2), c(elements * 2);
-    fill_random_half(a.get<__half>(), elements, -1, 1, 2);
-    fill_random_half(b.get<__half>(), elements, -1, 1, 3);
+    fill_random_elements(element, a.get(), elements, -1, 1, 2);
+    fill_random_elements(element, b.get(), elements, -1, 1, 3);
     check_cuda(cudaDeviceSynchronize(), "fill");
     const Timing t = time_graph(
         [&](int) {
           check_cuda(cublasSetStream(cublas, stream) == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown,
                      "cublasSetStream");
           cublasSetWorkspace(cublas, cublas_workspace, dequant_cublas::kCublasWorkspaceBytes);
-          if (dequant_cublas::gemm_fp16_nt(cublas, a.get<__half>(), b.get<__half>(), c.get<__half>(), size, size, size,
-                                           1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
+          if (dequant_cublas::gemm_nt(cublas, element, a.get(), b.get(), c.get(), size, size, size, 1.0f, 0.0f) !=
+              CUBLAS_STATUS_SUCCESS)
             throw CliError("cuBLAS ceiling GEMM failed");
         },
         size == 8192 ? 10 : 40, repeats, stream);
@@ -243,6 +251,9 @@ const char* programmatic_launch_name(GemmRunner::ProgrammaticLaunch mode) {
   return "?";
 }
 
+int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDeviceProp& properties, int device,
+                cudaStream_t stream);
+
 int run_bench(const BenchOptions& options) {
   if (!require_gpu("bench")) return 2;
   const auto wall_begin = std::chrono::steady_clock::now();
@@ -262,25 +273,33 @@ int run_bench(const BenchOptions& options) {
     forced.push_back(config);
   }
   const std::vector<Shape> shapes = select_shapes(options);
+  const Format format{parse_element_type(options.dtype), options.zeros ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly};
+  const ElementType element = format.element;
 
   cudaStream_t stream;
   check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (options.formats) {
+    if (!forced.empty()) throw CliError("--formats times the default configs; it takes no --config");
+    const int status = run_formats(options, runner, properties, device, stream);
+    cudaStreamDestroy(stream);
+    return status;
+  }
   cublasHandle_t cublas;
   if (cublasCreate(&cublas) != CUBLAS_STATUS_SUCCESS) throw CliError("cublasCreate failed");
   DeviceBuffer cublas_workspace(dequant_cublas::kCublasWorkspaceBytes);
 
   const Ceilings ceilings = measure_ceilings(cublas, cublas_workspace.get(), properties.multiProcessorCount, stream,
-                                             options.repeats);
+                                             options.repeats, element);
   std::printf("w4a16 bench  device: %s (sm_%d%d, %d SMs, L2 %.0f MiB)  commit %s\n", properties.name,
               properties.major, properties.minor, properties.multiProcessorCount, properties.l2CacheSize / 1048576.0,
               git_commit().c_str());
-  std::printf("ceilings     HBM read %.0f GB/s (2 GiB streaming read)   FP16 tensor core %.0f TFLOP/s (best cuBLAS",
-              ceilings.hbm_read_gbps, ceilings.fp16_tflops);
+  std::printf("ceilings     HBM read %.0f GB/s (2 GiB streaming read)   %s tensor core %.0f TFLOP/s (best cuBLAS",
+              ceilings.hbm_read_gbps, to_string(element), ceilings.fp16_tflops);
   for (const auto& [name, tflops] : ceilings.fp16_by_shape) std::printf(" %s: %.0f", name.c_str(), tflops);
   std::printf(")\n");
-  std::printf("method       group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, median of %d, "
-              "programmatic dependent launch: %s\n\n",
-              options.group, options.repeats, programmatic_launch_name(runner.programmatic_launch()));
+  std::printf("method       format %s, group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, "
+              "median of %d, programmatic dependent launch: %s\n\n",
+              format_name(format), options.group, options.repeats, programmatic_launch_name(runner.programmatic_launch()));
   std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %8s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
               "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "floor us", "flr%", "cuBLAS us", "eff%", "speedup");
 
@@ -303,23 +322,30 @@ int run_bench(const BenchOptions& options) {
     const int max_m = *std::max_element(ms.begin(), ms.end());
     if (options.group <= 0 || k % options.group != 0) throw CliError("k must be a multiple of --group");
     const size_t packed_bytes = size_t(n) * k / 2;
+    // Scales and zero points: one group row each (zero points only with --zeros).
     const size_t scale_bytes = size_t(k / options.group) * n * 2;
+    const size_t zero_bytes = options.zeros ? scale_bytes : 0;
     const size_t dense_bytes = size_t(n) * k * 2;
-    const int w4_copies = copies_for(packed_bytes + scale_bytes, l2);
+    const int w4_copies = copies_for(packed_bytes + scale_bytes + zero_bytes, l2);
     const int dense_copies = copies_for(dense_bytes, l2);
-    std::vector<DeviceBuffer> packed, scales, dense;
+    // Each copy's scales and zero points share one allocation (zero points right after the
+    // scales), so the read floor reads both as one range.
+    std::vector<DeviceBuffer> packed, groups, dense;
+    auto scales_of = [&](int i) { return groups[i % w4_copies].get(); };
+    auto zeros_of = [&](int i) { return options.zeros ? groups[i % w4_copies].get<uint8_t>() + scale_bytes : nullptr; };
     for (int i = 0; i < w4_copies; ++i) {
       packed.emplace_back(packed_bytes);
-      scales.emplace_back(scale_bytes);
+      groups.emplace_back(scale_bytes + zero_bytes);
       fill_random_bytes(packed.back().get(), packed_bytes, 100 + i);
-      fill_random_half(scales.back().get<__half>(), scale_bytes / 2, 0.002f, 0.02f, 200 + i);
+      fill_random_elements(element, scales_of(i), scale_bytes / 2, 0.002f, 0.02f, 200 + i);
+      if (options.zeros) fill_random_elements(element, zeros_of(i), zero_bytes / 2, 0.0f, 15.0f, 500 + i);
     }
     for (int i = 0; i < dense_copies; ++i) {
       dense.emplace_back(dense_bytes);
-      fill_random_half(dense.back().get<__half>(), dense_bytes / 2, -0.1f, 0.1f, 300 + i);
+      fill_random_elements(element, dense.back().get(), dense_bytes / 2, -0.1f, 0.1f, 300 + i);
     }
     DeviceBuffer a(size_t(max_m) * k * 2), c(size_t(max_m) * n * 2);
-    fill_random_half(a.get<__half>(), size_t(max_m) * k, -1, 1, 400);
+    fill_random_elements(element, a.get(), size_t(max_m) * k, -1, 1, 400);
     check_cuda(cudaDeviceSynchronize(), "fill");
 
     DeviceBuffer sink(sizeof(unsigned));
@@ -327,18 +353,20 @@ int run_bench(const BenchOptions& options) {
     for (size_t shape_index = 0; shape_index < ms.size(); ++shape_index) {
       const int m = ms[shape_index];
       GemmArguments args;
-      args.a = a.get<__half>();
-      args.c = c.get<__half>();
+      args.a = a.get();
+      args.c = c.get();
       args.m = m;
       args.n = n;
       args.k = k;
       args.group_size = options.group;
+      args.element = element;
       args.packed_weights = packed[0].get();
-      args.scales = scales[0].get<__half>();
+      args.scales = scales_of(0);
+      args.zeros = zeros_of(0);
 
       // The configs to time at this shape: the forced ones, or the default (or profiled) one.
       std::vector<KernelConfig> configs = forced;
-      if (configs.empty()) configs.push_back(runner.default_config(m, n, k, options.group));
+      if (configs.empty()) configs.push_back(runner.default_config(m, n, k, options.group, format));
       if (options.profile && forced.empty()) {
         // Workspace for the profiler: every config up to 1 GiB of workspace.
         size_t bytes = 0;
@@ -360,7 +388,7 @@ int run_bench(const BenchOptions& options) {
         }
         std::printf("\n");
       }
-      const double bytes = double(packed_bytes + scale_bytes) + 2.0 * m * k + 2.0 * m * n;
+      const double bytes = double(packed_bytes + scale_bytes + zero_bytes) + 2.0 * m * k + 2.0 * m * n;
       const double flops = 2.0 * m * n * double(k);
       const double roofline_us = std::max(bytes / hbm_bytes_per_us, flops / flops_per_us);
       const double dense_bytes_total = double(dense_bytes) + 2.0 * m * k + 2.0 * m * n;
@@ -379,7 +407,8 @@ int run_bench(const BenchOptions& options) {
         w4_timings.push_back(time_graph(
             [&](int i) {
               args.packed_weights = packed[i % w4_copies].get();
-              args.scales = scales[i % w4_copies].get<__half>();
+              args.scales = scales_of(i);
+              args.zeros = zeros_of(i);
               check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
             },
             std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream,
@@ -395,8 +424,8 @@ int run_bench(const BenchOptions& options) {
           [&](int i) {
             cublasSetStream(cublas, stream);
             cublasSetWorkspace(cublas, cublas_workspace.get(), dequant_cublas::kCublasWorkspaceBytes);
-            if (dequant_cublas::gemm_fp16_nt(cublas, a.get<__half>(), dense[i % dense_copies].get<__half>(),
-                                             c.get<__half>(), m, n, k, 1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
+            if (dequant_cublas::gemm_nt(cublas, element, a.get(), dense[i % dense_copies].get(), c.get(), m, n, k,
+                                        1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
               throw CliError("cuBLAS GEMM failed");
           },
           std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream);
@@ -406,7 +435,7 @@ int run_bench(const BenchOptions& options) {
       if (shape_index == 0) {
         read_floor = time_graph(
             [&](int i) {
-              launch_read_floor(packed[i % w4_copies].get(), packed_bytes, scales[i % w4_copies].get(), scale_bytes,
+              launch_read_floor(packed[i % w4_copies].get(), packed_bytes, scales_of(i), scale_bytes + zero_bytes,
                                 sink.get<unsigned>(), stream);
             },
             std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream);
@@ -427,6 +456,7 @@ int run_bench(const BenchOptions& options) {
                            {"n", n},
                            {"k", k},
                            {"group_size", options.group},
+                           {"format", format_name(format)},
                            {"config", config.name()},
                            {"config_source", !forced.empty() ? "forced" : options.profile ? "profiled" : "default"},
                            {"w4a16_us", w4.median_us},
@@ -460,6 +490,7 @@ int run_bench(const BenchOptions& options) {
          {{"hbm_read_gbps", ceilings.hbm_read_gbps}, {"fp16_tflops", ceilings.fp16_tflops}, {"fp16_by_shape", ceilings.fp16_by_shape}}},
         {"method",
          {{"group_size", options.group},
+          {"format", format_name(format)},
           {"repeats", options.repeats},
           {"programmatic_dependent_launch", programmatic_launch_name(runner.programmatic_launch())},
           {"statistic", "median per call over repeats of a CUDA graph of back-to-back calls"},
@@ -478,11 +509,152 @@ int run_bench(const BenchOptions& options) {
   return 0;
 }
 
+// `w4a16 bench --formats`: every format at the configs fp16 scale-only uses by default (the
+// heuristics do not look at the format), timed side by side. Each layer's packed weights are shared
+// by all formats (the packed layout does not depend on the format); each format has its own scales
+// (and zero points) and activations in its type. The formats are timed in interleaved rounds
+// (fp16, fp16+zeros, bf16, bf16+zeros, then again), and each one's median over rounds is reported,
+// so a drift of the clocks during the run affects them alike.
+int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDeviceProp& properties, int device,
+                cudaStream_t stream) {
+  const auto wall_begin = std::chrono::steady_clock::now();
+  const std::vector<Shape> shapes = select_shapes(options);
+  constexpr int kRounds = 3;
+  std::printf("w4a16 bench --formats  device: %s (sm_%d%d, %d SMs)  commit %s\n", properties.name, properties.major,
+              properties.minor, properties.multiProcessorCount, git_commit().c_str());
+  std::printf("method       group %d, each format at fp16's default config, weights rotated over >4x L2, CUDA graph "
+              "of back-to-back calls, median of %d, %d interleaved rounds (median)\n\n",
+              options.group, options.repeats, kRounds);
+  std::printf("%5s %6s %6s  %-24s", "m", "n", "k", "config");
+  for (const Format& format : kAllFormats) std::printf(" %11s us", format_name(format));
+  for (size_t f = 1; f < std::size(kAllFormats); ++f) std::printf(" %10s/fp16", format_name(kAllFormats[f]));
+  std::printf("\n");
+
+  nlohmann::json results = nlohmann::json::array();
+  const size_t l2 = size_t(properties.l2CacheSize);
+  DeviceBuffer workspace;
+  std::map<std::pair<int, int>, std::vector<int>> layers;
+  std::vector<std::pair<int, int>> layer_order;
+  for (const Shape& s : shapes) {
+    if (!layers.count({s.n, s.k})) layer_order.push_back({s.n, s.k});
+    layers[{s.n, s.k}].push_back(s.m);
+  }
+  double worst_ratio = 0.0;
+  for (const auto& layer : layer_order) {
+    const int n = layer.first, k = layer.second;
+    const std::vector<int>& ms = layers[layer];
+    const int max_m = *std::max_element(ms.begin(), ms.end());
+    if (options.group <= 0 || k % options.group != 0) throw CliError("k must be a multiple of --group");
+    const size_t packed_bytes = size_t(n) * k / 2;
+    const size_t group_bytes = size_t(k / options.group) * n * 2;
+    const int copies = copies_for(packed_bytes + 2 * group_bytes, l2);
+    // Per copy: packed weights, and per element type scales followed by zero points.
+    std::vector<DeviceBuffer> packed;
+    std::vector<DeviceBuffer> groups[2];
+    DeviceBuffer a[2], c(size_t(max_m) * n * 2);
+    for (int i = 0; i < copies; ++i) {
+      packed.emplace_back(packed_bytes);
+      fill_random_bytes(packed.back().get(), packed_bytes, 100 + i);
+    }
+    for (int e = 0; e < 2; ++e) {
+      const ElementType element = e == 0 ? ElementType::kFloat16 : ElementType::kBFloat16;
+      for (int i = 0; i < copies; ++i) {
+        groups[e].emplace_back(2 * group_bytes);
+        fill_random_elements(element, groups[e].back().get(), group_bytes / 2, 0.002f, 0.02f, 200 + i);
+        fill_random_elements(element, groups[e].back().get<uint8_t>() + group_bytes, group_bytes / 2, 0.0f, 15.0f,
+                             500 + i);
+      }
+      a[e] = DeviceBuffer(size_t(max_m) * k * 2);
+      fill_random_elements(element, a[e].get(), size_t(max_m) * k, -1, 1, 400);
+    }
+    check_cuda(cudaDeviceSynchronize(), "fill");
+
+    for (size_t shape_index = 0; shape_index < ms.size(); ++shape_index) {
+      const int m = ms[shape_index];
+      const KernelConfig config = runner.default_config(m, n, k, options.group);
+      const size_t need = runner.workspace_bytes(m, n, k, config);
+      if (workspace.bytes() < need) workspace = DeviceBuffer(need);
+      const double expected_us =
+          std::max((packed_bytes + 2.0 * group_bytes) / 4e6, 2.0 * m * n * double(k) / 7e8);  // ~H200 rates
+      std::vector<double> samples[std::size(kAllFormats)];
+      for (int round = 0; round < kRounds; ++round) {
+        for (size_t f = 0; f < std::size(kAllFormats); ++f) {
+          const Format format = kAllFormats[f];
+          const int e = format.element == ElementType::kBFloat16 ? 1 : 0;
+          const bool zeros = format.quant == QuantOp::kScaleAndZeros;
+          GemmArguments args;
+          args.a = a[e].get();
+          args.c = c.get();
+          args.m = m;
+          args.n = n;
+          args.k = k;
+          args.group_size = options.group;
+          args.element = format.element;
+          args.packed_weights = packed[0].get();
+          args.scales = groups[e][0].get();
+          args.zeros = zeros ? groups[e][0].get<uint8_t>() + group_bytes : nullptr;
+          check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
+          const Timing t = time_graph(
+              [&](int i) {
+                args.packed_weights = packed[i % copies].get();
+                args.scales = groups[e][i % copies].get();
+                if (zeros) args.zeros = groups[e][i % copies].get<uint8_t>() + group_bytes;
+                check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
+              },
+              std::max(iterations_for(expected_us), copies), options.repeats, stream,
+              shape_index == 0 && round == 0 && f == 0 ? kSettleAfterComputeMs : 25);
+          samples[f].push_back(t.median_us);
+        }
+      }
+      double median[std::size(kAllFormats)];
+      for (size_t f = 0; f < std::size(kAllFormats); ++f) {
+        std::sort(samples[f].begin(), samples[f].end());
+        median[f] = samples[f][samples[f].size() / 2];
+      }
+      std::printf("%5d %6d %6d  %-24s", m, n, k, config.name().c_str());
+      for (double us : median) std::printf(" %14.1f", us);
+      nlohmann::json entry = {{"m", m}, {"n", n}, {"k", k}, {"group_size", options.group}, {"config", config.name()}};
+      nlohmann::json by_format = nlohmann::json::object();
+      for (size_t f = 0; f < std::size(kAllFormats); ++f) {
+        by_format[format_name(kAllFormats[f])] = {{"us", median[f]}, {"rounds_us", samples[f]}};
+        if (f == 0) continue;
+        const double ratio = median[f] / median[0];
+        worst_ratio = std::max(worst_ratio, ratio);
+        std::printf(" %15.3f", ratio);
+      }
+      std::printf("\n");
+      std::fflush(stdout);
+      entry["formats"] = by_format;
+      results.push_back(entry);
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_begin).count();
+  std::printf("\n%zu shapes in %.0f s; slowest format relative to fp16: %.3f\n", results.size(), seconds, worst_ratio);
+  if (!options.json.empty()) {
+    nlohmann::json document = {
+        {"environment", environment_json(properties, device)},
+        {"method",
+         {{"group_size", options.group},
+          {"repeats", options.repeats},
+          {"rounds", kRounds},
+          {"programmatic_dependent_launch", programmatic_launch_name(runner.programmatic_launch())},
+          {"statistic", "median over interleaved rounds of the median per call over repeats of a CUDA graph"},
+          {"config", "the default config of fp16 scale-only, for every format"}}},
+        {"wall_seconds", seconds},
+        {"results", results}};
+    std::ofstream out(options.json);
+    out << document.dump(2) << "\n";
+    if (!out) throw CliError("could not write " + options.json);
+    std::printf("wrote %s\n", options.json.c_str());
+  }
+  return 0;
+}
+
 }  // namespace
 
 void register_bench(CLI::App& app, int* exit_code) {
   auto options = std::make_shared<BenchOptions>();
-  CLI::App* command = app.add_subcommand("bench", "Time w4a16 against cuBLAS FP16 and the roofline");
+  CLI::App* command = app.add_subcommand("bench", "Time w4a16 against dense cuBLAS and the roofline");
   command->add_option("--shapes", options->shapes, "default (LLM grid), seed, or quick (a few shapes, seconds)");
   command->add_option("--m", options->m, "m values (comma separated); with --n/--k replaces --shapes")->delimiter(',');
   command->add_option("--n", options->n, "n values (comma separated)")->delimiter(',');
@@ -494,6 +666,11 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_option("--pdl", options->pdl,
                       "programmatic dependent launch on sm_90: auto (where it helps, see GemmRunner), always, off")
       ->check(CLI::IsMember({"auto", "always", "off"}));
+  command->add_option("--dtype", options->dtype, "activation type: fp16 or bf16")->check(CLI::IsMember({"fp16", "bf16"}));
+  command->add_flag("--zeros", options->zeros, "weights with zero points (w = s * (q - z))");
+  command->add_flag("--formats", options->formats,
+                    "time every format (fp16, bf16, with and without zero points) side by side at fp16's default "
+                    "configs; its default shapes are m 1..4096 on 4096x4096, 28672x8192, 8192x28672");
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
       ->check(CLI::Range(3, 1000));

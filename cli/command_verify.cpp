@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cli/cli_support.h"
@@ -17,6 +18,8 @@ namespace {
 
 struct VerifyOptions {
   int m = 1, n = 4096, k = 4096, group = 128;
+  std::string dtype = "fp16";
+  bool zeros = false;
   std::string config;
   bool bias = false;
   float alpha = 1.0f;
@@ -32,30 +35,36 @@ int run_verify(const VerifyOptions& options) {
   const uint64_t seed = options.seed != 0 ? options.seed : std::random_device{}();
   const int m = options.m, n = options.n, k = options.k;
 
-  KernelConfig config = runner.default_config(m, n, k, options.group);
+  const Format format{parse_element_type(options.dtype),
+                      options.zeros ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly};
+  KernelConfig config = runner.default_config(m, n, k, options.group, format);
   if (!options.config.empty() && !parse_kernel_config(options.config, &config)) {
     throw CliError("unknown config name '" + options.config + "' (see w4a16 info)");
   }
-  std::printf("verify m=%d n=%d k=%d group=%d bias=%d alpha=%g config=%s seed=%llu\n", m, n, k, options.group,
-              int(options.bias), options.alpha, config.name().c_str(), static_cast<unsigned long long>(seed));
+  std::printf("verify m=%d n=%d k=%d group=%d format=%s bias=%d alpha=%g config=%s seed=%llu\n", m, n, k,
+              options.group, format_name(format), int(options.bias), options.alpha, config.name().c_str(),
+              static_cast<unsigned long long>(seed));
 
-  const HostProblem problem = make_problem(m, n, k, options.group, options.bias, seed);
+  const HostProblem problem = make_problem(m, n, k, options.group, format, options.bias, seed);
   DeviceBuffer a(problem.a.size() * 2), packed(problem.packed.size()), scales(problem.weights.scales.size() * 2),
-      bias(problem.bias.size() * 2), c(size_t(m) * n * 2);
+      zeros(problem.weights.zeros.size() * 2), bias(problem.bias.size() * 2), c(size_t(m) * n * 2);
   a.upload(problem.a.data(), a.bytes());
   packed.upload(problem.packed.data(), packed.bytes());
   scales.upload(problem.weights.scales.data(), scales.bytes());
+  if (options.zeros) zeros.upload(problem.weights.zeros.data(), zeros.bytes());
   if (options.bias) bias.upload(problem.bias.data(), bias.bytes());
-  // Poison: 0xFFFF is an fp16 NaN, so any element the kernel fails to write fails the check.
+  // Poison: 0xFFFF is a NaN in fp16 and bf16, so any element the kernel fails to write fails the check.
   check_cuda(cudaMemset(c.get(), 0xFF, c.bytes()), "cudaMemset");
   DeviceBuffer workspace(runner.workspace_bytes(m, n, k, config));
 
   GemmArguments args;
-  args.a = a.get<__half>();
+  args.a = a.get();
   args.packed_weights = packed.get();
-  args.scales = scales.get<__half>();
-  args.bias = options.bias ? bias.get<__half>() : nullptr;
-  args.c = c.get<__half>();
+  args.scales = scales.get();
+  args.zeros = options.zeros ? zeros.get() : nullptr;
+  args.element = format.element;
+  args.bias = options.bias ? bias.get() : nullptr;
+  args.c = c.get();
   args.m = m;
   args.n = n;
   args.k = k;
@@ -64,13 +73,13 @@ int run_verify(const VerifyOptions& options) {
   check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), nullptr), "gemm");
   check_cuda(cudaDeviceSynchronize(), "gemm execution");
 
-  std::vector<__half> out(size_t(m) * n);
+  std::vector<uint16_t> out(size_t(m) * n);
   check_cuda(cudaMemcpy(out.data(), c.get(), c.bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 
   // Every element must be finite (written); the value check uses all rows when the CPU can afford
   // it and a sample (first, last, random) otherwise.
   size_t non_finite = 0;
-  for (const __half& x : out) non_finite += !std::isfinite(__half2float(x));
+  for (uint16_t x : out) non_finite += !std::isfinite(element_to_float(format.element, x));
   std::vector<int> rows;
   const bool sample = double(m) * n * k > 4e9 && m > options.sample_rows;
   if (sample) {
@@ -89,7 +98,7 @@ int run_verify(const VerifyOptions& options) {
   for (int r = 0; r < checked_rows; ++r) {
     const int row = sample ? rows[r] : r;
     for (int col = 0; col < n; ++col) {
-      const double got = __half2float(out[size_t(row) * n + col]);
+      const double got = element_to_float(format.element, out[size_t(row) * n + col]);
       const double want = reference[size_t(r) * n + col];
       const double error = std::fabs(got - want);
       max_abs = std::isfinite(error) ? std::max(max_abs, error) : INFINITY;
@@ -115,6 +124,8 @@ void register_verify(CLI::App& app, int* exit_code) {
   command->add_option("--n", options->n, "output channels")->check(CLI::PositiveNumber);
   command->add_option("--k", options->k, "input channels")->check(CLI::PositiveNumber);
   command->add_option("--group", options->group, "quantization group size (32, 64, 128 or k)");
+  command->add_option("--dtype", options->dtype, "activation type: fp16 or bf16")->check(CLI::IsMember({"fp16", "bf16"}));
+  command->add_flag("--zeros", options->zeros, "asymmetric weights with zero points (w = s * (q - z))");
   command->add_option("--config", options->config, "force a kernel config by name (see info)");
   command->add_flag("--bias", options->bias, "add a random bias");
   command->add_option("--alpha", options->alpha, "output scale");

@@ -20,22 +20,27 @@ struct Random {
 
 }  // namespace
 
-HostProblem make_problem(int m, int n, int k, int group_size, bool with_bias, uint64_t seed) {
+HostProblem make_problem(int m, int n, int k, int group_size, Format format, bool with_bias, uint64_t seed) {
   HostProblem problem;
   problem.m = m;
   problem.n = n;
   problem.k = k;
   problem.group_size = group_size;
+  problem.format = format;
   Random random{seed};
   problem.a.resize(size_t(m) * k);
-  for (auto& x : problem.a) x = __float2half(random.uniform());
+  for (auto& x : problem.a) x = float_to_element(format.element, random.uniform());
   if (with_bias) {
     problem.bias.resize(n);
-    for (auto& x : problem.bias) x = __float2half(random.uniform());
+    for (auto& x : problem.bias) x = float_to_element(format.element, random.uniform());
   }
   std::vector<float> weights(size_t(n) * k);
   for (auto& w : weights) w = random.uniform();
-  check_status(quantize(weights.data(), n, k, group_size, &problem.weights), "quantize");
+  QuantizeOptions options;
+  options.group_size = group_size;
+  options.element = format.element;
+  options.quant = format.quant;
+  check_status(quantize(weights.data(), n, k, options, &problem.weights), "quantize");
   check_status(pack_weights(problem.weights, &problem.packed), "pack_weights");
   return problem;
 }

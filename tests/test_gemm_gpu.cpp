@@ -26,75 +26,85 @@ namespace {
 using test::DeviceArray;
 using test::Random;
 
+const void* offset(const void* pointer, size_t bytes) { return static_cast<const uint8_t*>(pointer) + bytes; }
+
 // ---------------------------------------------------------------------------------------------
 // Problem setup
 
-// Quantized weights, packed and uploaded, plus |W| for the error bound.
+// Quantized weights in one format, packed and uploaded.
 struct Weights {
   int n = 0, k = 0, group = 0;
+  Format format;
   QuantizedWeights q;
-  QuantizedWeights abs_q;
   DeviceArray<uint8_t> packed;
-  DeviceArray<__half> scales;
+  DeviceArray<uint16_t> scales, zeros;  // zeros: QuantOp::kScaleAndZeros only
 };
 
-void make_weights(Random& rng, int n, int k, int group, Weights* w) {
+// With zero points, a third of them get a fractional part (HQQ-style zero points; quantize()
+// itself only makes integer ones), so both kinds are covered.
+void make_weights(Random& rng, int n, int k, int group, Weights* w, Format format = {}) {
   w->n = n;
   w->k = k;
   w->group = group;
+  w->format = format;
   const std::vector<float> host = rng.weights(n, k);
-  W4A16_ASSERT_OK(quantize(host.data(), n, k, group, &w->q));
+  W4A16_ASSERT_OK(quantize(host.data(), n, k, QuantizeOptions{group, format.element, format.quant}, &w->q));
+  for (uint16_t& zero : w->q.zeros) {
+    if (rng.uniform_int(0, 2) == 0) {
+      zero = float_to_element(format.element, element_to_float(format.element, zero) + 0.25f * rng.uniform_int(1, 3));
+    }
+  }
   std::vector<uint8_t> packed;
   W4A16_ASSERT_OK(pack_weights(w->q, &packed));
   ASSERT_EQ(packed.size(), packed_weight_bytes(n, k));
   ASSERT_NO_FATAL_FAILURE(w->packed.upload(packed, 64));  // slack for the misaligned-pointer tests
   ASSERT_NO_FATAL_FAILURE(w->scales.upload(w->q.scales, 64));
-  w->abs_q = test::absolute(w->q);
+  if (!w->q.zeros.empty()) { ASSERT_NO_FATAL_FAILURE(w->zeros.upload(w->q.zeros, 64)); }
 }
 
 // C with guard zones before and after it, all poisoned with 0xFF bytes (fp16 NaN) before a run: an
 // output the kernel forgets stays NaN, a write outside C changes a guard.
 class Output {
  public:
-  static constexpr size_t kGuard = 4096;  // halves on each side; keeps C 256-byte aligned
+  static constexpr size_t kGuard = 4096;  // elements on each side; keeps C 256-byte aligned
 
   void allocate(int m, int n) {
     m_ = m;
     n_ = n;
     ASSERT_NO_FATAL_FAILURE(storage_.allocate(size_t(m) * n + 2 * kGuard));
   }
-  __half* c() const { return storage_.get() + kGuard; }
+  uint16_t* c() const { return storage_.get() + kGuard; }
   void poison(cudaStream_t stream) { ASSERT_NO_FATAL_FAILURE(storage_.fill_bytes(0xFF, stream)); }
   // Downloads C; fails if a guard byte changed.
-  void download(std::vector<__half>* out) const {
-    std::vector<__half> all;
+  void download(std::vector<uint16_t>* out) const {
+    std::vector<uint16_t> all;
     ASSERT_NO_FATAL_FAILURE(storage_.download(&all));
     const size_t elements = size_t(m_) * n_;
-    EXPECT_TRUE(test::all_bytes_equal(all.data(), kGuard * sizeof(__half), 0xFF)) << "write before the start of C";
-    EXPECT_TRUE(test::all_bytes_equal(all.data() + kGuard + elements, kGuard * sizeof(__half), 0xFF))
+    EXPECT_TRUE(test::all_bytes_equal(all.data(), kGuard * sizeof(uint16_t), 0xFF)) << "write before the start of C";
+    EXPECT_TRUE(test::all_bytes_equal(all.data() + kGuard + elements, kGuard * sizeof(uint16_t), 0xFF))
         << "write past the end of C";
     out->assign(all.begin() + kGuard, all.begin() + kGuard + elements);
   }
   // C and both guards still hold the poison.
   ::testing::AssertionResult untouched() const {
-    std::vector<__half> all;
+    std::vector<uint16_t> all;
     storage_.download(&all);
     if (all.size() != storage_.size()) return ::testing::AssertionFailure() << "download failed";
-    return test::all_bytes_equal(all.data(), all.size() * sizeof(__half), 0xFF);
+    return test::all_bytes_equal(all.data(), all.size() * sizeof(uint16_t), 0xFF);
   }
 
  private:
   int m_ = 0, n_ = 0;
-  DeviceArray<__half> storage_;
+  DeviceArray<uint16_t> storage_;
 };
 
-// Activations, bias and alpha of one problem, on host and device.
+// Activations, bias and alpha of one problem, on host and device, in the weights' element type.
 struct Problem {
   int m = 0;
   float alpha = 1.0f;
   bool use_bias = false;
-  std::vector<__half> a, bias;
-  DeviceArray<__half> d_a, d_bias;
+  std::vector<uint16_t> a, bias;
+  DeviceArray<uint16_t> d_a, d_bias;
   Output out;
 
   GemmArguments arguments(const Weights& w) const {
@@ -102,6 +112,8 @@ struct Problem {
     args.a = d_a.get();
     args.packed_weights = w.packed.get();
     args.scales = w.scales.get();
+    args.zeros = w.format.quant == QuantOp::kScaleAndZeros ? w.zeros.get() : nullptr;
+    args.element = w.format.element;
     args.bias = use_bias ? d_bias.get() : nullptr;
     args.c = out.c();
     args.m = m;
@@ -113,12 +125,13 @@ struct Problem {
   }
 };
 
-void make_problem(Random& rng, const Weights& w, int m, bool use_bias, float alpha, Problem* p) {
+// Activations uniform in [-range, range) (bf16 tests go to 3e4, beyond what fp16 can hold).
+void make_problem(Random& rng, const Weights& w, int m, bool use_bias, float alpha, Problem* p, float range = 1.0f) {
   p->m = m;
   p->alpha = alpha;
   p->use_bias = use_bias;
-  p->a = rng.halves(size_t(m) * w.k, -1.0f, 1.0f);
-  p->bias = rng.halves(size_t(w.n), -1.0f, 1.0f);
+  p->a = rng.elements(w.format.element, size_t(m) * w.k, -range, range);
+  p->bias = rng.elements(w.format.element, size_t(w.n), -1.0f, 1.0f);
   ASSERT_NO_FATAL_FAILURE(p->d_a.upload(p->a, 64));
   ASSERT_NO_FATAL_FAILURE(p->d_bias.upload(p->bias, 64));
   ASSERT_NO_FATAL_FAILURE(p->out.allocate(m, w.n));
@@ -135,13 +148,13 @@ Expected expected(const Weights& w, const Problem& p, std::vector<int> rows) {
   const Status status =
       reference_gemm(p.a.data(), p.m, w.q, p.use_bias ? p.bias.data() : nullptr, p.alpha, e.rows, &e.reference);
   EXPECT_TRUE(status.ok()) << status.to_string();
-  e.magnitude = test::reference_magnitude(p.a, p.m, w.abs_q, p.alpha, e.rows);
+  e.magnitude = test::reference_magnitude(p.a, p.m, w.q, p.alpha, e.rows);
   return e;
 }
 
 std::string describe(int m, const Weights& w, const Problem& p, const KernelConfig& config) {
   return "m " + std::to_string(m) + ", n " + std::to_string(w.n) + ", k " + std::to_string(w.k) + ", group " +
-         std::to_string(w.group) + (p.use_bias ? ", bias" : ", no bias") + ", alpha " + std::to_string(p.alpha) +
+         std::to_string(w.group) + ", " + format_name(w.format) + (p.use_bias ? ", bias" : ", no bias") + ", alpha " + std::to_string(p.alpha) +
          ", config " + config.name();
 }
 
@@ -183,7 +196,7 @@ class Gpu : public ::testing::Test {
 
   // Poisons C (NaN) and the workspace, runs `config` (the default when null), waits, downloads C.
   void run(const GemmArguments& args, const KernelConfig* config, DeviceArray<uint8_t>& workspace, Output& out,
-           std::vector<__half>* c, int workspace_poison = 0xFF) {
+           std::vector<uint16_t>* c, int workspace_poison = 0xFF) {
     ASSERT_NO_FATAL_FAILURE(out.poison(stream_));
     ASSERT_NO_FATAL_FAILURE(workspace.fill_bytes(workspace_poison, stream_));
     const Status status = config != nullptr
@@ -211,7 +224,7 @@ TEST_F(Gpu, ConfigListIsConsistent) {
     KernelConfig parsed;
     ASSERT_TRUE(parse_kernel_config(config.name(), &parsed));
     EXPECT_EQ(parsed, config);
-    if (config.tensor_core()) {
+    if (config.fused()) {
       has_tensor_core = true;
       const auto& splits = heuristics::split_k_choices();
       EXPECT_NE(std::find(splits.begin(), splits.end(), config.split_k), splits.end());
@@ -223,7 +236,7 @@ TEST_F(Gpu, ConfigListIsConsistent) {
   if (runner().sm_version() >= 80) { EXPECT_TRUE(has_tensor_core) << "sm_" << runner().sm_version() << " without tc configs"; }
   // wgmma tiles: listed exactly when the build has sm_90a code and the device is sm_90.
   const bool has_wgmma = std::any_of(configs.begin(), configs.end(), [](const KernelConfig& c) {
-    return c.family == KernelFamily::kWarpSpecializedSm90;
+    return c.family == KernelFamily::kWarpSpecialized;
   });
 #if defined(W4A16_WITH_WGMMA)
   EXPECT_EQ(has_wgmma, runner().sm_version() == 90);
@@ -244,20 +257,27 @@ TEST_F(Gpu, ConfigListIsConsistent) {
 
 struct Shape {
   int n, k, group;  // group 0: k (per-channel)
+  Format format;
 };
+
+// A test name's format part: fp16, fp16_zeros, bf16, bf16_zeros.
+std::string format_tag(const Format& format) {
+  return std::string(to_string(format.element)) + (format.quant == QuantOp::kScaleAndZeros ? "_zeros" : "");
+}
 
 std::vector<Shape> default_config_shapes() {
   std::vector<Shape> shapes;
   const std::pair<int, int> nk[] = {{4096, 4096}, {11008, 4096}, {4096, 11008}, {80, 192}, {1040, 320}, {272, 1088}};
-  for (const auto& [n, k] : nk)
-    for (int group : {32, 64, 128, 0})
-      if (group == 0 || k % group == 0) shapes.push_back({n, k, group});
+  for (const Format& format : kAllFormats)
+    for (const auto& [n, k] : nk)
+      for (int group : {32, 64, 128, 0})
+        if (group == 0 || k % group == 0) shapes.push_back({n, k, group, format});
   return shapes;
 }
 
 std::string shape_name(const ::testing::TestParamInfo<Shape>& info) {
-  return "n" + std::to_string(info.param.n) + "_k" + std::to_string(info.param.k) + "_" +
-         (info.param.group == 0 ? std::string("per_channel") : "g" + std::to_string(info.param.group));
+  return format_tag(info.param.format) + "_n" + std::to_string(info.param.n) + "_k" + std::to_string(info.param.k) +
+         "_" + (info.param.group == 0 ? std::string("per_channel") : "g" + std::to_string(info.param.group));
 }
 
 class DefaultConfig : public Gpu, public ::testing::WithParamInterface<Shape> {};
@@ -267,7 +287,7 @@ TEST_P(DefaultConfig, MatchesReference) {
   const Shape shape = GetParam();
   const int n = shape.n, k = shape.k, group = shape.group == 0 ? k : shape.group;
   Weights w;
-  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w, shape.format));
   DeviceArray<uint8_t> workspace;
   const int ms[] = {1, 3, 16, 17, 64, 128, 1000};
   for (size_t i = 0; i < std::size(ms); ++i) {
@@ -276,17 +296,17 @@ TEST_P(DefaultConfig, MatchesReference) {
     const float alpha = i % 3 == 1 ? rng.alpha() : 1.0f;
     Problem p;
     ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, use_bias, alpha, &p));
-    const KernelConfig config = runner().default_config(m, n, k, group);
+    const KernelConfig config = runner().default_config(m, n, k, group, w.format);
     SCOPED_TRACE(describe(m, w, p, config));
-    const size_t needed = runner().workspace_bytes(m, n, k, group);
+    const size_t needed = runner().workspace_bytes(m, n, k, group, w.format);
     EXPECT_EQ(needed, runner().workspace_bytes(m, n, k, config));
     if (workspace.bytes() < needed) { ASSERT_NO_FATAL_FAILURE(workspace.allocate(needed)); }
 
-    std::vector<__half> c;
+    std::vector<uint16_t> c;
     ASSERT_NO_FATAL_FAILURE(run(p.arguments(w), nullptr, workspace, p.out, &c));
-    EXPECT_TRUE(test::all_finite(c, m, n));
+    EXPECT_TRUE(test::all_finite(w.format.element, c, m, n));
     const Expected e = expected(w, p, test::sample_rows(rng, m, n, k));
-    EXPECT_TRUE(test::matches_reference(c, m, n, e.rows, e.reference, e.magnitude));
+    EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, e.rows, e.reference, e.magnitude));
   }
 }
 
@@ -297,6 +317,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DefaultConfig, ::testing::ValuesIn(default_conf
 
 struct ConfigShape {
   int m, n, k, group;  // group 0: k
+  Format format = {};
+  float range = 1.0f;  // activations uniform in [-range, range)
 };
 
 class EveryConfig : public Gpu, public ::testing::WithParamInterface<ConfigShape> {};
@@ -306,9 +328,9 @@ TEST_P(EveryConfig, MatchesReference) {
   const ConfigShape shape = GetParam();
   const int m = shape.m, n = shape.n, k = shape.k, group = shape.group == 0 ? k : shape.group;
   Weights w;
-  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w, shape.format));
   Problem p;
-  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p));
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p, shape.range));
   const GemmArguments args = p.arguments(w);
   const Expected e = expected(w, p, {});
   DeviceArray<uint8_t> workspace;
@@ -319,7 +341,7 @@ TEST_P(EveryConfig, MatchesReference) {
   for (const KernelConfig& config : runner().configs()) {
     if (!test::family_selected(config.family)) continue;
     SCOPED_TRACE(describe(m, w, p, config));
-    if (config.tensor_core() && config.split_k > k / 64) {
+    if (config.fused() && config.split_k > k / 64) {
       W4A16_EXPECT_CODE(runner().check(args, config, workspace.get(), workspace.bytes()), StatusCode::kInvalidArgument);
       continue;
     }
@@ -328,10 +350,10 @@ TEST_P(EveryConfig, MatchesReference) {
     const size_t needed = runner().workspace_bytes(m, n, k, config);
     DeviceArray<uint8_t> exact;
     ASSERT_NO_FATAL_FAILURE(exact.allocate(needed));
-    std::vector<__half> c;
+    std::vector<uint16_t> c;
     ASSERT_NO_FATAL_FAILURE(run(args, &config, exact, p.out, &c));
-    EXPECT_TRUE(test::all_finite(c, m, n));
-    EXPECT_TRUE(test::matches_reference(c, m, n, e.rows, e.reference, e.magnitude));
+    EXPECT_TRUE(test::all_finite(w.format.element, c, m, n));
+    EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, e.rows, e.reference, e.magnitude));
     ++ran;
     families.insert(config.family);
   }
@@ -345,32 +367,47 @@ TEST_P(EveryConfig, MatchesReference) {
   std::printf("%d of %zu configs ran\n", ran, runner().configs().size());
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, EveryConfig,
-                         ::testing::Values(ConfigShape{17, 80, 1088, 32}, ConfigShape{130, 1040, 1024, 128},
-                                           ConfigShape{1, 272, 4096, 0}, ConfigShape{40, 208, 640, 64},
-                                           // per-channel group that is not a power of two; n
-                                           // smaller than the widest tiles' n
-                                           ConfigShape{3, 48, 1088, 0},
-                                           // several bands of 8 m-tiles, the last one partial (tile_scheduler.cuh)
-                                           ConfigShape{700, 1040, 1024, 128},
-                                           // group 64 with an odd number of k-blocks (the last
-                                           // two-k-block slot of the ws tiles is half empty) and
-                                           // n past the first 256-channel tile's second half
-                                           ConfigShape{65, 272, 1088, 64}),
+std::vector<ConfigShape> every_config_shapes() {
+  const ConfigShape base[] = {
+      {17, 80, 1088, 32}, {130, 1040, 1024, 128}, {1, 272, 4096, 0}, {40, 208, 640, 64},
+      // per-channel group that is not a power of two; n smaller than the widest tiles' n
+      {3, 48, 1088, 0},
+      // several bands of 8 m-tiles, the last one partial (tile_scheduler.cuh)
+      {700, 1040, 1024, 128},
+      // group 64 with an odd number of k-blocks (the last two-k-block slot of the ws tiles is half
+      // empty) and n past the first 256-channel tile's second half
+      {65, 272, 1088, 64}};
+  std::vector<ConfigShape> shapes;
+  for (const Format& format : kAllFormats) {
+    for (ConfigShape shape : base) {
+      shape.format = format;
+      shapes.push_back(shape);
+    }
+    // bf16 activations beyond fp16's range (|a| up to 3e4): finite and within tolerance.
+    if (format.element == ElementType::kBFloat16) shapes.push_back({33, 272, 1088, 128, format, 3e4f});
+  }
+  return shapes;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, EveryConfig, ::testing::ValuesIn(every_config_shapes()),
                          [](const ::testing::TestParamInfo<ConfigShape>& info) {
                            const ConfigShape& s = info.param;
-                           return "m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +
-                                  "_" + (s.group == 0 ? std::string("per_channel") : "g" + std::to_string(s.group));
+                           return format_tag(s.format) + "_m" + std::to_string(s.m) + "_n" + std::to_string(s.n) +
+                                  "_k" + std::to_string(s.k) + "_" +
+                                  (s.group == 0 ? std::string("per_channel") : "g" + std::to_string(s.group)) +
+                                  (s.range > 1.0f ? "_large" : "");
                          });
 
 // =============================================================================================
 // Same config, same inputs: bit-identical outputs, whatever the workspace held before.
 
-TEST_F(Gpu, RepeatedRunsAreBitIdentical) {
+class BitIdentical : public Gpu, public ::testing::WithParamInterface<Format> {};
+
+TEST_P(BitIdentical, RepeatedRuns) {
   W4A16_RANDOM(rng);
   const int m = 33, n = 1040, k = 4096, group = 128;
   Weights w;
-  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w, GetParam()));
   Problem p;
   ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, true, rng.alpha(), &p));
   const GemmArguments args = p.arguments(w);
@@ -380,23 +417,27 @@ TEST_F(Gpu, RepeatedRunsAreBitIdentical) {
   int split_configs = 0;
   for (const KernelConfig& config : runner().configs()) {
     if (!test::family_selected(config.family)) continue;
-    if (config.tensor_core() && config.split_k > k / 64) continue;
+    if (config.fused() && config.split_k > k / 64) continue;
     SCOPED_TRACE(describe(m, w, p, config));
-    std::vector<__half> first, second;
+    std::vector<uint16_t> first, second;
     ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &first, /*workspace_poison=*/0xFF));
     ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &second, /*workspace_poison=*/0x7F));
-    EXPECT_TRUE(test::matches_reference(first, m, n, e.rows, e.reference, e.magnitude));
+    EXPECT_TRUE(test::matches_reference(w.format.element, first, m, n, e.rows, e.reference, e.magnitude));
     ASSERT_EQ(first.size(), second.size());
-    if (std::memcmp(first.data(), second.data(), first.size() * sizeof(__half)) != 0) {
+    if (first != second) {
       size_t i = 0;
-      while (std::memcmp(&first[i], &second[i], sizeof(__half)) == 0) ++i;
-      ADD_FAILURE() << "runs differ, first at C[" << i / n << "][" << i % n << "]: " << __half2float(first[i])
-                    << " vs " << __half2float(second[i]);
+      while (first[i] == second[i]) ++i;
+      ADD_FAILURE() << "runs differ, first at C[" << i / n << "][" << i % n << "]: "
+                    << element_to_float(w.format.element, first[i]) << " vs "
+                    << element_to_float(w.format.element, second[i]);
     }
     if (config.split_k > 1) ++split_configs;
   }
   if (runner().sm_version() >= 80) { EXPECT_GT(split_configs, 0) << "no split-K config was exercised"; }
 }
+
+INSTANTIATE_TEST_SUITE_P(Formats, BitIdentical, ::testing::ValuesIn(kAllFormats),
+                         [](const ::testing::TestParamInfo<Format>& info) { return format_tag(info.param); });
 
 // =============================================================================================
 // Validation: every bad argument gets its code, and nothing is launched (C keeps its poison).
@@ -449,14 +490,16 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
       {"k not a multiple of group", [](GemmArguments& a) { a.k = 960; }, StatusCode::kUnsupportedGroupSize},
       {"alpha NaN", [](GemmArguments& a) { a.alpha = NAN; }, StatusCode::kInvalidArgument},
       {"alpha inf", [](GemmArguments& a) { a.alpha = INFINITY; }, StatusCode::kInvalidArgument},
-      {"a misaligned", [](GemmArguments& a) { a.a += 1; }, StatusCode::kMisalignedPointer},
-      {"a 8-byte aligned", [](GemmArguments& a) { a.a += 4; }, StatusCode::kMisalignedPointer},
+      {"element unknown", [](GemmArguments& a) { a.element = static_cast<ElementType>(5); }, StatusCode::kInvalidArgument},
+      {"a misaligned", [](GemmArguments& a) { a.a = offset(a.a, 2); }, StatusCode::kMisalignedPointer},
+      {"a 8-byte aligned", [](GemmArguments& a) { a.a = offset(a.a, 8); }, StatusCode::kMisalignedPointer},
       {"packed misaligned",
        [](GemmArguments& a) { a.packed_weights = static_cast<const uint8_t*>(a.packed_weights) + 2; },
        StatusCode::kMisalignedPointer},
-      {"scales misaligned", [](GemmArguments& a) { a.scales += 1; }, StatusCode::kMisalignedPointer},
-      {"bias misaligned", [](GemmArguments& a) { a.bias += 1; }, StatusCode::kMisalignedPointer},
-      {"c misaligned", [](GemmArguments& a) { a.c += 1; }, StatusCode::kMisalignedPointer},
+      {"scales misaligned", [](GemmArguments& a) { a.scales = offset(a.scales, 2); }, StatusCode::kMisalignedPointer},
+      {"zeros misaligned", [&](GemmArguments& a) { a.zeros = offset(w.scales.get(), 2); }, StatusCode::kMisalignedPointer},
+      {"bias misaligned", [](GemmArguments& a) { a.bias = offset(a.bias, 2); }, StatusCode::kMisalignedPointer},
+      {"c misaligned", [](GemmArguments& a) { a.c = const_cast<void*>(offset(a.c, 2)); }, StatusCode::kMisalignedPointer},
   };
   for (const auto& c : cases) {
     GemmArguments args = valid;
@@ -466,7 +509,7 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
     ASSERT_NO_FATAL_FAILURE(
         expect_rejected(std::string(c.what) + " (default config)", args, nullptr, workspace.get(), workspace.bytes(), c.code));
     for (const KernelConfig& config : runner().configs()) {
-      if (config.tensor_core() && config.split_k > 1 && config.split_k != 4) continue;
+      if (config.fused() && config.split_k > 1 && config.split_k != 4) continue;
       ASSERT_NO_FATAL_FAILURE(expect_rejected(std::string(c.what) + " (" + config.name() + ")", args, &config,
                                               workspace.get(), workspace.bytes(), c.code));
     }
@@ -497,11 +540,11 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
 
   // A config without a kernel in this build.
   KernelConfig odd = runner().default_config(m, n, k, group);
-  odd.family = KernelFamily::kTensorCoreSm80;
+  odd.family = KernelFamily::kMultistage;
   odd.tile_m = 7;
   expect_rejected("tile_m = 7", valid, &odd, workspace.get(), workspace.bytes(), StatusCode::kUnsupportedArch);
   for (const KernelConfig& config : runner().configs()) {
-    if (config.family != KernelFamily::kTensorCoreSm80) continue;
+    if (config.family != KernelFamily::kMultistage) continue;
     KernelConfig split3 = config;  // a listed tile with a split the list does not offer
     split3.split_k = 3;
     expect_rejected(split3.name(), valid, &split3, workspace.get(), workspace.bytes(), StatusCode::kUnsupportedArch);
@@ -511,7 +554,7 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
   // More output tiles than a one-dimensional grid (and the kernel's int tile index) can number:
   // rejected before anything is launched or read (the pointers point at far smaller buffers).
   for (const KernelConfig& config : runner().configs()) {
-    if (!config.tensor_core() || config.split_k != 1 || config.tile_m != 8) continue;
+    if (!config.fused() || config.split_k != 1 || config.tile_m != 8) continue;
     GemmArguments huge = valid;
     huge.m = std::numeric_limits<int>::max();
     huge.n = std::numeric_limits<int>::max() / 16 * 16;
@@ -524,7 +567,7 @@ TEST_F(Gpu, InvalidArgumentsAreRejectedWithoutTouchingC) {
 
   // split_k beyond the k / 64 k-blocks.
   for (const KernelConfig& config : runner().configs()) {
-    if (!config.tensor_core() || config.split_k < 2) continue;
+    if (!config.fused() || config.split_k < 2) continue;
     GemmArguments args = valid;
     args.k = 64 * (config.split_k - 1);  // one k-block short
     args.group_size = args.k;
@@ -587,9 +630,9 @@ TEST_F(Gpu, ProfilePicksAListedConfigAndMakesItTheDefault) {
     ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
     W4A16_ASSERT_OK(local.gemm(args, workspace.get(), workspace.bytes(), stream_));
     W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
-    std::vector<__half> c;
+    std::vector<uint16_t> c;
     ASSERT_NO_FATAL_FAILURE(p.out.download(&c));
-    EXPECT_TRUE(test::matches_reference(c, m, n, e.rows, e.reference, e.magnitude));
+    EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, e.rows, e.reference, e.magnitude));
   }
 
   // Without workspace only the configs that need none are timed, and the best of those becomes the default.
@@ -618,7 +661,7 @@ TEST_F(Gpu, GemmCanBeCapturedInAGraph) {
 
   std::vector<KernelConfig> captured;  // a split-K config (kernel + reduce, through the workspace), and cuBLAS
   for (const KernelConfig& config : runner().configs())
-    if (config.family == KernelFamily::kTensorCoreSm80 && config.split_k == 4) {
+    if (config.family == KernelFamily::kMultistage && config.split_k == 4) {
       captured.push_back(config);
       break;
     }
@@ -652,19 +695,19 @@ TEST_F(Gpu, GemmCanBeCapturedInAGraph) {
     // Capturing ran nothing.
     EXPECT_TRUE(p.out.untouched()) << "C written during capture";
 
-    std::vector<__half> first, second;
+    std::vector<uint16_t> first, second;
     W4A16_EXPECT_CUDA(cudaGraphLaunch(exec, stream_));
     W4A16_EXPECT_CUDA(cudaStreamSynchronize(stream_));
     ASSERT_NO_FATAL_FAILURE(p.out.download(&first));
-    EXPECT_TRUE(test::all_finite(first, m, n));
-    EXPECT_TRUE(test::matches_reference(first, m, n, e.rows, e.reference, e.magnitude));
+    EXPECT_TRUE(test::all_finite(w.format.element, first, m, n));
+    EXPECT_TRUE(test::matches_reference(w.format.element, first, m, n, e.rows, e.reference, e.magnitude));
     // Replay over fresh poison: the same bits.
     ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
     ASSERT_NO_FATAL_FAILURE(workspace.fill_bytes(0x7F, stream_));
     W4A16_EXPECT_CUDA(cudaGraphLaunch(exec, stream_));
     W4A16_EXPECT_CUDA(cudaStreamSynchronize(stream_));
     ASSERT_NO_FATAL_FAILURE(p.out.download(&second));
-    EXPECT_EQ(std::memcmp(first.data(), second.data(), first.size() * sizeof(__half)), 0) << "replays differ";
+    EXPECT_EQ(first, second) << "replays differ";
     W4A16_EXPECT_CUDA(cudaGraphExecDestroy(exec));
   }
 }
@@ -680,7 +723,7 @@ std::vector<KernelConfig> one_config_per_family(const GemmRunner& runner, int m,
   std::vector<KernelConfig> configs = {runner.default_config(m, n, k, group)};
   std::set<std::pair<KernelFamily, bool>> seen;
   for (const KernelConfig& config : runner.configs()) {
-    if (!config.tensor_core() || (config.split_k != 1 && config.split_k != 4)) continue;
+    if (!config.fused() || (config.split_k != 1 && config.split_k != 4)) continue;
     if (seen.insert({config.family, config.split_k > 1}).second) configs.push_back(config);
   }
   return configs;
@@ -724,16 +767,16 @@ TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
     W4A16_ASSERT_OK(pdl_runner.gemm(args2, config, workspace.get(), workspace.bytes(), stream_));
     W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
 
-    std::vector<__half> c1, c2;
+    std::vector<uint16_t> c1, c2;
     ASSERT_NO_FATAL_FAILURE(first.out.download(&c1));
     ASSERT_NO_FATAL_FAILURE(second.download(&c2));
-    ASSERT_TRUE(test::all_finite(c1, m, n1));
+    ASSERT_TRUE(test::all_finite(w1.format.element, c1, m, n1));
     // The second call against the reference on the first call's actual output.
     std::vector<double> reference;
     W4A16_ASSERT_OK(reference_gemm(c1.data(), m, w2.q, nullptr, 1.0f, {}, &reference));
-    const std::vector<double> magnitude = test::reference_magnitude(c1, m, w2.abs_q, 1.0f, {});
-    EXPECT_TRUE(test::all_finite(c2, m, n2)) << "the second call read poison: it did not wait for the first";
-    EXPECT_TRUE(test::matches_reference(c2, m, n2, {}, reference, magnitude));
+    const std::vector<double> magnitude = test::reference_magnitude(c1, m, w2.q, 1.0f, {});
+    EXPECT_TRUE(test::all_finite(w2.format.element, c2, m, n2)) << "the second call read poison: it did not wait for the first";
+    EXPECT_TRUE(test::matches_reference(w2.format.element, c2, m, n2, {}, reference, magnitude));
   }
 }
 
@@ -766,19 +809,19 @@ void check_inputs_written_by_previous_kernel(GemmRunner& pdl_runner, cudaStream_
     SCOPED_TRACE(config.name());
     DeviceArray<uint8_t> workspace, junk;
     ASSERT_NO_FATAL_FAILURE(workspace.allocate(pdl_runner.workspace_bytes(m, n, k, config)));
-    const size_t c_bytes = size_t(m) * n * sizeof(__half);
+    const size_t c_bytes = size_t(m) * n * sizeof(uint16_t);
     ASSERT_NO_FATAL_FAILURE(junk.allocate(std::max(c_bytes, workspace.bytes())));
     ASSERT_NO_FATAL_FAILURE(junk.fill_bytes(0x7F, stream));  // fp16 ~6.5e4, fp32 ~3.4e38
     test::DelayedCopy job;
     job.destination[0] = stale.d_a.get();
     job.source[0] = problem.d_a.get();
-    job.bytes[0] = size_t(m) * k * sizeof(__half);
+    job.bytes[0] = size_t(m) * k * sizeof(uint16_t);
     job.destination[1] = stale_weights.packed.get();
     job.source[1] = weights.packed.get();
     job.bytes[1] = size_t(n) * k / 2;
     job.destination[2] = stale_weights.scales.get();
     job.source[2] = weights.scales.get();
-    job.bytes[2] = size_t(k / group) * n * sizeof(__half);
+    job.bytes[2] = size_t(k / group) * n * sizeof(uint16_t);
     job.destination[3] = problem.out.c();
     job.source[3] = junk.get();
     job.bytes[3] = c_bytes;
@@ -798,9 +841,9 @@ void check_inputs_written_by_previous_kernel(GemmRunner& pdl_runner, cudaStream_
     W4A16_ASSERT_CUDA(test::launch_delayed_copy(job, stream));
     W4A16_ASSERT_OK(pdl_runner.gemm(args, config, workspace.get(), workspace.bytes(), stream));
     W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream));
-    std::vector<__half> c;
+    std::vector<uint16_t> c;
     ASSERT_NO_FATAL_FAILURE(problem.out.download(&c));
-    EXPECT_TRUE(test::matches_reference(c, m, n, {}, e.reference, e.magnitude))
+    EXPECT_TRUE(test::matches_reference(weights.format.element, c, m, n, {}, e.reference, e.magnitude))
         << "the GEMM read an input before the previous kernel wrote it, or wrote C or the workspace before";
   }
 }

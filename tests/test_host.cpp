@@ -14,7 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "common/packed_layout.h"
-#include "kernels/wgmma_sm90/tensor_maps.h"
+#include "kernels/fused/warp_specialized/tensor_maps.h"
 #include "runner/compiled_config.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
@@ -25,11 +25,6 @@ namespace {
 
 using test::Random;
 
-uint16_t bits(__half h) {
-  uint16_t b;
-  std::memcpy(&b, &h, sizeof(b));
-  return b;
-}
 
 // =============================================================================================
 // check_group_size / quantize
@@ -48,120 +43,217 @@ TEST(GroupSize, SupportedAndUnsupported) {
   W4A16_EXPECT_CODE(check_group_size(192, 128), StatusCode::kUnsupportedGroupSize);
 }
 
-class QuantizeGroups : public ::testing::TestWithParam<int> {};  // 0 stands for k (per-channel)
+// Every (group, element type, quant op): scales, zero points and codes follow quantize.h's
+// definition exactly, and dequantized() is s * (q - z).
+struct QuantizeCase {
+  int group;  // 0 stands for k (per-channel)
+  ElementType element;
+  QuantOp quant;
+};
 
-TEST_P(QuantizeGroups, ScalesCodesAndRoundingFollowTheDefinition) {
+class QuantizeFormats : public ::testing::TestWithParam<QuantizeCase> {};
+
+TEST_P(QuantizeFormats, ScalesZerosCodesAndRoundingFollowTheDefinition) {
   W4A16_RANDOM(rng);
   const int n = 37, k = 512;
-  const int group = GetParam() == 0 ? k : GetParam();
+  const QuantizeCase param = GetParam();
+  const int group = param.group == 0 ? k : param.group;
+  const bool zeros = param.quant == QuantOp::kScaleAndZeros;
   std::vector<float> w = rng.weights(n, k);
-  // One all-zero group, and a group whose largest magnitude is negative.
+  // One all-zero group, one group whose largest magnitude is negative, one group of positive
+  // weights only (its zero point is 0) and one of negative weights only (zero point 15).
   for (int j = 0; j < group; ++j) w[size_t(5) * k + j] = 0.0f;
   w[size_t(9) * k + 3] = -3.5f;
+  for (int j = 0; j < group; ++j) w[size_t(11) * k + j] = std::fabs(w[size_t(11) * k + j]) + 0.01f;
+  for (int j = 0; j < group; ++j) w[size_t(12) * k + j] = -std::fabs(w[size_t(12) * k + j]) - 0.01f;
 
+  QuantizeOptions options;
+  options.group_size = group;
+  options.element = param.element;
+  options.quant = param.quant;
   QuantizedWeights q;
-  W4A16_ASSERT_OK(quantize(w.data(), n, k, group, &q));
+  W4A16_ASSERT_OK(quantize(w.data(), n, k, options, &q));
   ASSERT_EQ(q.n, n);
   ASSERT_EQ(q.k, k);
   ASSERT_EQ(q.group_size, group);
+  ASSERT_EQ(q.element, param.element);
+  ASSERT_EQ(q.quant(), param.quant);
   ASSERT_EQ(q.codes.size(), size_t(n) * k);
   ASSERT_EQ(q.scales.size(), size_t(k / group) * n);
+  ASSERT_EQ(q.zeros.size(), zeros ? size_t(k / group) * n : size_t(0));
 
   int failures = 0;
   for (int row = 0; row < n && failures < 10; ++row) {
     for (int g = 0; g < k / group && failures < 10; ++g) {
-      float max_abs = 0.0f;
-      for (int j = g * group; j < (g + 1) * group; ++j) max_abs = std::max(max_abs, std::fabs(w[size_t(row) * k + j]));
-      const __half stored = q.scales[size_t(g) * n + row];
-      const __half expected = __float2half(max_abs / 7.0f);
-      if (bits(stored) != bits(expected)) {
-        ADD_FAILURE() << "scale of row " << row << " group " << g << " is " << __half2float(stored) << ", expected fp16("
-                      << max_abs << " / 7) = " << __half2float(expected);
+      float lo = 0.0f, hi = 0.0f;
+      for (int j = g * group; j < (g + 1) * group; ++j) {
+        lo = std::min(lo, w[size_t(row) * k + j]);
+        hi = std::max(hi, w[size_t(row) * k + j]);
+      }
+      const uint16_t stored = q.scales[size_t(g) * n + row];
+      const float raw = zeros ? float((double(hi) - double(lo)) / 15.0) : std::max(hi, -lo) / 7.0f;
+      const uint16_t expected = float_to_element(param.element, raw);
+      if (stored != expected) {
+        ADD_FAILURE() << "scale of row " << row << " group " << g << " is " << element_to_float(param.element, stored)
+                      << ", expected " << to_string(param.element) << "(" << raw << ")";
         ++failures;
         continue;
       }
-      const double scale = __half2float(stored);
-      for (int j = g * group; j < (g + 1) * group; ++j) {
-        const int code = q.codes[size_t(row) * k + j];
-        const double value = w[size_t(row) * k + j];
-        if (code < -8 || code > 7) {
-          ADD_FAILURE() << "code " << code << " at [" << row << "][" << j << "] outside [-8, 7]";
+      const double scale = element_to_float(param.element, stored);
+      double zero = 8.0;
+      if (zeros) {
+        zero = element_to_float(param.element, q.zeros[size_t(g) * n + row]);
+        const double expected_zero = scale == 0.0 ? 0.0 : std::clamp(std::nearbyint(-lo / scale), 0.0, 15.0);
+        if (zero != expected_zero) {
+          ADD_FAILURE() << "zero point of row " << row << " group " << g << " is " << zero << ", expected "
+                        << expected_zero;
           ++failures;
           continue;
         }
+      }
+      for (int j = g * group; j < (g + 1) * group; ++j) {
+        const int code = q.codes[size_t(row) * k + j];
+        const double value = w[size_t(row) * k + j];
+        if (code < 0 || code > 15) {
+          ADD_FAILURE() << "code " << code << " at [" << row << "][" << j << "] outside [0, 15]";
+          ++failures;
+          continue;
+        }
+        if (q.dequantized(row, j) != scale * (code - zero)) {
+          ADD_FAILURE() << "dequantized(" << row << ", " << j << ") = " << q.dequantized(row, j) << ", not s (q - z)";
+          ++failures;
+        }
         if (scale == 0.0) {
-          if (code != 0) {
-            ADD_FAILURE() << "zero-scale group has code " << code << " at [" << row << "][" << j << "]";
+          if (q.dequantized(row, j) != 0.0) {
+            ADD_FAILURE() << "zero-scale group dequantizes to " << q.dequantized(row, j) << " at [" << row << "][" << j << "]";
             ++failures;
           }
           continue;
         }
-        // Round to nearest with the stored scale: error at most scale / 2 (float division may be off by
-        // an ulp at exact ties), and no other code is strictly closer.
-        const double error = std::fabs(value - code * scale);
+        // Round to nearest with the stored scale (and zero point): error at most scale / 2 unless
+        // the code was clamped (float division may be off by an ulp at exact ties), and no other
+        // code is strictly closer.
+        const double error = std::fabs(value - (code - zero) * scale);
         const double slack = 1e-6 * scale;
-        if (error > scale / 2 + slack) {
-          ADD_FAILURE() << "[" << row << "][" << j << "]: w = " << value << ", code " << code << " * scale " << scale
-                        << " is off by " << error << " > scale / 2";
+        const bool clamped = code == 0 || code == 15;
+        if (error > scale / 2 + slack && !clamped) {
+          ADD_FAILURE() << "[" << row << "][" << j << "]: w = " << value << ", (" << code << " - " << zero
+                        << ") * scale " << scale << " is off by " << error << " > scale / 2";
           ++failures;
         }
         for (int other : {code - 1, code + 1}) {
-          if (other < -8 || other > 7) continue;
-          if (std::fabs(value - other * scale) + slack < error) {
+          if (other < 0 || other > 15) continue;
+          if (std::fabs(value - (other - zero) * scale) + slack < error) {
             ADD_FAILURE() << "[" << row << "][" << j << "]: code " << other << " is closer to " << value << " than "
                           << code;
             ++failures;
           }
         }
-        // dequantized() is codes * scales.
-        if (q.dequantized(row, j) != float(code) * float(scale)) {
-          ADD_FAILURE() << "dequantized(" << row << ", " << j << ") = " << q.dequantized(row, j);
-          ++failures;
-        }
       }
     }
   }
 
-  // The all-zero group: scale 0, codes 0; the group with -3.5: that element gets code -7.
-  EXPECT_EQ(__half2float(q.scales[size_t(0) * n + 5]), 0.0f);
-  for (int j = 0; j < group; ++j) ASSERT_EQ(q.codes[size_t(5) * k + j], 0) << "column " << j;
-  EXPECT_EQ(q.codes[size_t(9) * k + 3], -7);
-  EXPECT_EQ(bits(q.scales[size_t(3 / group) * n + 9]), bits(__float2half(3.5f / 7.0f)));
+  // The all-zero group: scale 0 and every weight 0.
+  EXPECT_EQ(element_to_float(param.element, q.scales[size_t(0) * n + 5]), 0.0f);
+  for (int j = 0; j < group; ++j) ASSERT_EQ(q.dequantized(5, j), 0.0) << "column " << j;
+  if (!zeros) {
+    // The group with -3.5: that element gets code 8 - 7 = 1.
+    EXPECT_EQ(q.codes[size_t(9) * k + 3], 1);
+    EXPECT_EQ(q.scales[size_t(3 / group) * n + 9], float_to_element(param.element, 3.5f / 7.0f));
+  } else {
+    // The range contains 0: positive-only groups get z = 0, negative-only ones z = 15.
+    EXPECT_EQ(q.zero(11, 0), 0.0f);
+    EXPECT_EQ(q.zero(12, 0), 15.0f);
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(Groups, QuantizeGroups, ::testing::Values(32, 64, 128, 0),
-                         [](const ::testing::TestParamInfo<int>& info) {
-                           return info.param == 0 ? std::string("per_channel") : "g" + std::to_string(info.param);
+std::vector<QuantizeCase> quantize_cases() {
+  std::vector<QuantizeCase> cases;
+  for (int group : {32, 64, 128, 0})
+    for (const Format& format : kAllFormats) cases.push_back({group, format.element, format.quant});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, QuantizeFormats, ::testing::ValuesIn(quantize_cases()),
+                         [](const ::testing::TestParamInfo<QuantizeCase>& info) {
+                           std::string name = info.param.group == 0 ? std::string("per_channel")
+                                                                    : "g" + std::to_string(info.param.group);
+                           name += std::string("_") + to_string(info.param.element) + "_" + to_string(info.param.quant);
+                           return name;
                          });
 
 TEST(Quantize, AllZeroWeights) {
   const int n = 16, k = 128;
   std::vector<float> w(size_t(n) * k, 0.0f);
-  QuantizedWeights q;
-  W4A16_ASSERT_OK(quantize(w.data(), n, k, 64, &q));
-  for (__half s : q.scales) EXPECT_EQ(__half2float(s), 0.0f);
-  for (int8_t c : q.codes) ASSERT_EQ(c, 0);
+  for (const Format& format : kAllFormats) {
+    SCOPED_TRACE(format_name(format));
+    QuantizedWeights q;
+    W4A16_ASSERT_OK(quantize(w.data(), n, k, QuantizeOptions{64, format.element, format.quant}, &q));
+    for (uint16_t s : q.scales) EXPECT_EQ(element_to_float(format.element, s), 0.0f);
+    for (int row = 0; row < n; ++row)
+      for (int col = 0; col < k; ++col) ASSERT_EQ(q.dequantized(row, col), 0.0);
+  }
 }
 
-TEST(Quantize, FloatAndHalfInputsAgree) {
+TEST(Quantize, FloatHalfAndBfloatInputsAgree) {
   W4A16_RANDOM(rng);
   const int n = 24, k = 256;
   for (int group : {32, 128, k}) {
-    SCOPED_TRACE("group " + std::to_string(group));
-    const std::vector<float> source = rng.weights(n, k);
-    std::vector<__half> h(source.size());
-    std::vector<float> f(source.size());
-    for (size_t i = 0; i < source.size(); ++i) {
-      h[i] = __float2half(source[i]);
-      f[i] = __half2float(h[i]);  // the same values, exactly
+    for (const Format& format : kAllFormats) {
+      SCOPED_TRACE("group " + std::to_string(group) + ", " + format_name(format));
+      const QuantizeOptions options{group, format.element, format.quant};
+      const std::vector<float> source = rng.weights(n, k);
+      std::vector<__half> h(source.size());
+      std::vector<__nv_bfloat16> b(source.size());
+      std::vector<float> from_h(source.size()), from_b(source.size());
+      for (size_t i = 0; i < source.size(); ++i) {
+        h[i] = __float2half(source[i]);
+        from_h[i] = __half2float(h[i]);  // the same values, exactly
+        b[i] = __float2bfloat16(source[i]);
+        from_b[i] = __bfloat162float(b[i]);
+      }
+      QuantizedWeights float_h, half, float_b, bfloat;
+      W4A16_ASSERT_OK(quantize(from_h.data(), n, k, options, &float_h));
+      W4A16_ASSERT_OK(quantize(h.data(), n, k, options, &half));
+      W4A16_ASSERT_OK(quantize(from_b.data(), n, k, options, &float_b));
+      W4A16_ASSERT_OK(quantize(b.data(), n, k, options, &bfloat));
+      EXPECT_EQ(float_h.codes, half.codes);
+      EXPECT_EQ(float_h.scales, half.scales);
+      EXPECT_EQ(float_h.zeros, half.zeros);
+      EXPECT_EQ(float_b.codes, bfloat.codes);
+      EXPECT_EQ(float_b.scales, bfloat.scales);
+      EXPECT_EQ(float_b.zeros, bfloat.zeros);
     }
-    QuantizedWeights from_float, from_half;
-    W4A16_ASSERT_OK(quantize(f.data(), n, k, group, &from_float));
-    W4A16_ASSERT_OK(quantize(h.data(), n, k, group, &from_half));
-    ASSERT_EQ(from_float.codes, from_half.codes);
-    ASSERT_EQ(from_float.scales.size(), from_half.scales.size());
-    for (size_t i = 0; i < from_float.scales.size(); ++i)
-      ASSERT_EQ(bits(from_float.scales[i]), bits(from_half.scales[i])) << "scale " << i;
+  }
+}
+
+// The asymmetric mode reproduces a group it can represent exactly: weights s * (q - z) for integer
+// codes (both extremes present, so min/max recover s and z) come back bit for bit.
+TEST(Quantize, ZeroPointsRecoverAnExactlyRepresentableGroup) {
+  W4A16_RANDOM(rng);
+  const int n = 16, k = 128, group = 64;
+  for (ElementType element : {ElementType::kFloat16, ElementType::kBFloat16}) {
+    SCOPED_TRACE(to_string(element));
+    std::vector<float> w(size_t(n) * k);
+    std::vector<int> zero_of(size_t(n) * (k / group));
+    std::vector<float> scale_of(size_t(n) * (k / group));
+    for (int row = 0; row < n; ++row) {
+      for (int g = 0; g < k / group; ++g) {
+        const float s = element_to_float(element, float_to_element(element, std::ldexp(1.0f, rng.uniform_int(-6, 0))));
+        const int z = rng.uniform_int(1, 14);
+        zero_of[size_t(row) * (k / group) + g] = z;
+        scale_of[size_t(row) * (k / group) + g] = s;
+        for (int j = 0; j < group; ++j) {
+          const int code = j == 0 ? 0 : j == 1 ? 15 : rng.uniform_int(0, 15);
+          w[size_t(row) * k + g * group + j] = s * float(code - z);
+        }
+      }
+    }
+    QuantizedWeights q;
+    W4A16_ASSERT_OK(quantize(w.data(), n, k, QuantizeOptions{group, element, QuantOp::kScaleAndZeros}, &q));
+    for (int row = 0; row < n; ++row)
+      for (int col = 0; col < k; ++col)
+        ASSERT_EQ(q.dequantized(row, col), double(w[size_t(row) * k + col])) << "[" << row << "][" << col << "]";
   }
 }
 
@@ -177,6 +269,8 @@ TEST(Quantize, RejectsNonFiniteWeights) {
       w[position] = special;
       QuantizedWeights q;
       W4A16_EXPECT_CODE(quantize(w.data(), n, k, 64, &q), StatusCode::kInvalidArgument);
+      W4A16_EXPECT_CODE(quantize(w.data(), n, k, QuantizeOptions{64, ElementType::kBFloat16, QuantOp::kScaleAndZeros}, &q),
+                        StatusCode::kInvalidArgument);
       std::vector<__half> h(w.size());
       for (size_t i = 0; i < w.size(); ++i) h[i] = __float2half(w[i]);
       W4A16_EXPECT_CODE(quantize(h.data(), n, k, 64, &q), StatusCode::kInvalidArgument);
@@ -184,13 +278,20 @@ TEST(Quantize, RejectsNonFiniteWeights) {
   }
 }
 
-TEST(Quantize, RejectsWeightsBeyondTheFp16ScaleRange) {
+TEST(Quantize, RejectsWeightsBeyondTheFp16ScaleRangeButNotBf16) {
   W4A16_RANDOM(rng);
   const int n = 16, k = 64;
   std::vector<float> w = rng.weights(n, k);
   w[rng.uniform_int(0, n * k - 1)] = 5.0e5f;  // scale 5e5 / 7 > 65504: not an fp16
   QuantizedWeights q;
   W4A16_EXPECT_CODE(quantize(w.data(), n, k, 32, &q), StatusCode::kInvalidArgument);
+  // Zero points: the scale spans (max - min) / 15, so only a range beyond 15 * 65504 overflows.
+  W4A16_EXPECT_OK(quantize(w.data(), n, k, QuantizeOptions{32, ElementType::kFloat16, QuantOp::kScaleAndZeros}, &q));
+  w[rng.uniform_int(0, n * k - 1)] = -1.0e6f;
+  W4A16_EXPECT_CODE(quantize(w.data(), n, k, QuantizeOptions{32, ElementType::kFloat16, QuantOp::kScaleAndZeros}, &q),
+                    StatusCode::kInvalidArgument);
+  // bf16 has fp32's exponent range.
+  W4A16_EXPECT_OK(quantize(w.data(), n, k, QuantizeOptions{32, ElementType::kBFloat16, QuantOp::kScaleOnly}, &q));
 }
 
 TEST(Quantize, RejectsBadArguments) {
@@ -205,14 +306,36 @@ TEST(Quantize, RejectsBadArguments) {
   // k not a multiple of the group.
   W4A16_EXPECT_CODE(quantize(w.data(), n, 96, 64, &q), StatusCode::kUnsupportedGroupSize);
   W4A16_EXPECT_CODE(quantize(w.data(), n, 320, 128, &q), StatusCode::kUnsupportedGroupSize);
-  // Null pointers, non-positive sizes.
+  // Null pointers, non-positive sizes, unknown enums.
   W4A16_EXPECT_CODE(quantize(static_cast<const float*>(nullptr), n, k, 64, &q), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(quantize(static_cast<const __half*>(nullptr), n, k, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(static_cast<const __nv_bfloat16*>(nullptr), n, k, QuantizeOptions{}, &q),
+                    StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(quantize(w.data(), n, k, 64, nullptr), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(quantize(w.data(), 0, k, 64, &q), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(quantize(w.data(), -16, k, 64, &q), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(quantize(w.data(), n, 0, 64, &q), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(quantize(w.data(), n, -64, 64, &q), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), n, k, QuantizeOptions{64, static_cast<ElementType>(7), QuantOp::kScaleOnly}, &q),
+                    StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(quantize(w.data(), n, k, QuantizeOptions{64, ElementType::kFloat16, static_cast<QuantOp>(9)}, &q),
+                    StatusCode::kInvalidArgument);
+}
+
+TEST(Format, NamesAndConversions) {
+  EXPECT_STREQ(format_name({ElementType::kFloat16, QuantOp::kScaleOnly}), "fp16");
+  EXPECT_STREQ(format_name({ElementType::kFloat16, QuantOp::kScaleAndZeros}), "fp16+zeros");
+  EXPECT_STREQ(format_name({ElementType::kBFloat16, QuantOp::kScaleOnly}), "bf16");
+  EXPECT_STREQ(format_name({ElementType::kBFloat16, QuantOp::kScaleAndZeros}), "bf16+zeros");
+  // Round to nearest even; integers up to 256 are exact in both types.
+  for (ElementType element : {ElementType::kFloat16, ElementType::kBFloat16}) {
+    for (int i = -256; i <= 256; ++i) EXPECT_EQ(element_to_float(element, float_to_element(element, float(i))), float(i));
+  }
+  EXPECT_EQ(float_to_element(ElementType::kBFloat16, 1.0f), 0x3F80);
+  EXPECT_EQ(float_to_element(ElementType::kFloat16, 1.0f), 0x3C00);
+  EXPECT_EQ(element_to_float(ElementType::kBFloat16, float_to_element(ElementType::kBFloat16, 3e4f)), 29952.0f);
+  EXPECT_TRUE(std::isinf(element_to_float(ElementType::kFloat16, float_to_element(ElementType::kFloat16, 7e4f))));
+  EXPECT_EQ(element_to_float(ElementType::kBFloat16, float_to_element(ElementType::kBFloat16, 1.0f + 1.0f / 256)), 1.0f);
 }
 
 // =============================================================================================
@@ -223,12 +346,12 @@ TEST(Pack, RoundTripIsExact) {
   const std::pair<int, int> shapes[] = {{16, 64}, {48, 192}, {4096, 128}, {32, 4096}, {272, 1088}, {80, 640}};
   for (const auto& [n, k] : shapes) {
     SCOPED_TRACE("n = " + std::to_string(n) + ", k = " + std::to_string(k));
-    const std::vector<int8_t> codes = rng.codes(size_t(n) * k);
+    const std::vector<uint8_t> codes = rng.codes(size_t(n) * k);
     std::vector<uint8_t> packed;
     W4A16_ASSERT_OK(pack_weights(codes.data(), n, k, &packed));
     ASSERT_EQ(packed.size(), size_t(n) * k / 2);
     ASSERT_EQ(packed_weight_bytes(n, k), size_t(n) * k / 2);
-    std::vector<int8_t> unpacked;
+    std::vector<uint8_t> unpacked;
     W4A16_ASSERT_OK(unpack_weights(packed.data(), n, k, &unpacked));
     ASSERT_EQ(unpacked.size(), codes.size());
     for (size_t i = 0; i < codes.size(); ++i)
@@ -355,10 +478,10 @@ TEST(PackedLayout, SingleCodeLandsInTheDocumentedNibble) {
           }
       EXPECT_TRUE(found);
     }
-    // Pack all zeros (nibble 8) with one code changed: exactly that nibble changes.
-    for (int code : {-8, -1, 3, 7}) {
-      std::vector<int8_t> codes(size_t(n) * k, 0);
-      codes[size_t(c.row) * k + c.col] = int8_t(code);
+    // Pack all 8s with one code changed: exactly that nibble changes.
+    for (int code : {0, 7, 11, 15}) {
+      std::vector<uint8_t> codes(size_t(n) * k, 8);
+      codes[size_t(c.row) * k + c.col] = uint8_t(code);
       std::vector<uint8_t> packed;
       W4A16_ASSERT_OK(pack_weights(codes.data(), n, k, &packed));
       ASSERT_EQ(packed.size(), size_t(n) * k / 2);
@@ -367,7 +490,7 @@ TEST(PackedLayout, SingleCodeLandsInTheDocumentedNibble) {
         if (packed[i] != 0x88) changed.push_back(i);
       ASSERT_EQ(changed.size(), 1u) << "code " << code;
       EXPECT_EQ(changed[0], want.byte) << "code " << code;
-      const uint8_t expected_byte = want.shift == 0 ? uint8_t(0x80 | (code + 8)) : uint8_t(((code + 8) << 4) | 0x8);
+      const uint8_t expected_byte = want.shift == 0 ? uint8_t(0x80 | code) : uint8_t((code << 4) | 0x8);
       EXPECT_EQ(int(packed[want.byte]), int(expected_byte)) << "code " << code;
     }
   }
@@ -376,7 +499,7 @@ TEST(PackedLayout, SingleCodeLandsInTheDocumentedNibble) {
 TEST(Pack, RejectsBadArguments) {
   W4A16_RANDOM(rng);
   std::vector<uint8_t> packed;
-  std::vector<int8_t> codes = rng.codes(size_t(64) * 256);
+  std::vector<uint8_t> codes = rng.codes(size_t(64) * 256);
   // Shapes the layout cannot hold.
   W4A16_EXPECT_CODE(pack_weights(codes.data(), 8, 64, &packed), StatusCode::kUnsupportedShape);
   W4A16_EXPECT_CODE(pack_weights(codes.data(), 24, 64, &packed), StatusCode::kUnsupportedShape);
@@ -386,18 +509,18 @@ TEST(Pack, RejectsBadArguments) {
   W4A16_EXPECT_CODE(pack_weights(codes.data(), 16, 0, &packed), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(pack_weights(codes.data(), -16, 64, &packed), StatusCode::kInvalidArgument);
   // Null pointers.
-  W4A16_EXPECT_CODE(pack_weights(static_cast<const int8_t*>(nullptr), 16, 64, &packed), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(pack_weights(static_cast<const uint8_t*>(nullptr), 16, 64, &packed), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(pack_weights(codes.data(), 16, 64, nullptr), StatusCode::kInvalidArgument);
-  // Codes outside [-8, 7], anywhere.
-  for (int bad : {8, -9, 127, -128}) {
-    std::vector<int8_t> c = codes;
-    c[size_t(rng.uniform_int(0, 64 * 256 - 1))] = int8_t(bad);
+  // Codes outside [0, 15], anywhere.
+  for (int bad : {16, 17, 127, 255}) {
+    std::vector<uint8_t> c = codes;
+    c[size_t(rng.uniform_int(0, 64 * 256 - 1))] = uint8_t(bad);
     SCOPED_TRACE("code " + std::to_string(bad));
     W4A16_EXPECT_CODE(pack_weights(c.data(), 64, 256, &packed), StatusCode::kInvalidArgument);
   }
   // unpack: same shape rules and null checks.
   std::vector<uint8_t> bytes(size_t(64) * 256 / 2, 0x88);
-  std::vector<int8_t> out;
+  std::vector<uint8_t> out;
   W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 8, 64, &out), StatusCode::kUnsupportedShape);
   W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 16, 96, &out), StatusCode::kUnsupportedShape);
   W4A16_EXPECT_CODE(unpack_weights(bytes.data(), 0, 64, &out), StatusCode::kInvalidArgument);
@@ -408,20 +531,23 @@ TEST(Pack, RejectsBadArguments) {
 // =============================================================================================
 // reference_gemm
 
-// Naive triple loop straight from the definition, on the raw codes and scales.
-std::vector<double> naive_gemm(const std::vector<__half>& a, int m, const QuantizedWeights& w,
-                               const std::vector<__half>* bias, float alpha) {
+// Naive triple loop straight from the definition, on the raw codes, scales and zero points.
+std::vector<double> naive_gemm(const std::vector<uint16_t>& a, int m, const QuantizedWeights& w,
+                               const std::vector<uint16_t>* bias, float alpha) {
+  const ElementType e = w.element;
   std::vector<double> c(size_t(m) * w.n);
   for (int i = 0; i < m; ++i) {
     for (int j = 0; j < w.n; ++j) {
       long double sum = 0;
       for (int t = 0; t < w.k; ++t) {
-        const long double weight = (long double)w.codes[size_t(j) * w.k + t] *
-                                   (long double)__half2float(w.scales[size_t(t / w.group_size) * w.n + j]);
-        sum += (long double)__half2float(a[size_t(i) * w.k + t]) * weight;
+        const size_t g = size_t(t / w.group_size) * w.n + j;
+        const long double zero = w.zeros.empty() ? 8.0L : (long double)element_to_float(e, w.zeros[g]);
+        const long double weight =
+            ((long double)w.codes[size_t(j) * w.k + t] - zero) * (long double)element_to_float(e, w.scales[g]);
+        sum += (long double)element_to_float(e, a[size_t(i) * w.k + t]) * weight;
       }
       long double value = (long double)alpha * sum;
-      if (bias != nullptr) value += (long double)__half2float((*bias)[j]);
+      if (bias != nullptr) value += (long double)element_to_float(e, (*bias)[j]);
       c[size_t(i) * w.n + j] = double(value);
     }
   }
@@ -440,13 +566,19 @@ TEST(Reference, MatchesNaiveTripleLoop) {
       {4, 48, 256, 128, true, 1.5f}, {7, 19, 160, 32, false, 0.3f},
   };
   for (const Shape& s : shapes) {
+   for (const Format& format : kAllFormats) {
     SCOPED_TRACE("m " + std::to_string(s.m) + " n " + std::to_string(s.n) + " k " + std::to_string(s.k) + " group " +
-                 std::to_string(s.group) + (s.bias ? " bias" : "") + " alpha " + std::to_string(s.alpha));
+                 std::to_string(s.group) + (s.bias ? " bias" : "") + " alpha " + std::to_string(s.alpha) + " " +
+                 format_name(format));
     const std::vector<float> w = rng.weights(s.n, s.k);
     QuantizedWeights q;
-    W4A16_ASSERT_OK(quantize(w.data(), s.n, s.k, s.group, &q));
-    const std::vector<__half> a = rng.halves(size_t(s.m) * s.k, -1.0f, 1.0f);
-    const std::vector<__half> bias = rng.halves(size_t(s.n), -1.0f, 1.0f);
+    W4A16_ASSERT_OK(quantize(w.data(), s.n, s.k, QuantizeOptions{s.group, format.element, format.quant}, &q));
+    if (format.quant == QuantOp::kScaleAndZeros) {
+      // Fractional zero points (HQQ-style) are part of the definition too.
+      for (auto& z : q.zeros) z = float_to_element(format.element, element_to_float(format.element, z) + 0.375f);
+    }
+    const std::vector<uint16_t> a = rng.elements(format.element, size_t(s.m) * s.k, -1.0f, 1.0f);
+    const std::vector<uint16_t> bias = rng.elements(format.element, size_t(s.n), -1.0f, 1.0f);
     std::vector<double> got;
     ASSERT_TRUE(reference_gemm(a.data(), s.m, q, s.bias ? bias.data() : nullptr, s.alpha, {}, &got).ok());
     const std::vector<double> want = naive_gemm(a, s.m, q, s.bias ? &bias : nullptr, s.alpha);
@@ -455,6 +587,7 @@ TEST(Reference, MatchesNaiveTripleLoop) {
       // Both in (at least) double; the only difference is rounding of the double accumulation.
       EXPECT_NEAR(got[i], want[i], 1e-12 * (1.0 + std::fabs(want[i]) + s.k)) << "C[" << i / s.n << "][" << i % s.n << "]";
     }
+   }
   }
 }
 
@@ -489,7 +622,7 @@ TEST(Reference, RejectsBadInput) {
   W4A16_ASSERT_OK(quantize(w.data(), n, k, 32, &q));
   const std::vector<__half> a = rng.halves(size_t(m) * k, -1.0f, 1.0f);
   std::vector<double> c;
-  W4A16_EXPECT_CODE(reference_gemm(nullptr, m, q, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(reference_gemm(static_cast<const __half*>(nullptr), m, q, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(reference_gemm(a.data(), m, q, nullptr, 1.0f, {}, nullptr), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(reference_gemm(a.data(), 0, q, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
   W4A16_EXPECT_CODE(reference_gemm(a.data(), m, q, nullptr, 1.0f, {m}, &c), StatusCode::kInvalidArgument);
@@ -500,28 +633,34 @@ TEST(Reference, RejectsBadInput) {
   QuantizedWeights short_codes = q;
   short_codes.codes.pop_back();
   W4A16_EXPECT_CODE(reference_gemm(a.data(), m, short_codes, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
+  QuantizedWeights short_zeros = q;
+  short_zeros.zeros.assign(q.scales.size() - 1, 0);
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, short_zeros, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
+  QuantizedWeights bf16 = q;
+  bf16.element = ElementType::kBFloat16;  // __half activations with bf16 scales
+  W4A16_EXPECT_CODE(reference_gemm(a.data(), m, bf16, nullptr, 1.0f, {}, &c), StatusCode::kInvalidArgument);
 }
 
 // =============================================================================================
-// The warp-specialized kernel's scale boxes (kernels/wgmma_sm90/tensor_maps.h): the group rows a
+// The warp-specialized kernel's scale boxes (kernels/fused/warp_specialized/tensor_maps.h): the group rows a
 // box of k-blocks spans, which its slots' byte count and scale offsets rely on.
 
 TEST(TensorMaps, ScaleRowsPerBoxCoverTheBoxColumns) {
   // One k-block (64 columns): two rows for group 32, else one.
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(32, 1), 2);
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(64, 1), 1);
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(128, 1), 1);
+  EXPECT_EQ(fused::scale_rows_per_box(32, 1), 2);
+  EXPECT_EQ(fused::scale_rows_per_box(64, 1), 1);
+  EXPECT_EQ(fused::scale_rows_per_box(128, 1), 1);
   // Two k-blocks (a warp-specialized slot, 128 columns starting on a multiple of 128).
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(32, 2), 4);
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(64, 2), 2);
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(128, 2), 1);
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(4096, 2), 1);  // per-channel
-  EXPECT_EQ(wgmma_sm90::scale_rows_per_box(1088, 2), 1);  // per-channel, k not a power of two
+  EXPECT_EQ(fused::scale_rows_per_box(32, 2), 4);
+  EXPECT_EQ(fused::scale_rows_per_box(64, 2), 2);
+  EXPECT_EQ(fused::scale_rows_per_box(128, 2), 1);
+  EXPECT_EQ(fused::scale_rows_per_box(4096, 2), 1);  // per-channel
+  EXPECT_EQ(fused::scale_rows_per_box(1088, 2), 1);  // per-channel, k not a power of two
   // Every column of the box has its group's row: group of column c relative to the box's first
   // group is c / group, below the row count.
   for (int group : {32, 64, 128, 256, 1088})
     for (int k_blocks : {1, 2}) {
-      const int rows = wgmma_sm90::scale_rows_per_box(group, k_blocks);
+      const int rows = fused::scale_rows_per_box(group, k_blocks);
       for (int column = 0; column < 64 * k_blocks; ++column) EXPECT_LT(column / group, rows) << group;
     }
 }
@@ -531,7 +670,7 @@ TEST(TensorMaps, ScaleRowsPerBoxCoverTheBoxColumns) {
 
 KernelConfig tc_config(int tile_m, int tile_n, int warps_m, int warps_n, int warps_k, int stages, int split_k) {
   KernelConfig c;
-  c.family = KernelFamily::kTensorCoreSm80;
+  c.family = KernelFamily::kMultistage;
   c.tile_m = tile_m;
   c.tile_n = tile_n;
   c.warps_m = warps_m;
@@ -545,32 +684,32 @@ KernelConfig tc_config(int tile_m, int tile_n, int warps_m, int warps_n, int war
 TEST(KernelConfigName, RoundTrips) {
   const KernelConfig tc = tc_config(16, 128, 1, 4, 1, 8, 4);
   const std::string name = tc.name();
-  EXPECT_EQ(name.rfind("tc_m16n128_w1x4", 0), 0u) << name;
+  EXPECT_EQ(name.rfind("ms_m16n128_w1x4", 0), 0u) << name;
   EXPECT_EQ(name.substr(name.size() - 6), "_s8_k4") << name;
   KernelConfig parsed;
   ASSERT_TRUE(parse_kernel_config(name, &parsed)) << name;
   EXPECT_EQ(parsed, tc);
-  EXPECT_EQ(parsed.family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(parsed.family, KernelFamily::kMultistage);
   EXPECT_EQ(parsed.name(), name);
   // The streaming family: same fields, its own prefix, and the family is part of the identity.
   KernelConfig st = tc;
-  st.family = KernelFamily::kStreamingSm80;
+  st.family = KernelFamily::kStreaming;
   EXPECT_EQ(st.name(), "st" + name.substr(2));
   EXPECT_NE(st, tc);
   ASSERT_TRUE(parse_kernel_config(st.name(), &parsed)) << st.name();
   EXPECT_EQ(parsed, st);
-  EXPECT_TRUE(parsed.tensor_core());
+  EXPECT_TRUE(parsed.fused());
   EXPECT_FALSE(parse_kernel_config("s_" + name.substr(2), &parsed));
   // And the warp-specialized wgmma family.
   KernelConfig ws = tc;
-  ws.family = KernelFamily::kWarpSpecializedSm90;
+  ws.family = KernelFamily::kWarpSpecialized;
   EXPECT_EQ(ws.name(), "ws" + name.substr(2));
   EXPECT_NE(ws, tc);
   EXPECT_NE(ws, st);
   ASSERT_TRUE(parse_kernel_config(ws.name(), &parsed)) << ws.name();
   EXPECT_EQ(parsed, ws);
-  EXPECT_TRUE(parsed.tensor_core());
-  EXPECT_STREQ(to_string(KernelFamily::kWarpSpecializedSm90), "warp_specialized_sm90");
+  EXPECT_TRUE(parsed.fused());
+  EXPECT_STREQ(to_string(KernelFamily::kWarpSpecialized), "warp_specialized");
   EXPECT_FALSE(parse_kernel_config("wg" + name.substr(2), &parsed));  // the retired multistage wgmma family
 
   // Every field is part of the name: changing any one changes the name, and each name parses back.
@@ -606,19 +745,19 @@ TEST(KernelConfigName, RoundTrips) {
   EXPECT_EQ(dequant_with_fields, dequant);
   EXPECT_NE(dequant, tc);
 
-  EXPECT_STREQ(to_string(KernelFamily::kTensorCoreSm80), "tensor_core_sm80");
+  EXPECT_STREQ(to_string(KernelFamily::kMultistage), "multistage");
   EXPECT_STREQ(to_string(KernelFamily::kDequantCublas), "dequant_cublas");
-  EXPECT_STREQ(to_string(KernelFamily::kStreamingSm80), "streaming_sm80");
+  EXPECT_STREQ(to_string(KernelFamily::kStreaming), "streaming");
 }
 
 TEST(KernelConfigName, ParseRejectsGarbage) {
-  const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();  // "tc_m16n128_..._s8_k4"
+  const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();  // "ms_m16n128_..._s8_k4"
   KernelConfig untouched;
   untouched.tile_m = 12345;
   const std::string bad_names[] = {"",
                                    "garbage",
                                    "tc",
-                                   "tc_m16n128",
+                                   "ms_m16n128",
                                    good.substr(0, good.size() - 3),  // "_k4" cut off
                                    good.substr(0, good.size() - 1),  // "_k" without its number
                                    good + "x",
@@ -627,7 +766,7 @@ TEST(KernelConfigName, ParseRejectsGarbage) {
                                    good + "0x",
                                    " " + good,
                                    good.substr(0, good.size() - 1) + "x",
-                                   "tc_mxn128" + good.substr(10),
+                                   "ms_mxn128" + good.substr(10),
                                    "dequant_cublas ",
                                    "dequant_cublas2",
                                    "DEQUANT_CUBLAS",
@@ -646,10 +785,10 @@ TEST(KernelConfigName, ParseRejectsGarbage) {
 // the numbers (sscanf's %d would take them).
 TEST(KernelConfigName, ParseAcceptsOnlyCanonicalNames) {
   const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();
-  ASSERT_EQ(good.rfind("tc_m16", 0), 0u) << good;
-  const std::string rest = good.substr(6);  // after "tc_m16"
+  ASSERT_EQ(good.rfind("ms_m16", 0), 0u) << good;
+  const std::string rest = good.substr(6);  // after "ms_m16"
   const std::string last_digit_cut = good.substr(0, good.size() - 1);
-  for (const std::string& name : {"tc_m 16" + rest, "tc_m+16" + rest, "tc_m016" + rest, "tc_m-16" + rest,
+  for (const std::string& name : {"ms_m 16" + rest, "ms_m+16" + rest, "ms_m016" + rest, "ms_m-16" + rest,
                                   last_digit_cut + "\n" + good.substr(good.size() - 1),
                                   last_digit_cut + " " + good.substr(good.size() - 1)}) {
     SCOPED_TRACE("'" + name + "'");
@@ -714,11 +853,11 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_warp_special
                 const KernelConfig tc = all.back();
                 if (with_warp_specialized && warps_k == 1) {
                   all.push_back(tc);
-                  all.back().family = KernelFamily::kWarpSpecializedSm90;
+                  all.back().family = KernelFamily::kWarpSpecialized;
                 }
                 if (with_streaming && warps_m == 1) {
                   all.push_back(tc);
-                  all.back().family = KernelFamily::kStreamingSm80;
+                  all.back().family = KernelFamily::kStreaming;
                 }
               }
   if (with_dequant) {
@@ -802,16 +941,16 @@ TEST(Heuristics, LaunchOverlap) {
     bool programmatic, at_entry;
   };
   const Case cases[] = {
-      {"1x4096x4096, 16-warp streaming tile, one per SM", KernelFamily::kStreamingSm80, 128, 1, true, true},
-      {"1x11008x4096, 8-warp streaming tile, three per SM (52 free)", KernelFamily::kStreamingSm80, 344, 3, true, true},
-      {"128 streaming blocks, three per SM: programmatic, late trigger", KernelFamily::kStreamingSm80, 128, 3,
+      {"1x4096x4096, 16-warp streaming tile, one per SM", KernelFamily::kStreaming, 128, 1, true, true},
+      {"1x11008x4096, 8-warp streaming tile, three per SM (52 free)", KernelFamily::kStreaming, 344, 3, true, true},
+      {"128 streaming blocks, three per SM: programmatic, late trigger", KernelFamily::kStreaming, 128, 3,
        true, false},
-      {"256 streaming blocks, three per SM (140 free)", KernelFamily::kStreamingSm80, 256, 3, false, false},
-      {"32x11008x4096, warp-specialized, two per SM", KernelFamily::kWarpSpecializedSm90, 86, 2, false, false},
-      {"128x28672x8192, warp-specialized, one per SM (20 free): never at entry", KernelFamily::kWarpSpecializedSm90,
+      {"256 streaming blocks, three per SM (140 free)", KernelFamily::kStreaming, 256, 3, false, false},
+      {"32x11008x4096, warp-specialized, two per SM", KernelFamily::kWarpSpecialized, 86, 2, false, false},
+      {"128x28672x8192, warp-specialized, one per SM (20 free): never at entry", KernelFamily::kWarpSpecialized,
        112, 1, true, false},
-      {"several waves: fills the GPU", KernelFamily::kTensorCoreSm80, 896, 2, true, false},
-      {"unknown occupancy never counts as filling", KernelFamily::kStreamingSm80, 500, 0, false, false},
+      {"several waves: fills the GPU", KernelFamily::kMultistage, 896, 2, true, false},
+      {"unknown occupancy never counts as filling", KernelFamily::kStreaming, 500, 0, false, false},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.shape);
@@ -827,12 +966,12 @@ TEST(Heuristics, FamilyAndFallback) {
   const std::vector<KernelConfig> everything = every_config(true);
   // Large m on Hopper: cuBLAS on dequantized weights; never on Ampere.
   EXPECT_EQ(heuristics::choose(4096, 4096, 4096, hopper, everything).family, KernelFamily::kDequantCublas);
-  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, ampere, everything).family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, ampere, everything).family, KernelFamily::kMultistage);
   // Without dequant_cublas in the list, Hopper keeps a tensor-core tile.
-  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, hopper, every_config(false)).family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(heuristics::choose(4096, 4096, 4096, hopper, every_config(false)).family, KernelFamily::kMultistage);
   // Decode on a big GPU: the grid (tiles x split-K) still gives most SMs work although m = 1.
   const KernelConfig decode = heuristics::choose(1, 4096, 4096, hopper, everything);
-  EXPECT_EQ(decode.family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(decode.family, KernelFamily::kMultistage);
   const long long decode_blocks = (long long)((4096 + decode.tile_n - 1) / decode.tile_n) * decode.split_k;
   EXPECT_GE(decode_blocks, hopper.sm_count / 2) << decode.name();
   // A mid-sized layer at decode: one kernel (in-block split along k), no split-K reduction.
@@ -848,7 +987,7 @@ TEST(Heuristics, FamilyAndFallback) {
   for (const auto& [m, tile_m, tile_n] :
        {std::tuple{17, 32, 128}, {32, 32, 128}, {33, 64, 128}, {64, 64, 128}, {65, 128, 256}, {2048, 128, 256}}) {
     const KernelConfig c = heuristics::choose(m, 28672, 8192, hopper, with_ws);
-    EXPECT_EQ(c.family, KernelFamily::kWarpSpecializedSm90) << m << ": " << c.name();
+    EXPECT_EQ(c.family, KernelFamily::kWarpSpecialized) << m << ": " << c.name();
     EXPECT_EQ(c.tile_m, tile_m) << m << ": " << c.name();
     // From m = 65 the 256-channel tile where its tiles use the waves well (112 tiles: 0.85 of one).
     EXPECT_EQ(c.tile_n, tile_n) << m << ": " << c.name();
@@ -859,9 +998,9 @@ TEST(Heuristics, FamilyAndFallback) {
   // ... and not when the list lacks them.
   std::vector<KernelConfig> without_wide;
   for (const KernelConfig& c : with_ws)
-    if (!(c.family == KernelFamily::kWarpSpecializedSm90 && c.tile_n == 256)) without_wide.push_back(c);
+    if (!(c.family == KernelFamily::kWarpSpecialized && c.tile_n == 256)) without_wide.push_back(c);
   const KernelConfig narrow = heuristics::choose(128, 28672, 8192, hopper, without_wide);
-  EXPECT_EQ(narrow.family, KernelFamily::kWarpSpecializedSm90) << narrow.name();
+  EXPECT_EQ(narrow.family, KernelFamily::kWarpSpecialized) << narrow.name();
   EXPECT_EQ(narrow.tile_n, 128) << narrow.name();
   EXPECT_EQ(heuristics::choose(4096, 28672, 8192, hopper, with_ws).family, KernelFamily::kDequantCublas);
   // Split-K: to 0.6 blocks per SM, and at m <= 64 until a slice has at most 128 k-blocks.
@@ -880,7 +1019,7 @@ TEST(Heuristics, FamilyAndFallback) {
   EXPECT_EQ(long_k.tile_m, 128) << long_k.name();
   EXPECT_EQ(long_k.split_k, 4) << long_k.name();
   // ... never on other GPUs, even if the list held them.
-  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_ws).family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(heuristics::choose(1024, 28672, 8192, ampere, with_ws).family, KernelFamily::kMultistage);
   // Without them, Hopper hands m >= 512 to dequant_cublas.
   EXPECT_EQ(heuristics::choose(512, 28672, 8192, hopper, everything).family, KernelFamily::kDequantCublas);
   // With the streaming tiles, decode (m <= 16) follows the streaming rules in order: one-wave
@@ -924,13 +1063,13 @@ TEST(Heuristics, FamilyAndFallback) {
   // beyond 3.5 64-channel tiles per SM (a vocabulary head; 28672 on 108 SMs).
   for (const auto& [m, n, k] : {std::tuple{16, 28672, 8192}, {16, 4096, 28672}, {1, 14336, 4096}, {1, 32000, 4096}}) {
     const KernelConfig c = heuristics::choose(m, n, k, hopper, with_streaming);
-    EXPECT_EQ(c.family, KernelFamily::kTensorCoreSm80) << m << "x" << n << "x" << k << ": " << c.name();
+    EXPECT_EQ(c.family, KernelFamily::kMultistage) << m << "x" << n << "x" << k << ": " << c.name();
   }
-  EXPECT_EQ(heuristics::choose(1, 28672, 8192, ampere, with_streaming).family, KernelFamily::kTensorCoreSm80);
+  EXPECT_EQ(heuristics::choose(1, 28672, 8192, ampere, with_streaming).family, KernelFamily::kMultistage);
   // A rule whose tile is not compiled here falls through to the next one that is.
   std::vector<KernelConfig> without_wide_one_wave;
   for (const KernelConfig& c : with_streaming) {
-    if (!(c.family == KernelFamily::kStreamingSm80 && c.tile_n == 64 && c.warps_k == 16)) without_wide_one_wave.push_back(c);
+    if (!(c.family == KernelFamily::kStreaming && c.tile_n == 64 && c.warps_k == 16)) without_wide_one_wave.push_back(c);
   }
   EXPECT_EQ(heuristics::choose(1, 8192, 8192, hopper, without_wide_one_wave).name(), "st_m8n32_w1x1x8_s3_k1");
 
@@ -945,41 +1084,79 @@ TEST(Heuristics, FamilyAndFallback) {
 // compiled falls through to the next one at run time without a word. So over the benchmark's
 // default grid, the configs this build really compiles (no device needed to list them) must give
 // the same choice as a list holding every config.
-TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
-  std::vector<tensor_core_sm80::CompiledKernel> compiled;
-  tensor_core_sm80::append_small_m_kernels(compiled);
-  tensor_core_sm80::append_medium_m_kernels(compiled);
-  tensor_core_sm80::append_large_m_kernels(compiled);
-  tensor_core_sm80::append_streaming_sm80_kernels(compiled);
-  tensor_core_sm80::append_warp_specialized_sm90_kernels(compiled);
+// The instance table (src/kernels/fused/instances.def), read the way the registry compiles it.
+struct TableTile {
+  fused::TileShape shape;
+  fused::TileRole role;
+};
+std::vector<TableTile> instance_table() {
+  std::vector<TableTile> tiles;
+#define W4A16_TILE(family, group, tile_m, tile_n, warps_m, warps_n, warps_k, stages, role) \
+  tiles.push_back({{KernelFamily::family, tile_m, tile_n, warps_m, warps_n, warps_k, stages}, fused::TileRole::role});
+#include "kernels/fused/instances.def"
+#undef W4A16_TILE
+  return tiles;
+}
+
+// The default grid: the devices and layers the heuristics were tuned on, m from 1 to 8192.
+template <class Visit>
+void for_each_default_problem(Visit visit) {
+  const heuristics::DeviceTraits devices[] = {{90, 132}, {90, 114}, {80, 108}, {86, 84}, {89, 128}};
+  const std::pair<int, int> layers[] = {{4096, 4096},  {11008, 4096}, {4096, 11008}, {8192, 8192},
+                                        {28672, 8192}, {8192, 28672}, {14336, 4096}, {4096, 14336},
+                                        {6144, 4096},  {1024, 4096},  {4096, 1024},  {2048, 2048},
+                                        {16384, 1024}};
+  for (const heuristics::DeviceTraits& device : devices)
+    for (const auto& [n, k] : layers)
+      for (int m : {1, 2, 3, 4, 8, 12, 16, 17, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 3072, 4096,
+                    8192})
+        visit(m, n, k, device);
+}
+
+std::vector<KernelConfig> table_configs() {
   std::vector<KernelConfig> available;
-  bool has_warp_specialized = false;
-  for (const auto& kernel : compiled) {
-    has_warp_specialized |= kernel.shape.warp_specialized;
-    for (int split : heuristics::split_k_choices()) available.push_back(config_of(kernel.shape, split));
-  }
+  for (const TableTile& tile : instance_table())
+    for (int split : heuristics::split_k_choices()) available.push_back(config_of(tile.shape, split));
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;
   available.push_back(dequant);
-  ASSERT_TRUE(has_warp_specialized) << "this build has no sm_90a tiles (CMAKE_CUDA_ARCHITECTURES without 90a)";
-
-  const std::vector<KernelConfig> everything = every_config(true, true, true);
-  const heuristics::DeviceTraits hopper{90, 132}, ampere{80, 108};
-  const std::pair<int, int> layers[] = {{4096, 4096}, {11008, 4096}, {4096, 11008},
-                                        {8192, 8192}, {28672, 8192}, {8192, 28672}};
-  for (const heuristics::DeviceTraits& device : {hopper, ampere}) {
-    for (const auto& [n, k] : layers) {
-      for (int m : {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096}) {
-        EXPECT_EQ(heuristics::choose(m, n, k, device, available).name(),
-                  heuristics::choose(m, n, k, device, everything).name())
-            << m << "x" << n << "x" << k << " on sm_" << device.sm_version;
-      }
-    }
-  }
+  return available;
 }
 
-// =============================================================================================
-// The runner on a machine without a GPU: a clear status, no kernels, every call refused.
+TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
+  const std::vector<KernelConfig> available = table_configs();
+  const std::vector<KernelConfig> everything = every_config(true, true, true);
+  for_each_default_problem([&](int m, int n, int k, const heuristics::DeviceTraits& device) {
+    EXPECT_EQ(heuristics::choose(m, n, k, device, available).name(),
+              heuristics::choose(m, n, k, device, everything).name())
+        << m << "x" << n << "x" << k << " on sm_" << device.sm_version;
+  });
+}
+
+// instances.def marks each tile kHeuristic or kProfilerOnly; the marks must match what the
+// heuristics choose over the default grid: every kHeuristic tile is chosen for some problem, and no
+// kProfilerOnly tile ever is.
+TEST(Heuristics, RolesMatchTheChoices) {
+  const std::vector<TableTile> table = instance_table();
+  const std::vector<KernelConfig> available = table_configs();
+  std::set<std::string> chosen;
+  for_each_default_problem([&](int m, int n, int k, const heuristics::DeviceTraits& device) {
+    KernelConfig config = heuristics::choose(m, n, k, device, available);
+    config.split_k = 1;
+    chosen.insert(config.name());
+  });
+  for (const TableTile& tile : table) {
+    const std::string name = config_of(tile.shape, 1).name();
+    if (tile.role == fused::TileRole::kHeuristic) {
+      EXPECT_TRUE(chosen.count(name)) << name << " is marked kHeuristic but the heuristics never choose it";
+    } else {
+      EXPECT_FALSE(chosen.count(name)) << name << " is marked kProfilerOnly but the heuristics choose it";
+    }
+  }
+  // And no two lines declare the same tile.
+  std::set<std::string> names;
+  for (const TableTile& tile : table) EXPECT_TRUE(names.insert(config_of(tile.shape, 1).name()).second);
+}
 
 TEST(RunnerWithoutGpu, ReportsNoDevice) {
   if (test::has_gpu()) GTEST_SKIP() << "a CUDA device is present; this test covers machines without one";

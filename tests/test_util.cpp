@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <thread>
 
 #include "w4a16/reference.h"
 
@@ -62,6 +63,13 @@ std::string Random::describe() const {
   return "random seed " + std::to_string(seed_) + " (replay with W4A16_TEST_SEED=" + std::to_string(seed_) + ")";
 }
 
+std::vector<uint16_t> Random::elements(ElementType element, size_t count, float lo, float hi) {
+  std::vector<uint16_t> out(count);
+  std::uniform_real_distribution<float> distribution(lo, hi);
+  for (auto& value : out) value = float_to_element(element, distribution(engine_));
+  return out;
+}
+
 std::vector<__half> Random::halves(size_t count, float lo, float hi) {
   std::vector<__half> out(count);
   std::uniform_real_distribution<float> distribution(lo, hi);
@@ -83,10 +91,10 @@ std::vector<float> Random::weights(int n, int k) {
   return out;
 }
 
-std::vector<int8_t> Random::codes(size_t count) {
-  std::vector<int8_t> out(count);
-  std::uniform_int_distribution<int> distribution(-8, 7);
-  for (auto& code : out) code = int8_t(distribution(engine_));
+std::vector<uint8_t> Random::codes(size_t count) {
+  std::vector<uint8_t> out(count);
+  std::uniform_int_distribution<int> distribution(0, 15);
+  for (auto& code : out) code = uint8_t(distribution(engine_));
   return out;
 }
 
@@ -96,29 +104,52 @@ float Random::alpha() {
 }
 
 // ---------------------------------------------------------------------------------------------
-double error_bound(double reference, double magnitude) {
-  return std::ldexp(magnitude + std::fabs(reference), -9) + std::ldexp(1.0, -14);
+double error_bound(ElementType element, double reference, double magnitude) {
+  const int unit_roundoff_exponent = element == ElementType::kBFloat16 ? -8 : -11;
+  return std::ldexp(magnitude + std::fabs(reference), unit_roundoff_exponent + 2) + std::ldexp(1.0, -14);
 }
 
-QuantizedWeights absolute(const QuantizedWeights& weights) {
-  QuantizedWeights out = weights;
-  for (auto& code : out.codes) code = int8_t(code < 0 ? -code : code);  // |-8| = 8 still fits int8
-  for (auto& scale : out.scales) scale = __float2half(std::fabs(__half2float(scale)));
+std::vector<double> reference_magnitude(const std::vector<uint16_t>& a, int m, const QuantizedWeights& weights,
+                                        float alpha, const std::vector<int>& rows_in) {
+  const int n = weights.n, k = weights.k;
+  std::vector<int> rows = rows_in;
+  if (rows.empty()) {
+    rows.resize(m);
+    for (int i = 0; i < m; ++i) rows[i] = i;
+  }
+  std::vector<double> abs_a(rows.size() * size_t(k));
+  for (size_t r = 0; r < rows.size(); ++r)
+    for (int j = 0; j < k; ++j)
+      abs_a[r * k + j] = std::fabs(double(element_to_float(weights.element, a[size_t(rows[r]) * k + j])));
+  const bool zeros = !weights.zeros.empty();
+  std::vector<double> out(rows.size() * size_t(n), 0.0);
+  auto work = [&](int n_begin, int n_end) {
+    std::vector<double> w(k);
+    for (int col = n_begin; col < n_end; ++col) {
+      for (int j = 0; j < k; ++j) {
+        const double s = std::fabs(double(weights.scale(col, j))), z = weights.zero(col, j);
+        w[j] = s * (std::fabs(double(weights.codes[size_t(col) * k + j]) - z) + (zeros ? std::fabs(z) : 0.0));
+      }
+      for (size_t r = 0; r < rows.size(); ++r) {
+        double sum = 0.0;
+        for (int j = 0; j < k; ++j) sum += abs_a[r * k + j] * w[j];
+        out[r * n + col] = std::fabs(double(alpha)) * sum;
+      }
+    }
+  };
+  const int threads = std::clamp(int(std::thread::hardware_concurrency()), 1, 32);
+  std::vector<std::thread> pool;
+  const int chunk = (n + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    const int begin = t * chunk, end = std::min(n, begin + chunk);
+    if (begin < end) pool.emplace_back(work, begin, end);
+  }
+  for (auto& thread : pool) thread.join();
   return out;
 }
 
-std::vector<double> reference_magnitude(const std::vector<__half>& a, int m, const QuantizedWeights& abs_weights,
-                                        float alpha, const std::vector<int>& rows) {
-  std::vector<__half> abs_a(a.size());
-  for (size_t i = 0; i < a.size(); ++i) abs_a[i] = __float2half(std::fabs(__half2float(a[i])));
-  std::vector<double> magnitude;
-  const Status status = reference_gemm(abs_a.data(), m, abs_weights, nullptr, std::fabs(alpha), rows, &magnitude);
-  EXPECT_TRUE(status.ok()) << status.to_string();
-  return magnitude;
-}
-
-::testing::AssertionResult matches_reference(const std::vector<__half>& c, int m, int n, const std::vector<int>& rows_in,
-                                             const std::vector<double>& reference,
+::testing::AssertionResult matches_reference(ElementType element, const std::vector<uint16_t>& c, int m, int n,
+                                             const std::vector<int>& rows_in, const std::vector<double>& reference,
                                              const std::vector<double>& magnitude) {
   std::vector<int> rows = rows_in;
   if (rows.empty()) {
@@ -139,10 +170,10 @@ std::vector<double> reference_magnitude(const std::vector<__half>& a, int m, con
   std::ostringstream worst;
   for (size_t r = 0; r < rows.size(); ++r) {
     for (int col = 0; col < n; ++col) {
-      const double got = double(__half2float(c[size_t(rows[r]) * n + col]));
+      const double got = double(element_to_float(element, c[size_t(rows[r]) * n + col]));
       const double want = reference[r * n + col];
       const double scale = magnitude[r * n + col];
-      const double bound = error_bound(want, scale);
+      const double bound = error_bound(element, want, scale);
       const bool finite = std::isfinite(got);
       const double error = finite ? std::fabs(got - want) : INFINITY;
       if (!finite) ++non_finite;
@@ -182,21 +213,21 @@ std::vector<double> reference_magnitude(const std::vector<__half>& a, int m, con
                                        << "; first ones:" << first_bad.str();
 }
 
-::testing::AssertionResult all_finite(const std::vector<__half>& c, int m, int n) {
+::testing::AssertionResult all_finite(ElementType element, const std::vector<uint16_t>& c, int m, int n) {
   if (c.size() != size_t(m) * n) {
     return ::testing::AssertionFailure() << "result has " << c.size() << " elements, expected " << size_t(m) * n;
   }
   size_t count = 0;
   size_t first = 0;
   for (size_t i = 0; i < c.size(); ++i) {
-    if (!std::isfinite(__half2float(c[i]))) {
+    if (!std::isfinite(element_to_float(element, c[i]))) {
       if (count++ == 0) first = i;
     }
   }
   if (count == 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << count << " of " << c.size() << " outputs are not finite (unwritten "
                                        << "outputs keep the NaN poison), first at C[" << first / n << "][" << first % n
-                                       << "] = " << __half2float(c[first]);
+                                       << "] = " << element_to_float(element, c[first]);
 }
 
 ::testing::AssertionResult all_bytes_equal(const void* data, size_t bytes, uint8_t value) {
@@ -220,7 +251,7 @@ std::vector<int> sample_rows(Random& rng, int m, int n, int k, double full_limit
 }
 
 bool family_selected(KernelFamily family) {
-  // A comma-separated list of family names, e.g. "tensor_core_sm80,warp_specialized_sm90".
+  // A comma-separated list of family names, e.g. "multistage,warp_specialized".
   const char* only = std::getenv("W4A16_TEST_FAMILY");
   if (only == nullptr || *only == '\0') return true;
   const std::string list = std::string(",") + only + ",";

@@ -53,7 +53,7 @@ namespace w4a16::test {
 // True when the CUDA runtime reports at least one device (probed once, error state cleared).
 bool has_gpu();
 
-// W4A16_TEST_FAMILY=<family>[,<family>...] (e.g. tensor_core_sm80,warp_specialized_sm90) restricts the
+// W4A16_TEST_FAMILY=<family>[,<family>...] (e.g. multistage,warp_specialized) restricts the
 // every-config loops to those kernel families; tools/gpu-check.sh uses it to keep racecheck on our
 // own kernels (cuBLAS's kernels trip racecheck's heuristics). Unset: every family.
 bool family_selected(KernelFamily family);
@@ -79,11 +79,13 @@ class Random {
 
   // count values uniform in [lo, hi), rounded to fp16.
   std::vector<__half> halves(size_t count, float lo, float hi);
+  // count values uniform in [lo, hi), rounded to `element`, as bits.
+  std::vector<uint16_t> elements(ElementType element, size_t count, float lo, float hi);
   // [n][k] weights in [-1, 1) scaled by a magnitude 2^U(-3, 1) per row and per 32 consecutive
   // columns, so that neighbouring groups (and channels) get clearly different scales.
   std::vector<float> weights(int n, int k);
-  // [count] int4 codes uniform in [-8, 7].
-  std::vector<int8_t> codes(size_t count);
+  // [count] 4-bit codes uniform in [0, 15].
+  std::vector<uint8_t> codes(size_t count);
   // A non-zero alpha with |alpha| in [0.25, 2], either sign.
   float alpha();
 
@@ -156,29 +158,30 @@ class DeviceArray {
 // ---------------------------------------------------------------------------------------------
 // Comparing a result with the reference.
 //
-// Error bound for one output element, derived from the arithmetic the kernels may use:
-//   - dequantized weights rounded to fp16 (code * scale has up to 14 significant bits): <= u |w|
+// Error bound for one output element, derived from the arithmetic the kernels may use, with u the
+// unit roundoff of the element type (fp16 2^-11, bf16 2^-8):
+//   - dequantized weights rounded to the element type: <= u |w|, and with zero points one more
+//     rounding of z s (w = fma(q, s, -z s)): <= u |z s|
 //   - fp32 accumulation over k terms: <= k * 2^-24 * sum|a w| (< 2^-11 sum|a w| for k <= 32768)
-//   - fp16 rounding of the output, possibly twice (alpha * acc, then + bias):  <= 2 u |c|
-// with u = 2^-11 the fp16 unit roundoff. So |c - ref| <= 2^-9 * (|alpha| * sum_j |a_j| |w_j| + |ref|)
-// holds with margin, plus 2^-14 (the smallest normal fp16) for outputs near zero.
-// `magnitude` is |alpha| * sum_j |a_j| |w_j| per element (reference_magnitude()).
-double error_bound(double reference, double magnitude);
+//   - rounding of the output, possibly twice (alpha * acc, then + bias):  <= 2 u |c|
+// So |c - ref| <= 4u * (|alpha| * sum_j |a_j| |s_j| (|q_j - z_j| + |z_j|) + |ref|) holds with
+// margin, plus 2^-14 for outputs near zero. `magnitude` is the sum (reference_magnitude()).
+double error_bound(ElementType element, double reference, double magnitude);
 
-// |W| elementwise (codes and scales), to compute `magnitude` with reference_gemm.
-QuantizedWeights absolute(const QuantizedWeights& weights);
-// |alpha| * |A| * |W|^T for the listed rows (all when empty), as reference_gemm lays them out.
-std::vector<double> reference_magnitude(const std::vector<__half>& a, int m, const QuantizedWeights& abs_weights,
+// |alpha| * sum_j |a_j| |s_j| (|q_j - z_j| + |z_j|) for the listed rows (all when empty), laid out
+// as reference_gemm lays out C. (Without zero points the |z| term is left out: nothing rounds z s.)
+std::vector<double> reference_magnitude(const std::vector<uint16_t>& a, int m, const QuantizedWeights& weights,
                                         float alpha, const std::vector<int>& rows);
 
-// `rows` (all m when empty) of the [m][n] result `c` against `reference` ([rows][n]). Every checked
-// element must be finite and within error_bound; the message reports the max absolute error, the
-// max error relative to |ref| and to the dot product's magnitude, and the worst elements.
-::testing::AssertionResult matches_reference(const std::vector<__half>& c, int m, int n, const std::vector<int>& rows,
-                                             const std::vector<double>& reference,
+// `rows` (all m when empty) of the [m][n] result `c` (bits of `element`) against `reference`
+// ([rows][n]). Every checked element must be finite and within error_bound; the message reports
+// the max absolute error, the max error relative to |ref| and to the dot product's magnitude, and
+// the worst elements.
+::testing::AssertionResult matches_reference(ElementType element, const std::vector<uint16_t>& c, int m, int n,
+                                             const std::vector<int>& rows, const std::vector<double>& reference,
                                              const std::vector<double>& magnitude);
 // Every element of the [m][n] result is finite (catches unwritten, NaN-poisoned outputs).
-::testing::AssertionResult all_finite(const std::vector<__half>& c, int m, int n);
+::testing::AssertionResult all_finite(ElementType element, const std::vector<uint16_t>& c, int m, int n);
 // Every byte equals `value` (an untouched poisoned buffer).
 ::testing::AssertionResult all_bytes_equal(const void* data, size_t bytes, uint8_t value);
 

@@ -43,7 +43,7 @@ if [ "$tests_flag" = ON ]; then
     compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/w4a16_gpu_tests" \
       --gtest_filter="${MEMCHECK_FILTER:-*}" >"$LOGS/memcheck.log" 2>&1
     record "compute-sanitizer memcheck" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -n 1)"
-    W4A16_TEST_FAMILY=tensor_core_sm80,warp_specialized_sm90,streaming_sm80 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    W4A16_TEST_FAMILY=multistage,warp_specialized,streaming compute-sanitizer --tool racecheck --error-exitcode 9 \
       "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${RACECHECK_FILTER:-*EveryConfig*:*BitIdentical*-*m700*}" \
       >"$LOGS/racecheck.log" 2>&1
     record "compute-sanitizer racecheck (tc, ws, st)" "rc=$?: $(grep -E "RACECHECK SUMMARY" "$LOGS/racecheck.log" | tail -n 1)"

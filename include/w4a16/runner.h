@@ -1,12 +1,15 @@
 #pragma once
 // The W4A16 GEMM runner: C[m,n] = alpha * A[m,k] * dequant(W)^T (+ bias[n]).
 //
-//   A      fp16 [m][k] row-major            16-byte aligned
+//   A      T [m][k] row-major               16-byte aligned
 //   W      packed int4 (pack_weights)       16-byte aligned, n % 16 == 0, k % 64 == 0
-//   scales fp16 [k / group_size][n]         16-byte aligned
-//   bias   fp16 [n] or nullptr              16-byte aligned
-//   C      fp16 [m][n] row-major            16-byte aligned
+//   scales T [k / group_size][n]            16-byte aligned
+//   zeros  T [k / group_size][n] or nullptr 16-byte aligned (null: symmetric, w = s * (q - 8))
+//   bias   T [n] or nullptr                 16-byte aligned
+//   C      T [m][n] row-major               16-byte aligned
 //   group_size in {32, 64, 128, k}, k % group_size == 0, m >= 1
+// T is GemmArguments::element (fp16 or bf16); every 16-bit operand has that one type, and the
+// math accumulates in fp32 whatever it is. With zeros, w = s * (q - z) (w4a16/format.h).
 //
 // The runner works on the caller's stream and memory. gemm() allocates nothing, never synchronizes
 // and does no host work proportional to the problem, so it can be captured in a CUDA graph.
@@ -19,47 +22,51 @@
 #include <tuple>
 #include <vector>
 
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include "w4a16/format.h"
 #include "w4a16/status.h"
 
 namespace w4a16 {
 
+// The fused families share one skeleton (src/kernels/fused/: tile scheduler, epilogue, split-K)
+// and differ in their mainloop; dequant_cublas is the unfused fallback. Config names start with
+// the family's prefix (ms_, st_, ws_).
 enum class KernelFamily {
-  // Fused tensor-core kernel (mma.sync m16n8k16, cp.async pipeline, in-register int4 dequant).
-  // sm_80 and newer. Optional split-K with a deterministic reduction through the workspace.
-  kTensorCoreSm80,
-  // Hopper: warpgroup MMA (wgmma; A = dequantized weights from registers, B = activations from
-  // shared memory) with warp specialization: a producer warpgroup moves each stage with TMA loads,
-  // the math warpgroups wait on per-stage mbarriers instead of a block barrier. Same packed
-  // weights; sm_90a builds on sm_90 devices only. Names start with "ws_"; warps_m x warps_n counts
-  // the math warps (the producer comes on top), warps_k is 1.
-  kWarpSpecializedSm90,
-  // Decode (m <= 16): the same mma.sync math and packed weights, but each warp streams its own
-  // weights, activations and scales through a private ring of shared-memory stages, so the k loop
-  // has no block barrier. sm_80 and newer; names start with "st_", and `stages` is the ring depth
-  // (each warp keeps stages - 1 k-blocks in flight).
-  kStreamingSm80,
-  // Dequantize W to fp16 in the workspace, then cuBLAS. sm_75 and newer; the fallback on GPUs
-  // without a fused kernel, and a contender at large m.
+  // Multistage ("ms_"): a block-wide cp.async pipeline of shared-memory stages feeding mma.sync
+  // m16n8k16 with in-register int4 dequant. sm_80 and newer. Optional split-K with a
+  // deterministic reduction through the workspace.
+  kMultistage,
+  // Streaming ("st_", decode, m <= 16): the same mma.sync math and packed weights, but each warp
+  // streams its own weights, activations and scales through a private ring of shared-memory
+  // stages, so the k loop has no block barrier. sm_80 and newer; `stages` is the ring depth (each
+  // warp keeps stages - 1 k-blocks in flight).
+  kStreaming,
+  // Warp-specialized ("ws_", Hopper): warpgroup MMA (wgmma; A = dequantized weights from
+  // registers, B = activations from shared memory); a producer warpgroup moves each stage with TMA
+  // loads, the math warpgroups wait on per-stage mbarriers instead of a block barrier. sm_90a
+  // builds on sm_90 devices only; warps_m x warps_n counts the math warps (the producer comes on
+  // top), warps_k is 1.
+  kWarpSpecialized,
+  // Dequantize W to the activation type in the workspace, then cuBLAS. sm_75 and newer; the
+  // fallback on GPUs without a fused kernel, and a contender at large m.
   kDequantCublas,
 };
 const char* to_string(KernelFamily family);
 
 // One point in the tuning space. For kDequantCublas only `family` matters.
 struct KernelConfig {
-  KernelFamily family = KernelFamily::kTensorCoreSm80;
+  KernelFamily family = KernelFamily::kMultistage;
   int tile_m = 0;    // activation rows per thread block
   int tile_n = 0;    // output channels (weight rows) per thread block
   int warps_m = 0;   // warp grid inside the block: warps_m x warps_n x warps_k, where the
   int warps_n = 0;   // warps_k warps of one output position split each stage's k range
   int warps_k = 1;
-  int stages = 0;    // pipeline depth: shared-memory stages per block (tc_, ws_) or per warp (st_)
+  int stages = 0;    // pipeline depth: shared-memory stages per block (ms_, ws_) or per warp (st_)
   int split_k = 1;   // thread blocks sharing one output tile along k
 
-  std::string name() const;  // e.g. "tc_m8n32_w1x2x4_s8_k1", "ws_m128n128_w1x8x1_s8_k1", "dequant_cublas"
-  bool tensor_core() const { return family != KernelFamily::kDequantCublas; }  // the fused families
+  std::string name() const;  // e.g. "ms_m8n32_w1x2x4_s8_k1", "ws_m128n128_w1x8x1_s8_k1", "dequant_cublas"
+  bool fused() const { return family != KernelFamily::kDequantCublas; }  // the fused families
   bool operator==(const KernelConfig& other) const;
   bool operator!=(const KernelConfig& other) const { return !(*this == other); }
 };
@@ -67,16 +74,21 @@ struct KernelConfig {
 bool parse_kernel_config(const std::string& name, KernelConfig* config);
 
 struct GemmArguments {
-  const __half* a = nullptr;
+  const void* a = nullptr;
   const void* packed_weights = nullptr;
-  const __half* scales = nullptr;
-  const __half* bias = nullptr;  // optional
-  __half* c = nullptr;
+  const void* scales = nullptr;
+  const void* bias = nullptr;   // optional
+  void* c = nullptr;
   int m = 0;
   int n = 0;
   int k = 0;
   int group_size = 128;
   float alpha = 1.0f;
+  ElementType element = ElementType::kFloat16;  // the type of a, scales, zeros, bias and c
+  const void* zeros = nullptr;                  // optional zero points: QuantOp::kScaleAndZeros
+
+  QuantOp quant() const { return zeros != nullptr ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly; }
+  Format format() const { return {element, quant()}; }
 };
 
 struct ProfileResult {
@@ -100,19 +112,21 @@ class GemmRunner {
   int sm_version() const { return sm_version_; }  // e.g. 90
   int sm_count() const { return sm_count_; }
 
-  // Every config this device has a kernel for. Empty when status() is not ok.
+  // Every config this device has a kernel for (each fused tile is compiled in every format).
+  // Empty when status() is not ok.
   const std::vector<KernelConfig>& configs() const { return configs_; }
 
   // The heuristic default for a problem (a tile-size table, see src/runner/heuristics.cpp).
   KernelConfig heuristic_config(int m, int n, int k) const;
   // The config gemm() without a config uses: the profiled best if profile() ran for this
-  // (m, n, k, group_size), else the heuristic.
-  KernelConfig default_config(int m, int n, int k, int group_size) const;
+  // (m, n, k, group_size, format), else the heuristic (the same for every format: a format needs
+  // no tuning of its own).
+  KernelConfig default_config(int m, int n, int k, int group_size, Format format = {}) const;
 
   // Workspace bytes `config` needs for (m, n, k).
   size_t workspace_bytes(int m, int n, int k, const KernelConfig& config) const;
   // Workspace bytes the default config needs.
-  size_t workspace_bytes(int m, int n, int k, int group_size) const;
+  size_t workspace_bytes(int m, int n, int k, int group_size, Format format = {}) const;
 
   // Validates everything (pointers, alignment, shapes, group, workspace, arch) before launching.
   Status gemm(const GemmArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) const;
@@ -160,7 +174,7 @@ class GemmRunner {
   ProgrammaticLaunch programmatic_launch_ = ProgrammaticLaunch::kWhereItHelps;
   std::vector<KernelConfig> configs_;
   std::unique_ptr<Impl> impl_;
-  std::map<std::tuple<int, int, int, int>, KernelConfig> profiled_;
+  std::map<std::tuple<int, int, int, int, Format>, KernelConfig> profiled_;
 };
 
 }  // namespace w4a16

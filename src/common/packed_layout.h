@@ -18,11 +18,12 @@
 // from slot i and its high half from slot i + 4:
 //     slot:   7    6    5    4    3    2    1    0
 //     value: a3.y a2.y a1.y a0.y a3.x a2.x a1.x a0.x
-// Why: masking the word with 0x000f000f puts slots 0 and 4 into the low mantissa bits of both halves
-// of a half2; OR-ing in 0x6400 (fp16 1024.0) makes each half exactly 1024 + nibble, so one lop3 and
-// one subtract produce a0 as a half2, with no per-element shifts (mask 0x00f000f0 gives a1 as
-// 1024 + 16 * nibble; shifting the word right by 8 repeats this for a2 and a3).
-// Codes are stored unsigned with an offset of 8: nibble = code + 8, code in [-8, 7].
+// Why: register a_i's two values sit 16 bits apart, at the bottom of each 16-bit half of
+// (word >> 4i), so masking with 0x000f000f and OR-ing in an exponent turns both into a 16-bit
+// float pair at once, with no per-element shifts (the per-type magic numbers: kernels/common/
+// element.cuh).
+// The nibble is the stored code q in [0, 15]; what it means (s * (q - 8), or s * (q - z)) is the
+// quant op's business (w4a16/format.h), not the layout's.
 
 #if defined(__CUDACC__)
 #define W4A16_HOST_DEVICE __host__ __device__
@@ -35,7 +36,6 @@ namespace w4a16::layout {
 constexpr int kTileRows = 16;         // n per tile
 constexpr int kTileCols = 64;         // k per tile
 constexpr int kTileBytes = 512;       // 16 * 64 / 2
-constexpr int kCodeOffset = 8;        // nibble = code + 8
 
 // Tile-local position (row, column) of nibble `slot` (0..7) in word `word` (0..3) of lane `lane`.
 struct TilePosition {

@@ -43,19 +43,19 @@ void for_each_nibble(int n, int k, Visit visit) {
 
 size_t packed_weight_bytes(int n, int k) { return size_t(n) * size_t(k) / 2; }
 
-Status pack_weights(const int8_t* codes, int n, int k, std::vector<uint8_t>* packed) {
+Status pack_weights(const uint8_t* codes, int n, int k, std::vector<uint8_t>* packed) {
   if (codes == nullptr || packed == nullptr) return Status(StatusCode::kInvalidArgument, "pack: null pointer");
   if (Status s = check_pack_shape(n, k); !s.ok()) return s;
   for (size_t i = 0; i < size_t(n) * k; ++i) {
-    if (codes[i] < -8 || codes[i] > 7) {
+    if (codes[i] > kMaxCode) {
       return Status(StatusCode::kInvalidArgument, "pack: code " + std::to_string(int(codes[i])) + " at index " +
-                                                       std::to_string(i) + " is outside [-8, 7]");
+                                                       std::to_string(i) + " is outside [0, 15]");
     }
   }
   packed->assign(packed_weight_bytes(n, k), 0);
   uint8_t* out = packed->data();
   for_each_nibble(n, k, [&](size_t code_index, size_t byte_index, int shift) {
-    out[byte_index] |= uint8_t((codes[code_index] + layout::kCodeOffset) << shift);
+    out[byte_index] |= uint8_t(codes[code_index] << shift);  // the stored nibble is the code
   });
   return Status::success();
 }
@@ -67,13 +67,13 @@ Status pack_weights(const QuantizedWeights& weights, std::vector<uint8_t>* packe
   return pack_weights(weights.codes.data(), weights.n, weights.k, packed);
 }
 
-Status unpack_weights(const uint8_t* packed, int n, int k, std::vector<int8_t>* codes) {
+Status unpack_weights(const uint8_t* packed, int n, int k, std::vector<uint8_t>* codes) {
   if (packed == nullptr || codes == nullptr) return Status(StatusCode::kInvalidArgument, "unpack: null pointer");
   if (Status s = check_pack_shape(n, k); !s.ok()) return s;
   codes->assign(size_t(n) * k, 0);
-  int8_t* out = codes->data();
+  uint8_t* out = codes->data();
   for_each_nibble(n, k, [&](size_t code_index, size_t byte_index, int shift) {
-    out[code_index] = int8_t(((packed[byte_index] >> shift) & 0xF) - layout::kCodeOffset);
+    out[code_index] = uint8_t((packed[byte_index] >> shift) & 0xF);
   });
   return Status::success();
 }

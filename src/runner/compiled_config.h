@@ -2,16 +2,14 @@
 // How the runner names a compiled tile: the KernelConfig of its shape at one split-K factor. Shared
 // by the runner's config list and the tests that check the heuristics against what is compiled.
 
-#include "kernels/tensor_core_sm80/params.h"
+#include "kernels/fused/params.h"
 #include "w4a16/runner.h"
 
 namespace w4a16 {
 
-inline KernelConfig config_of(const tensor_core_sm80::TileShape& shape, int split_k) {
+inline KernelConfig config_of(const fused::TileShape& shape, int split_k) {
   KernelConfig config;
-  config.family = shape.warp_specialized ? KernelFamily::kWarpSpecializedSm90
-                  : shape.streaming      ? KernelFamily::kStreamingSm80
-                                         : KernelFamily::kTensorCoreSm80;
+  config.family = shape.family;
   config.tile_m = shape.tile_m;
   config.tile_n = shape.tile_n;
   config.warps_m = shape.warps_m;

@@ -9,9 +9,9 @@ namespace w4a16 {
 
 const char* to_string(KernelFamily family) {
   switch (family) {
-    case KernelFamily::kTensorCoreSm80: return "tensor_core_sm80";
-    case KernelFamily::kWarpSpecializedSm90: return "warp_specialized_sm90";
-    case KernelFamily::kStreamingSm80: return "streaming_sm80";
+    case KernelFamily::kMultistage: return "multistage";
+    case KernelFamily::kWarpSpecialized: return "warp_specialized";
+    case KernelFamily::kStreaming: return "streaming";
     case KernelFamily::kDequantCublas: return "dequant_cublas";
   }
   return "unknown";
@@ -24,9 +24,9 @@ constexpr struct {
   KernelFamily family;
   const char* prefix;
 } kPrefixes[] = {
-    {KernelFamily::kTensorCoreSm80, "tc"},
-    {KernelFamily::kWarpSpecializedSm90, "ws"},
-    {KernelFamily::kStreamingSm80, "st"},
+    {KernelFamily::kMultistage, "ms"},
+    {KernelFamily::kWarpSpecialized, "ws"},
+    {KernelFamily::kStreaming, "st"},
 };
 
 const char* prefix(KernelFamily family) {

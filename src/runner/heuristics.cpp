@@ -14,7 +14,7 @@ struct TileChoice {
   int max_m;  // use this tile for m up to here
   int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
   int max_split_k = 16;
-  KernelFamily family = KernelFamily::kTensorCoreSm80;
+  KernelFamily family = KernelFamily::kMultistage;
   // Split-K never leaves a warp fewer k-blocks than this: below it the pipeline never reaches
   // steady state (mma.sync: 4; warp-specialized tiles, whose slots hold two k-blocks, are
   // released one slot late and number 4-8: 16).
@@ -66,9 +66,9 @@ constexpr double kWideKMinBlocksPerSm = 0.6;
 // sums cost as much as the weights at m = 128), except that m <= 64 keeps splitting long k.
 constexpr int kWarpSpecializedMinM = 17;
 constexpr TileChoice kWarpSpecializedTable[] = {
-    {32, 32, 128, 1, 8, 1, 6, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
-    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6, 128},
-    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 5, 16, KernelFamily::kWarpSpecializedSm90, 16, 0.6},
+    {32, 32, 128, 1, 8, 1, 6, 16, KernelFamily::kWarpSpecialized, 16, 0.6, 128},
+    {64, 64, 128, 1, 8, 1, 4, 16, KernelFamily::kWarpSpecialized, 16, 0.6, 128},
+    {std::numeric_limits<int>::max(), 128, 128, 1, 8, 1, 5, 16, KernelFamily::kWarpSpecialized, 16, 0.6},
 };
 // From m = 65, the 256-channel tile (one block per SM) when its tiles use the SMs' waves well
 // (tiles / (waves x SMs) >= kWideTileMinWaveUse; no split-K): each activation tile read from
@@ -77,7 +77,7 @@ constexpr TileChoice kWarpSpecializedTable[] = {
 // 0.85 of a wave), 1024x8192x8192 211.2 vs 228.0 (256 tiles, 1.94 waves); 512x11008x4096 (172
 // tiles, 1.3 waves) 105.6 vs 88.8, hence the wave rule. At m <= 64 it was no faster.
 constexpr TileChoice kWarpSpecializedWideTile = {std::numeric_limits<int>::max(), 128, 256, 1, 8, 1, 4, 1,
-                                                 KernelFamily::kWarpSpecializedSm90, 16, 0.6};
+                                                 KernelFamily::kWarpSpecialized, 16, 0.6};
 constexpr double kWideTileMinWaveUse = 0.8;
 
 // From this m on, Hopper's cuBLAS (wgmma, TMA, warp-specialized) on dequantized weights beats our
@@ -113,8 +113,8 @@ constexpr StreamingRule kStreamingRules[] = {
     // 8x4096x4096 6.1 vs 6.4, 16x4096x11008 12.1 vs 13.4; deeper rings (4-5 stages) gained nothing
     // on H100 (on H200 1x4096x4096 4.8 vs 5.0 us with 5 stages). At m = 9..16 only up to 8192 x
     // 11008 weights, like the 8-warp tile below (longer k was not measured with this one).
-    {{8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0},
-    {{16, 16, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.0, 8192LL * 11008},
+    {{8, 8, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 1.0},
+    {{16, 16, 32, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 1.0, 0.0, 8192LL * 11008},
     // More than one 32-channel tile per SM, and 64-channel tiles filling 90-100% of the SMs
     // (8192-wide layers on an H100; not on narrower ones, where they would leave SMs idle, nor on
     // parts with fewer SMs, where 8192 channels make more than one per SM): 64 channels per
@@ -122,8 +122,8 @@ constexpr StreamingRule kStreamingRules[] = {
     // 11.4 vs 14.0); m = 9..16 with 8 warps and 4 stages, on any k (16x8192x8192 H100 16.1-16.4 vs
     // 17.6-17.8, H200 15.1 vs 16.7; 16x8192x28672 H100 48.6-49.1 vs 51.0-51.6 for the multistage
     // tile with split-K 4, H200 46.1 vs 45.8).
-    {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
-    {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 1.0, 0.9},
+    {{8, 8, 64, 1, 1, 16, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 1.0, 0.9},
+    {{16, 16, 64, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreaming}, 1.0, 0.9},
     // Up to three 32-channel tiles per SM (11008-wide layers), 8 warps along k, three blocks per
     // SM: 1x11008x4096 11.0 us (4 stages) against 12.7 for 64 channels per warp (which fit two
     // per SM). At m <= 8 a ring of 3 stages, not 4: fewer bytes in flight, yet faster on H100 (1x11008x4096
@@ -131,8 +131,8 @@ constexpr StreamingRule kStreamingRules[] = {
     // (within 0.1-0.2 us from 6144 to 12288 channels; bench/NOTES.md, entry 22). At m = 9..16 (two
     // 8-row fragments per warp) 4 stages, and only up to 8192 x 11008 weights: beyond that the
     // multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
-    {{8, 8, 32, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0},
-    {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.0, 0.0, 8192LL * 11008},
+    {{8, 8, 32, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 3.0},
+    {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreaming}, 3.0, 0.0, 8192LL * 11008},
     // The largest layers, m <= 8: 2 to 3.5 64-channel tiles per SM (28672-wide on an H100), 64
     // channels per warp, 8 warps, two blocks per SM: H100 46.1 us (4 stages) against 45.5-46.2
     // for the multistage 128-channel tile, H200 35.8 vs 43.8 (entry 21). A ring of 3 stages rather than 4 (again
@@ -140,7 +140,7 @@ constexpr StreamingRule kStreamingRules[] = {
     // vs 37.3 at m = 1 but 38.0 vs 41.6 at m = 8 (entry 22). Only that layer was measured:
     // narrower ones (12672 to 16896 channels on an H100) and wider ones (vocabulary heads, 32000
     // and up) keep the multistage tiles.
-    {{8, 8, 64, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreamingSm80}, 3.5, 2.0},
+    {{8, 8, 64, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 3.5, 2.0},
 };
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
@@ -267,7 +267,7 @@ LaunchOverlap launch_overlap(KernelFamily family, long long blocks, int resident
   // successor's early blocks then only get the few slots this grid leaves (1x11008x4096: 11.1 vs
   // 12.5 us, measured while the streaming prologue still prefetched its weights), where a grid
   // leaving many free had them crowd in (forced three-per-SM tile at 1x4096x4096: 9.0 vs 6.1).
-  const bool streaming = family == KernelFamily::kStreamingSm80;
+  const bool streaming = family == KernelFamily::kStreaming;
   const bool known = resident_blocks_per_sm > 0 && sm_count > 0;
   const bool fills_the_gpu =
       known && static_cast<long long>(sm_count) * resident_blocks_per_sm - blocks <= sm_count / 2;

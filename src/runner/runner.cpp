@@ -10,7 +10,7 @@
 #include <cublas_v2.h>
 
 #include "kernels/dequant_cublas/dequant_cublas.h"
-#include "kernels/tensor_core_sm80/params.h"
+#include "kernels/fused/params.h"
 #include "runner/compiled_config.h"
 #include "runner/heuristics.h"
 #include "w4a16/quantize.h"
@@ -19,23 +19,25 @@ namespace w4a16 {
 
 struct GemmRunner::Impl {
   cublasHandle_t cublas = nullptr;
-  // Which compiled kernel serves each tensor-core config, and the virtual arch its body was
-  // compiled from (programmatic launch is only safe where griddepcontrol.wait is compiled in: >= 90).
-  struct TensorCoreEntry {
+  // Which compiled kernel serves each fused config in each format, and the virtual arch its body
+  // was compiled from (programmatic launch is only safe where griddepcontrol.wait is compiled in:
+  // >= 90).
+  struct FusedEntry {
     KernelConfig config;
-    tensor_core_sm80::CompiledKernel kernel;
+    Format format;
+    fused::CompiledKernel kernel;
     int compiled_arch;
     int resident_blocks_per_sm;
   };
-  std::vector<TensorCoreEntry> tensor_core_kernels;
+  std::vector<FusedEntry> fused_kernels;
 
   ~Impl() {
     if (cublas != nullptr) cublasDestroy(cublas);
   }
 
-  const TensorCoreEntry* find(const KernelConfig& config) const {
-    for (const auto& entry : tensor_core_kernels)
-      if (entry.config == config) return &entry;
+  const FusedEntry* find(const KernelConfig& config, const Format& format) const {
+    for (const auto& entry : fused_kernels)
+      if (entry.config == config && entry.format == format) return &entry;
     return nullptr;
   }
 };
@@ -61,7 +63,7 @@ long long output_tiles(const GemmArguments& args, const KernelConfig& config) {
 }
 constexpr long long kMaxOutputTiles = 2147483647LL;
 
-// See tensor_core_sm80::Params::group_shift. check_group_size() has already admitted the group.
+// See fused::Params::group_shift. check_group_size() has already admitted the group.
 int group_shift(int k, int group_size) {
   if (group_size == k && (group_size & (group_size - 1)) != 0) return 31;
   int shift = 0;
@@ -85,26 +87,25 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
   sm_version_ = properties.major * 10 + properties.minor;
   sm_count_ = properties.multiProcessorCount;
 
-  // Tensor-core kernels: need an sm_80+ device and a binary whose body was compiled for sm_80+.
+  // Fused kernels: need an sm_80+ device and a binary whose body was compiled for sm_80+. Every
+  // tile is compiled in every format; configs() lists each tile (and split) once.
   if (sm_version_ >= 80) {
-    std::vector<tensor_core_sm80::CompiledKernel> compiled;
-    tensor_core_sm80::append_small_m_kernels(compiled);
-    tensor_core_sm80::append_medium_m_kernels(compiled);
-    tensor_core_sm80::append_large_m_kernels(compiled);
-    tensor_core_sm80::append_streaming_sm80_kernels(compiled);
-    // sm_90a machine code runs on sm_90 parts only, so the wgmma tiles are only offered there.
-    if (sm_version_ == 90) tensor_core_sm80::append_warp_specialized_sm90_kernels(compiled);
+    std::vector<fused::CompiledKernel> compiled;
+    fused::append_compiled_kernels(compiled);
     for (const auto& kernel : compiled) {
+      const bool warp_specialized = kernel.shape.family == KernelFamily::kWarpSpecialized;
+      // sm_90a machine code runs on sm_90 parts only, so the wgmma tiles are only offered there.
+      if (warp_specialized && sm_version_ != 90) continue;
       const int compiled_arch = kernel.compiled_for();
-      if (compiled_arch < (kernel.shape.warp_specialized ? 90 : 80) || kernel.prepare() != cudaSuccess) {
+      if (compiled_arch < (warp_specialized ? 90 : 80) || kernel.prepare() != cudaSuccess) {
         cudaGetLastError();  // a missing binary is expected on some builds, not an error state
         continue;
       }
       const int resident_blocks = kernel.resident_blocks_per_sm();  // after prepare(): its shared-memory limit
       for (int split : heuristics::split_k_choices()) {
         const KernelConfig config = config_of(kernel.shape, split);
-        configs_.push_back(config);
-        impl_->tensor_core_kernels.push_back({config, kernel, compiled_arch, resident_blocks});
+        if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) configs_.push_back(config);
+        impl_->fused_kernels.push_back({config, kernel.format, kernel, compiled_arch, resident_blocks});
       }
     }
   }
@@ -137,8 +138,8 @@ KernelConfig GemmRunner::heuristic_config(int m, int n, int k) const {
   return heuristics::choose(m, n, k, {sm_version_, sm_count_}, configs_);
 }
 
-KernelConfig GemmRunner::default_config(int m, int n, int k, int group_size) const {
-  auto it = profiled_.find({m, n, k, group_size});
+KernelConfig GemmRunner::default_config(int m, int n, int k, int group_size, Format format) const {
+  auto it = profiled_.find({m, n, k, group_size, format});
   return it != profiled_.end() ? it->second : heuristic_config(m, n, k);
 }
 
@@ -155,8 +156,8 @@ size_t GemmRunner::workspace_bytes(int m, int n, int k, const KernelConfig& conf
   return bytes;
 }
 
-size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size) const {
-  return workspace_bytes(m, n, k, default_config(m, n, k, group_size));
+size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size, Format format) const {
+  return workspace_bytes(m, n, k, default_config(m, n, k, group_size, format));
 }
 
 Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
@@ -171,6 +172,14 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
   if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
     return Status(StatusCode::kUnsupportedArch,
                   "config " + config.name() + " has no kernel for sm_" + std::to_string(sm_version_) + " in this build");
+  }
+  if (args.element != ElementType::kFloat16 && args.element != ElementType::kBFloat16) {
+    return Status(StatusCode::kInvalidArgument,
+                  "element must be ElementType::kFloat16 or kBFloat16, got " + std::to_string(int(args.element)));
+  }
+  if (config.fused() && impl_->find(config, args.format()) == nullptr) {
+    return Status(StatusCode::kUnsupportedArch, "config " + config.name() + " has no " +
+                                                    format_name(args.format()) + " kernel in this build");
   }
   if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr) {
     return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales and c must not be null");
@@ -188,14 +197,14 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
   const struct {
     const void* pointer;
     const char* name;
-  } pointers[] = {{args.a, "a"}, {args.packed_weights, "packed_weights"}, {args.scales, "scales"},
-                  {args.bias, "bias"}, {args.c, "c"}};
+  } pointers[] = {{args.a, "a"},       {args.packed_weights, "packed_weights"}, {args.scales, "scales"},
+                  {args.zeros, "zeros"}, {args.bias, "bias"},                     {args.c, "c"}};
   for (const auto& p : pointers) {
     if (p.pointer != nullptr && !aligned(p.pointer, kPointerAlignment)) {
       return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
     }
   }
-  if (config.tensor_core()) {
+  if (config.fused()) {
     if (output_tiles(args, config) > kMaxOutputTiles) {
       return Status(StatusCode::kUnsupportedShape, "m x n = " + std::to_string(args.m) + " x " +
                                                        std::to_string(args.n) + " has more than 2^31 - 1 output tiles for config " +
@@ -222,7 +231,8 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
 }
 
 Status GemmRunner::gemm(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream) const {
-  return gemm(args, default_config(args.m, args.n, args.k, args.group_size), workspace, workspace_size, stream);
+  return gemm(args, default_config(args.m, args.n, args.k, args.group_size, args.format()), workspace, workspace_size,
+              stream);
 }
 
 Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, void* workspace, size_t workspace_size,
@@ -234,7 +244,9 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     params.a = args.a;
     params.packed_weights = args.packed_weights;
     params.scales = args.scales;
+    params.zeros = args.zeros;
     params.bias = args.bias;
+    params.element = args.element;
     params.c = args.c;
     params.m = args.m;
     params.n = args.n;
@@ -244,11 +256,12 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     return dequant_cublas::run(params, impl_->cublas, workspace, stream);
   }
 
-  const Impl::TensorCoreEntry* entry = impl_->find(config);
-  tensor_core_sm80::Params params;
+  const Impl::FusedEntry* entry = impl_->find(config, args.format());
+  fused::Params params;
   params.a = args.a;
   params.packed_weights = args.packed_weights;
   params.scales = args.scales;
+  params.zeros = args.zeros;
   params.bias = args.bias;
   params.c = args.c;
   params.partials = static_cast<float*>(workspace);
@@ -279,7 +292,7 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     // is off it launches programmatically behind the GEMM, whatever the GEMM's own launch: its
     // launch then overlaps the GEMM's tail instead of following it.
     const bool reduce_programmatic = mode != ProgrammaticLaunch::kOff && entry->compiled_arch >= 90;
-    if (cudaError_t error = tensor_core_sm80::launch_split_k_reduce(params, stream, reduce_programmatic);
+    if (cudaError_t error = fused::launch_split_k_reduce(params, args.element, stream, reduce_programmatic);
         error != cudaSuccess) {
       return cuda_status(error, "split-K reduce launch");
     }
@@ -343,7 +356,7 @@ Status GemmRunner::profile(const GemmArguments& args, void* workspace, size_t wo
                                      [](const auto& x, const auto& y) { return x.second < y.second; });
   result->best = best->first;
   result->best_microseconds = best->second;
-  profiled_[{args.m, args.n, args.k, args.group_size}] = best->first;
+  profiled_[{args.m, args.n, args.k, args.group_size, args.format()}] = best->first;
   return Status::success();
 }
 

@@ -1,54 +1,116 @@
 #pragma once
-// int4 -> fp16 conversion of one packed word (eight codes) into the four registers of an
-// mma.m16n8k16 fragment. The nibble order it relies on is defined in common/packed_layout.h.
+// Quant-op traits: how the codes of one packed word become mma operands, for each QuantOp
+// (w4a16/format.h), on top of an element type's magic-number unpack (element.cuh). Two places
+// the group scale (and zero point) can enter:
+//
+//  1. Before the mma ("weights"): the fragment is dequantized to w in the element type.
+//       kScaleOnly:     w = (q - 8) * s       the 8 folded into unpack's magic subtraction; 1 mul
+//       kScaleAndZeros: w = fma(q, s, -z s)   unpack with offset 0, then one fma instead of the mul
+//     Same instruction count either way; -z s is formed once per group (in fp32, rounded once to
+//     the element type). For integer zero points q - z is exact, and w differs from the exactly
+//     rounded s (q - z) by at most one rounding of z s (|z s| <= 15 |s|, the size of the group's
+//     largest weights), well inside the accuracy of a 16-bit weight.
+//
+//  2. After the mma ("codes", the decode loops): the codes go in as exact small integers, the
+//     products of one group accumulate in fp32, and the group's scale multiplies that partial sum
+//     once. With zero points the codes go in as q (0..15), and since
+//         sum_k s (q - z) a = s * sum_k q a  -  z s * sum_k a
+//     the zero point needs the group's activation sum sum_k a of each row: one more mma per k
+//     slice and 8-row fragment, with an all-ones weight operand, shared by all of the warp's
+//     channel fragments (the tensor cores are idle at decode; the ALU is not), and one more fma per
+//     accumulator when the group is folded. Exact in fp32 for any zero point, integer or not.
+//     (The alternatives: folding an integer z into the magic subtraction is free but wrong for
+//     fractional zero points; subtracting z from every code pair costs an extra instruction per
+//     four weights in the loop that is already issue-bound.)
 
 #include <cstdint>
 
-#include <cuda_fp16.h>
-
-#include "kernels/common/ptx.cuh"
+#include "kernels/common/element.cuh"
+#include "w4a16/format.h"
 
 namespace w4a16 {
 
-__device__ __forceinline__ __half2 as_half2(uint32_t bits) { return *reinterpret_cast<__half2*>(&bits); }
-__device__ __forceinline__ uint32_t as_bits(__half2 value) { return *reinterpret_cast<uint32_t*>(&value); }
+template <class ElementT, QuantOp kQuantOp>
+struct Dequant {
+  using E = ElementT;
+  using Scalar = typename E::Scalar;
+  using Pair = typename E::Pair;
+  static constexpr bool kZeros = kQuantOp == QuantOp::kScaleAndZeros;
+  // What unpack() subtracts: the symmetric zero point, folded into the magic number; with zero
+  // points nothing (they enter per group, see above).
+  static constexpr int kCodeOffset = kZeros ? 0 : kSymmetricZeroPoint;
 
-// The magic-number trick. fp16 1024.0 is 0x6400: exponent 10, so the 10 mantissa bits count units
-// of 1.0. OR-ing a nibble u into the low mantissa bits gives exactly 1024 + u; OR-ing it in 4 bits
-// higher gives 1024 + 16u. Subtracting 1024 + 8 (the code offset) yields the signed code u - 8 with
-// no rounding; for the high nibble, (1024 + 16u) / 16 - 72 = u - 8, one exact fma. So each
-// fragment register costs one lop3 and one sub/fma, and holds two exact signed codes.
-//   slot 0,4 -> a0 (row r)      slot 1,5 -> a1 (row r+8)
-//   slot 2,6 -> a2 (row r, +8k) slot 3,7 -> a3 (row r+8, +8k)
-__device__ __forceinline__ void dequantize_codes(uint32_t word, uint32_t (&fragment)[4]) {
-  constexpr uint32_t kLowNibbles = 0x000f000f;   // slots 0 and 4 (or 2 and 6 after >> 8)
-  constexpr uint32_t kHighNibbles = 0x00f000f0;  // slots 1 and 5 (or 3 and 7 after >> 8)
-  constexpr uint32_t kFp16Exponent1024 = 0x64006400;
-  constexpr int kAndOr = (0xF0 & 0xCC) | 0xAA;   // lop3 truth table of (a & b) | c
-  const __half2 kMinus1032 = as_half2(0xE408E408);   // -(1024 + 8)
-  const __half2 kOneSixteenth = as_half2(0x2C002C00);
-  const __half2 kMinus72 = as_half2(0xD480D480);     // -(64 + 8)
+  // Exact codes (q - kCodeOffset) for the mma, path 2.
+  static __device__ __forceinline__ void codes(uint32_t word, uint32_t (&fragment)[4]) {
+    E::template unpack<kCodeOffset>(word, fragment);
+  }
 
-  const uint32_t shifted = word >> 8;
-  const __half2 q0 = as_half2(ptx::lop3<kAndOr>(word, kLowNibbles, kFp16Exponent1024));
-  const __half2 q1 = as_half2(ptx::lop3<kAndOr>(word, kHighNibbles, kFp16Exponent1024));
-  const __half2 q2 = as_half2(ptx::lop3<kAndOr>(shifted, kLowNibbles, kFp16Exponent1024));
-  const __half2 q3 = as_half2(ptx::lop3<kAndOr>(shifted, kHighNibbles, kFp16Exponent1024));
-  fragment[0] = as_bits(__hadd2(q0, kMinus1032));
-  fragment[1] = as_bits(__hfma2(q1, kOneSixteenth, kMinus72));
-  fragment[2] = as_bits(__hadd2(q2, kMinus1032));
-  fragment[3] = as_bits(__hfma2(q3, kOneSixteenth, kMinus72));
-}
+  // Path 1: one group's terms for the two channels of a fragment's rows, r ("low", registers 0
+  // and 2) and r + 8 ("high", registers 1 and 3), each broadcast to a pair.
+  struct GroupTerms {
+    Pair scale_low, scale_high;
+    Pair bias_low, bias_high;  // -z s (zero points only)
+  };
+  static __device__ __forceinline__ GroupTerms terms(Scalar scale_low, Scalar scale_high, Scalar zero_low,
+                                                     Scalar zero_high) {
+    GroupTerms t;
+    t.scale_low = Pair(scale_low, scale_low);
+    t.scale_high = Pair(scale_high, scale_high);
+    if constexpr (kZeros) {
+      const float bias_low = -E::to_float(zero_low) * E::to_float(scale_low);
+      const float bias_high = -E::to_float(zero_high) * E::to_float(scale_high);
+      t.bias_low = E::pair(bias_low, bias_low);
+      t.bias_high = E::pair(bias_high, bias_high);
+    }
+    return t;
+  }
+  static __device__ __forceinline__ GroupTerms terms(Scalar scale_low, Scalar scale_high) {
+    static_assert(!kZeros, "zero points need terms(scale_low, scale_high, zero_low, zero_high)");
+    return terms(scale_low, scale_high, scale_low, scale_high);
+  }
 
-// Codes times the group scale, rounded once to fp16, as dequant(W) in fp16 would be.
-// scale_row_low scales rows r (a0, a2), scale_row_high rows r + 8 (a1, a3).
-__device__ __forceinline__ void dequantize_fragment(uint32_t word, __half2 scale_row_low, __half2 scale_row_high,
-                                                    uint32_t (&fragment)[4]) {
-  dequantize_codes(word, fragment);
-  fragment[0] = as_bits(__hmul2(as_half2(fragment[0]), scale_row_low));
-  fragment[1] = as_bits(__hmul2(as_half2(fragment[1]), scale_row_high));
-  fragment[2] = as_bits(__hmul2(as_half2(fragment[2]), scale_row_low));
-  fragment[3] = as_bits(__hmul2(as_half2(fragment[3]), scale_row_high));
+  // Path 1: the fragment of dequantized weights, rounded once to the element type.
+  static __device__ __forceinline__ void weights(uint32_t word, const GroupTerms& t, uint32_t (&fragment)[4]) {
+    codes(word, fragment);
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const bool high = i & 1;
+      const Pair q = E::as_pair(fragment[i]);
+      if constexpr (kZeros) {
+        fragment[i] = E::as_bits(__hfma2(q, high ? t.scale_high : t.scale_low, high ? t.bias_high : t.bias_low));
+      } else {
+        fragment[i] = E::as_bits(__hmul2(q, high ? t.scale_high : t.scale_low));
+      }
+    }
+  }
+
+  // Path 2: folds one group's fp32 partial sums of an mma accumulator fragment ([0], [1]: channel
+  // r; [2], [3]: channel r + 8) into the accumulators. `sums` is the group's activation sum
+  // fragment from the all-ones mma (zero points only; same layout, equal across channels).
+  static __device__ __forceinline__ void fold(float (&accumulators)[4], const float (&partial)[4], const float* sums,
+                                              Scalar scale_low, Scalar scale_high, Scalar zero_low,
+                                              Scalar zero_high) {
+    const float s_low = E::to_float(scale_low), s_high = E::to_float(scale_high);
+    accumulators[0] = fmaf(partial[0], s_low, accumulators[0]);
+    accumulators[1] = fmaf(partial[1], s_low, accumulators[1]);
+    accumulators[2] = fmaf(partial[2], s_high, accumulators[2]);
+    accumulators[3] = fmaf(partial[3], s_high, accumulators[3]);
+    if constexpr (kZeros) {
+      const float bias_low = -E::to_float(zero_low) * s_low, bias_high = -E::to_float(zero_high) * s_high;
+      accumulators[0] = fmaf(sums[0], bias_low, accumulators[0]);
+      accumulators[1] = fmaf(sums[1], bias_low, accumulators[1]);
+      accumulators[2] = fmaf(sums[2], bias_high, accumulators[2]);
+      accumulators[3] = fmaf(sums[3], bias_high, accumulators[3]);
+    }
+  }
+};
+
+// The all-ones weight fragment of path 2: mma(ones, activations) gives every channel row the sum
+// of the activations over the 16-wide k slice.
+template <class E>
+__device__ __forceinline__ void ones_fragment(uint32_t (&fragment)[4]) {
+  #pragma unroll
+  for (int i = 0; i < 4; ++i) fragment[i] = E::kOnesBits;
 }
 
 }  // namespace w4a16

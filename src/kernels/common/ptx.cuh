@@ -4,7 +4,6 @@
 
 #include <cstdint>
 
-#include <cuda_fp16.h>
 
 namespace w4a16::ptx {
 
@@ -40,7 +39,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(pending));
 }
 
-// Four 8x8 fp16 matrices from shared memory; lane L supplies the row address of matrix L / 8,
+// Four 8x8 matrices of 16-bit elements from shared memory; lane L supplies the row address of matrix L / 8,
 // row L % 8. Every address must be 16-byte aligned.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&out)[4], uint32_t shared) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -53,14 +52,7 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t (&out)[2], uint32_t shared)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(out[0]), "=r"(out[1]) : "r"(shared));
 }
 
-// D = A * B + D, A 16x16 fp16 (row), B 16x8 fp16 (col), D 16x8 fp32.
-__device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
+// (The tensor-core instructions depend on the element type: common/element.cuh.)
 
 // Any three-input bitwise function in one instruction; `lut` is the function's truth table applied
 // to the bytes 0xF0 (a), 0xCC (b), 0xAA (c).
@@ -89,10 +81,10 @@ __device__ __forceinline__ uint4 load_shared_128(uint32_t address) {
                : "r"(address));
   return value;
 }
-__device__ __forceinline__ __half load_shared_half(uint32_t address) {
+__device__ __forceinline__ unsigned short load_shared_u16(uint32_t address) {
   unsigned short bits;
   asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(bits) : "r"(address));
-  return __ushort_as_half(bits);
+  return bits;
 }
 
 // mbarrier operations on a barrier given by its shared-space address (sm_90 for try_wait.parity

@@ -1,30 +1,32 @@
 #pragma once
-// The dequant_cublas family: unpack the int4 weights to dense fp16 in the workspace, then one
-// cuBLAS fp16 GEMM (fp32 accumulate). Runs wherever cuBLAS does (sm_75 too).
+// The dequant_cublas family: unpack the int4 weights to dense 16-bit weights of the activation type
+// in the workspace, then one cuBLAS GEMM (fp32 accumulate). Runs wherever cuBLAS does (sm_75 too).
 
 #include <cstddef>
 
 #include <cublas_v2.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include "w4a16/format.h"
 #include "w4a16/status.h"
 
 namespace w4a16::dequant_cublas {
 
 struct Params {
-  const __half* a = nullptr;
+  const void* a = nullptr;               // 16-bit operands of `element`, laid out as GemmArguments
   const void* packed_weights = nullptr;
-  const __half* scales = nullptr;
-  const __half* bias = nullptr;
-  __half* c = nullptr;
+  const void* scales = nullptr;
+  const void* zeros = nullptr;           // nullptr: symmetric
+  const void* bias = nullptr;
+  void* c = nullptr;
+  ElementType element = ElementType::kFloat16;
   int m = 0, n = 0, k = 0, group_size = 0;
   float alpha = 1.0f;
 };
 
 // cuBLAS gets its own slice of the caller's workspace so that it never allocates (graph capture).
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
-size_t workspace_bytes(int n, int k);
+size_t workspace_bytes(int n, int k);  // the dense weights (2 bytes each, either type) + cuBLAS
 
 // The dequantize kernel, for the runner's arch probe.
 cudaError_t probe_kernel();
@@ -33,9 +35,9 @@ cudaError_t probe_kernel();
 // aligned; the arguments are validated by the runner.
 Status run(const Params& params, cublasHandle_t handle, void* workspace, cudaStream_t stream);
 
-// C[m][n] = alpha * A[m][k] * W[n][k]^T + beta * C, all fp16 row-major, fp32 accumulate. Shared
-// with the benchmark's dense fp16 baseline so both use exactly the same cuBLAS call.
-cublasStatus_t gemm_fp16_nt(cublasHandle_t handle, const __half* a, const __half* w, __half* c, int m, int n, int k,
-                            float alpha, float beta);
+// C[m][n] = alpha * A[m][k] * W[n][k]^T + beta * C, all of `element`, row-major, fp32 accumulate.
+// Shared with the benchmark's dense baseline so both use exactly the same cuBLAS call.
+cublasStatus_t gemm_nt(cublasHandle_t handle, ElementType element, const void* a, const void* w, void* c, int m, int n,
+                       int k, float alpha, float beta);
 
 }  // namespace w4a16::dequant_cublas

@@ -1,16 +1,16 @@
 #pragma once
-// The warp-specialized wgmma kernel (sm_90a): tile scheduler -> producer/consumer mainloop ->
-// epilogue. Same packed weights, scheduler, split-K and epilogue as tensor_core_sm80; the math step
-// is WgmmaMath (wgmma_math.cuh).
+// The warp-specialized wgmma kernel (KernelFamily::kWarpSpecialized, sm_90a): tile scheduler ->
+// producer/consumer mainloop -> epilogue. Same packed weights, scheduler, split-K and epilogue as
+// the other fused families (fused/); the math step is WgmmaMath (wgmma_math.cuh).
 //
-// Why. The wgmma tiles this family replaced ran the multistage loop (tensor_core_sm80/mainloop.cuh):
+// Why. The wgmma tiles this family replaced ran the multistage loop (fused/multistage/mainloop.cuh):
 // every math warp issued its share of ~1300 16-byte cp.async per 128 x 128 stage, then the whole
 // block met at a barrier each k-block. On H100 that copy bookkeeping kept the ALU pipe busier than
 // the tensor pipe at m = 64 (bench/NOTES.md, entry 12), and a barrier per k-block coupled the two
 // warpgroups. Here:
-//  - one producer thread moves a whole slot (two k-blocks) with four TMA loads (see produce()):
-//    the weights as one box of a 3-D view of the packed buffer, the scale rows, and one
-//    activation box per k-block, which TMA writes with the 128-byte swizzle wgmma reads
+//  - one producer thread moves a whole slot (two k-blocks) with four TMA loads (five with zero
+//    points; see produce()): the weights as one box of a 3-D view of the packed buffer, the scale
+//    rows (and zero-point rows), and one activation box per k-block, which TMA writes with the 128-byte swizzle wgmma reads
 //    (tensor_maps.h). TMA zero-fills what lies past m, n or k, so edge tiles need no special case;
 //  - each slot has two mbarriers. `full` completes when the producer has armed it with the
 //    slot's byte count and all of its copies have landed; `empty` completes when every consumer
@@ -39,18 +39,15 @@
 #include "common/packed_layout.h"
 #include "kernels/common/launch.cuh"
 #include "kernels/common/ptx.cuh"
-#include "kernels/tensor_core_sm80/epilogue.cuh"
-#include "kernels/tensor_core_sm80/kernel.cuh"
-#include "kernels/tensor_core_sm80/params.h"
-#include "kernels/tensor_core_sm80/tile.cuh"
-#include "kernels/tensor_core_sm80/tile_scheduler.cuh"
-#include "kernels/wgmma_sm90/tensor_maps.h"
-#include "kernels/wgmma_sm90/wgmma_math.cuh"
+#include "kernels/fused/epilogue.cuh"
+#include "kernels/fused/kernel.cuh"
+#include "kernels/fused/params.h"
+#include "kernels/fused/tile.h"
+#include "kernels/fused/tile_scheduler.cuh"
+#include "kernels/fused/warp_specialized/tensor_maps.h"
+#include "kernels/fused/warp_specialized/wgmma_math.cuh"
 
-namespace w4a16::wgmma_sm90 {
-
-using tensor_core_sm80::Params;
-using tensor_core_sm80::TileWork;
+namespace w4a16::fused {
 
 // 2-D TMA load of box (column, row) of `map` into shared memory, completing on `barrier`. Written
 // out rather than CuTe's SM90_TMA_LOAD_2D, which always passes an L2 cache-policy operand: ptxas
@@ -83,40 +80,77 @@ __device__ __forceinline__ void tma_prefetch_3d(const CUtensorMap* map, int x, i
                : "memory");
 }
 
-template <class Tile>
-struct WarpSpecialized {
+template <class TileT, class FormatT>
+struct WarpSpecializedMainloop {
+  using Tile = TileT;
+  using Format = FormatT;
+  using E = typename Format::E;
+  static constexpr KernelFamily kFamily = KernelFamily::kWarpSpecialized;
   static constexpr int kStages = Tile::kStages;
   static constexpr int kConsumerWarps = Tile::kThreads / 32;
-  using Math = WgmmaMath<Tile>;
+  using Math = WgmmaMath<Tile, Format>;
   using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
-  static_assert(Tile::kKBlocksPerSlot == 2, "a slot holds two k-blocks");
   static_assert(kStages >= 3, "one slot computed on, one awaiting release, at least one filling");
+  static_assert(Tile::kWarpsK == 1, "warp specialization: no in-block split-K");
+  static_assert(Tile::kFragmentsN <= 2 && Tile::kWarpsN % 4 == 0,
+                "wgmma: 16 or 32 channels per warp, warpgroups along n");
+  static_assert(Tile::kWarpTileM == 8 || Tile::kWarpTileM == 16 || Tile::kWarpTileM == 32 ||
+                    Tile::kWarpTileM == 64 || Tile::kWarpTileM == 128 || Tile::kWarpTileM == 256,
+                "wgmma: the warp tile's m is the instruction's N (one of the compiled sizes)");
 
-  // Slot layout (Tile::kSlotBytes, 1024-byte aligned):
+  // The math warps (WarpsM x WarpsN) only compute; one more warpgroup issues the TMA loads.
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kBlockThreads = Tile::kThreads + kProducerThreads;
+  // K-blocks per slot: two consecutive k-blocks, so every per-slot cost of the loop (barrier wait
+  // and release, stage bookkeeping, the producer's TMA requests) is paid once per 128 columns.
+  static constexpr int kKBlocksPerSlot = 2;
+  static constexpr int kKBlocksPerUnit = kKBlocksPerSlot;  // split-K slices start on a slot
+
+  // Slot layout (kSlotBytes, 1024-byte aligned):
   //   weights      [TileN / 16 row blocks][2 k-blocks][512 bytes]: one box of the 3-D weight map;
   //   activations  [2 k-blocks][TileM rows][128 bytes], 128-byte swizzled: two boxes of A;
-  //   scales       up to 4 rows of TileN channels (the groups the two k-blocks span).
+  //   scales       up to 4 rows of TileN channels (the groups the two k-blocks span: group 32
+  //                has two per k-block);
+  //   zero points  the same rows of zero points (kScaleAndZeros only).
   // Every activation tile starts on a 1024-byte boundary, as the swizzled wgmma operand requires
   // (TileN / 16 * 1024 and TileM * 128 are multiples of 1024).
-  static constexpr int kActivationOffset = 2 * Tile::kWeightBytes;
-  static constexpr int kScaleOffset = kActivationOffset + 2 * Tile::kActivationBytes;
+  static constexpr int kActivationOffset = kKBlocksPerSlot * Tile::kWeightBytes;
+  static constexpr int kScaleOffset = kActivationOffset + kKBlocksPerSlot * Tile::kActivationBytes;
+  static constexpr int kGroupRowsBytes = 2 * kKBlocksPerSlot * Tile::kTileN * 2;
+  static constexpr int kZeroOffset = kGroupRowsBytes;  // from a scale to its zero point
+  static constexpr int kSlotAlignment = 1024;
+  static constexpr int kSlotBytes =
+      (kScaleOffset + Format::kGroupArrays * kGroupRowsBytes + kSlotAlignment - 1) / kSlotAlignment * kSlotAlignment;
   static_assert(kActivationOffset % 1024 == 0 && Tile::kActivationBytes % 1024 == 0, "swizzle atom alignment");
+  // A full and an empty mbarrier (8 bytes each) per stage after the slots. Dynamic shared memory
+  // is only guaranteed 16-byte alignment: the kernel rounds its base up to 1024 bytes and
+  // reserves the slack.
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kBaseSlack = 1024;
+  static constexpr int kSharedBytes = kStages * kSlotBytes + kBarrierBytes + kBaseSlack;
+
+  // Blocks per SM ptxas must leave registers for: as many as shared memory allows, at most two
+  // (80 registers per thread at launch: enough for 64-row tiles of 16 channels per warp); 128-row
+  // tiles (64 fp32 accumulators per consumer thread) and tiles of 32 channels per warp (two
+  // accumulator halves) ask for one block, 168 registers.
+  static constexpr int kMinBlocksPerSM =
+      blocks_by_shared_memory(kSharedBytes) >= 2 && Tile::kTileM <= 64 && Tile::kFragmentsN == 1 ? 2 : 1;
 
   // Registers per thread. The block launches with the cap __launch_bounds__ gives ptxas (65536 per
   // SM shared by kMinBlocksPerSM blocks, in steps of 8); the producer warpgroup then drops to 40
   // (one copying thread; an earlier version of it spilled at 24) and the consumers take what it freed
   // (setmaxnreg draws on the block's own pool, so the increase must not exceed the release).
-  static constexpr int kLaunchRegisters = (65536 / (Tile::kBlockThreads * Tile::kMinBlocksPerSM)) / 8 * 8;
+  static constexpr int kLaunchRegisters = (65536 / (kBlockThreads * kMinBlocksPerSM)) / 8 * 8;
   static constexpr int kRegisterCap = kLaunchRegisters > 168 ? 168 : kLaunchRegisters;
   static constexpr int kProducerRegisters = 40;
   static constexpr int kConsumerRegistersUnrounded =
-      kRegisterCap + (kRegisterCap - kProducerRegisters) * Tile::kProducerThreads / Tile::kThreads;
+      kRegisterCap + (kRegisterCap - kProducerRegisters) * kProducerThreads / Tile::kThreads;
   static constexpr int kConsumerRegisters =
       (kConsumerRegistersUnrounded > 240 ? 240 : kConsumerRegistersUnrounded) / 8 * 8;
 
   // The producer: one thread issues every copy of every slot, in k order. A slot is four TMA loads:
-  // the weights of both k-blocks (one box of the 3-D weight map), the scale rows, and one
-  // activation box per k-block (a swizzled box is at most 128 bytes wide: one k-block). TMA
+  // the weights of both k-blocks (one box of the 3-D weight map), the scale rows (and the zero
+  // point rows: a fifth), and one activation box per k-block (a swizzled box is at most 128 bytes wide: one k-block). TMA
   // zero-fills whatever lies past n, m or k and counts it, so only a last slot with a single
   // k-block (an odd number of k-blocks) carries fewer bytes: one activation box less.
   // Why two k-blocks per slot: the copy engine's cost is per request rather than per byte (one
@@ -127,20 +161,22 @@ struct WarpSpecialized {
                                                  uint32_t empty_address) {
     const int k_blocks = work.k_block_end - work.k_block_begin;
     const int slots_needed = (k_blocks + 1) / 2;
-    const uint32_t scale_bytes = scale_rows_per_box(params.group_size, 2) * Tile::kTileN * 2;
+    const uint32_t scale_bytes =
+        Format::kGroupArrays * scale_rows_per_box(params.group_size, kKBlocksPerSlot) * Tile::kTileN * 2;
     const int row_block = work.n_begin / layout::kTileRows;
     auto k_blocks_in = [&](int i) { return min(2, k_blocks - 2 * i); };
 
     auto issue_slot = [&](int i, int stage) {
-      const uint32_t slot = slots_address + stage * Tile::kSlotBytes;
+      const uint32_t slot = slots_address + stage * kSlotBytes;
       const uint32_t barrier = full_address + stage * 8;
       ptx::mbarrier_arrive_expect_tx(
-          barrier, 2 * Tile::kWeightBytes + k_blocks_in(i) * Tile::kActivationBytes + scale_bytes);
+          barrier, kKBlocksPerSlot * Tile::kWeightBytes + k_blocks_in(i) * Tile::kActivationBytes + scale_bytes);
       const int k_block = work.k_block_begin + 2 * i;
       tma_load_3d(slot, &maps.weights, barrier, 0, k_block, row_block);
       // Group of the slot's first column (see Params::group_shift).
       const int group = (k_block * Tile::kBlockK) >> params.group_shift;
       tma_load_2d(slot + kScaleOffset, &maps.scales, barrier, work.n_begin, group);
+      if constexpr (Format::kZeros) tma_load_2d(slot + kScaleOffset + kZeroOffset, &maps.zeros, barrier, work.n_begin, group);
       const int column = k_block * Tile::kBlockK;
       tma_load_2d(slot + kActivationOffset, &maps.activations, barrier, column, work.m_begin);
       if (k_blocks_in(i) == 2) {
@@ -225,20 +261,21 @@ struct WarpSpecialized {
       ptx::mbarrier_wait_parity(full_address + barrier_offset, phase);
       const uint64_t slot_activations = activations + (slot_offset >> 4);
       if (warpgroup_inside_n) {
-        Math::template issue_k_block<1>(weights + slot_offset, scales + slot_offset, two_groups, slot_activations,
-                                        a[0], accumulators);
+        Math::template issue_k_block<1, kZeroOffset>(weights + slot_offset, scales + slot_offset, two_groups,
+                                                     slot_activations, a[0], accumulators);
       }
       if (k_block > 0) {
         __syncwarp();
         if (lane == 0) ptx::mbarrier_arrive(empty_address + released_barrier);
       }
       if (warpgroup_inside_n && k_block + 1 < k_blocks) {
-        Math::template issue_k_block<1>(weights + slot_offset + layout::kTileBytes,
-                                        scales + slot_offset + scale_k_block_step, two_groups,
-                                        slot_activations + (Tile::kActivationBytes >> 4), a[1], accumulators);
+        Math::template issue_k_block<1, kZeroOffset>(weights + slot_offset + layout::kTileBytes,
+                                                     scales + slot_offset + scale_k_block_step, two_groups,
+                                                     slot_activations + (Tile::kActivationBytes >> 4), a[1],
+                                                     accumulators);
       }
       released_barrier = barrier_offset;
-      slot_offset += Tile::kSlotBytes;
+      slot_offset += kSlotBytes;
       barrier_offset += 8;
       if (barrier_offset == kStages * 8) {
         slot_offset = 0;
@@ -250,15 +287,15 @@ struct WarpSpecialized {
   }
 };
 
-template <class Tile>
+template <class Loop>
 __device__ __forceinline__ void warp_specialized_tile(const Params& params, const TensorMaps& maps,
                                                       uint8_t* dynamic_shared) {
-  using Loop = WarpSpecialized<Tile>;
+  using Tile = typename Loop::Tile;
   // Slots start on a 1024-byte boundary (the 128-byte swizzle is anchored there); the mbarriers
   // follow the last slot.
-  const uint32_t misalignment = ptx::shared_address(dynamic_shared) % Tile::kBaseSlack;
-  uint8_t* slots = dynamic_shared + (misalignment == 0 ? 0 : Tile::kBaseSlack - misalignment);
-  uint64_t* full = reinterpret_cast<uint64_t*>(slots + Tile::kStages * Tile::kSlotBytes);
+  const uint32_t misalignment = ptx::shared_address(dynamic_shared) % Loop::kBaseSlack;
+  uint8_t* slots = dynamic_shared + (misalignment == 0 ? 0 : Loop::kBaseSlack - misalignment);
+  uint64_t* full = reinterpret_cast<uint64_t*>(slots + Tile::kStages * Loop::kSlotBytes);
   uint64_t* empty = full + Tile::kStages;
   // The warp index through a shuffle: ptxas then knows it is warp-uniform, and so are the
   // shared-memory descriptors derived from it, which can stay in uniform registers.
@@ -273,7 +310,7 @@ __device__ __forceinline__ void warp_specialized_tile(const Params& params, cons
     cutlass::arch::fence_barrier_init();
   }
   __syncthreads();
-  const TileWork work = tensor_core_sm80::schedule_tile<Tile>(params);
+  const TileWork work = schedule_tile<Tile, Loop::kKBlocksPerUnit>(params);
 
   if (warp >= Loop::kConsumerWarps) {  // the producer warpgroup
     cutlass::arch::warpgroup_reg_dealloc<Loop::kProducerRegisters>();
@@ -287,36 +324,38 @@ __device__ __forceinline__ void warp_specialized_tile(const Params& params, cons
     const int warp_m = (warp / Tile::kWarpsN) % Tile::kWarpsM;
     typename Loop::Accumulators accumulators;
     Loop::consume(params, work, slots_address, full_address, empty_address, warp_m, warp_n, accumulators);
-    // Every load of this block has landed (see tensor_core_sm80/kernel.cuh for why not earlier).
+    // Every load of this block has landed (see fused/kernel.cuh for why not earlier).
     ptx::launch_dependent_grids();
     // Only the producer waited for the previous kernel; the consumers' stores are ordered after
     // that wait through the slots they consumed, except where a split-K slice is empty (no slot):
     // its zero partials must not be written before the previous kernel is done with the
     // workspace. Free here: the dependency resolved long ago whenever there were slots.
     ptx::grid_dependency_wait();
-    tensor_core_sm80::Epilogue<Tile>::store(params, work, warp_m, warp_n, accumulators);
+    Epilogue<Tile, typename Loop::E>::store(params, work, warp_m, warp_n, accumulators);
   }
 }
 
-template <class Tile>
-__global__ void __launch_bounds__(Tile::kBlockThreads, Tile::kMinBlocksPerSM)
+template <class Loop>
+__global__ void __launch_bounds__(Loop::kBlockThreads, Loop::kMinBlocksPerSM)
     warp_specialized_kernel(const __grid_constant__ Params params, const __grid_constant__ TensorMaps maps) {
   extern __shared__ __align__(128) uint8_t dynamic_shared[];
-  if constexpr (tensor_core_sm80::compiled_here<Tile>()) warp_specialized_tile<Tile>(params, maps, dynamic_shared);
+  if constexpr (compiled_here<Loop>()) warp_specialized_tile<Loop>(params, maps, dynamic_shared);
 }
 
-template <class Tile>
+template <class Loop>
 cudaError_t launch_warp_specialized(const Params& params, cudaStream_t stream, bool programmatic) {
+  using Tile = typename Loop::Tile;
   // Constant host work per call: the descriptors only record addresses and shapes.
   TensorMaps maps;
-  if (cudaError_t error = encode_tensor_maps(&maps, params.a, params.packed_weights, params.scales, params.m,
-                                             params.n, params.k, params.group_size,
-                                             Tile::kTileM, Tile::kTileN / layout::kTileRows, Tile::kKBlocksPerSlot);
+  if (cudaError_t error = encode_tensor_maps(&maps, Loop::E::kType, params.a, params.packed_weights, params.scales,
+                                             Loop::Format::kZeros ? params.zeros : nullptr, params.m, params.n,
+                                             params.k, params.group_size, Tile::kTileM,
+                                             Tile::kTileN / layout::kTileRows, Loop::kKBlocksPerSlot);
       error != cudaSuccess) {
     return error;
   }
-  return launch_kernel(warp_specialized_kernel<Tile>, tensor_core_sm80::grid_shape<Tile>(params),
-                       dim3(Tile::kBlockThreads), Tile::kSharedBytes, stream, programmatic, params, maps);
+  return launch_kernel(warp_specialized_kernel<Loop>, grid_shape<Tile>(params), dim3(Loop::kBlockThreads),
+                       Loop::kSharedBytes, stream, programmatic, params, maps);
 }
 
 // The generic probe, plus two conditions under which the kernel must not be offered:
@@ -325,27 +364,26 @@ cudaError_t launch_warp_specialized(const Params& params, cudaStream_t stream, b
 //    computed from, so the consumers' increase could exceed what the producer releases, and
 //    setmaxnreg.inc would wait forever. (ptxas 13.0 allocates exactly the cap for kernels that
 //    use setmaxnreg; this turns a change of that into a missing config rather than a hang.)
-template <class Tile>
+template <class Loop>
 cudaError_t prepare_warp_specialized() {
-  using Loop = WarpSpecialized<Tile>;
-  if (cudaError_t error = tensor_core_sm80::prepare<Tile, warp_specialized_kernel<Tile>>(); error != cudaSuccess) {
+  using Tile = typename Loop::Tile;
+  if (cudaError_t error = prepare<Loop, warp_specialized_kernel<Loop>>(); error != cudaSuccess) {
     return error;
   }
   if (!tensor_maps_supported()) return cudaErrorNotSupported;
   cudaFuncAttributes attributes;
-  if (cudaError_t error = cudaFuncGetAttributes(&attributes, warp_specialized_kernel<Tile>); error != cudaSuccess) {
+  if (cudaError_t error = cudaFuncGetAttributes(&attributes, warp_specialized_kernel<Loop>); error != cudaSuccess) {
     return error;
   }
-  const long long released = static_cast<long long>(Tile::kProducerThreads) * (attributes.numRegs - Loop::kProducerRegisters);
+  const long long released = static_cast<long long>(Loop::kProducerThreads) * (attributes.numRegs - Loop::kProducerRegisters);
   const long long requested = static_cast<long long>(Tile::kThreads) * (Loop::kConsumerRegisters - attributes.numRegs);
   return requested <= released ? cudaSuccess : cudaErrorNotSupported;
 }
 
-template <class Tile>
-tensor_core_sm80::CompiledKernel compiled_warp_specialized_kernel() {
-  static_assert(Tile::kWarpSpecialized, "a warp-specialized tile");
-  return tensor_core_sm80::make_compiled_kernel<Tile, warp_specialized_kernel<Tile>, &launch_warp_specialized<Tile>,
-                                                &prepare_warp_specialized<Tile>>();
+template <class Loop>
+CompiledKernel compiled_warp_specialized_kernel(TileRole role) {
+  return make_compiled_kernel<Loop, warp_specialized_kernel<Loop>, &launch_warp_specialized<Loop>,
+                              &prepare_warp_specialized<Loop>>(role);
 }
 
-}  // namespace w4a16::wgmma_sm90
+}  // namespace w4a16::fused

@@ -1,6 +1,7 @@
 #pragma once
-// The multistage mainloop: cp.async copies stage after stage of weights, activations and scales into
-// a ring of shared-memory buffers while the warps dequantize and multiply the oldest one.
+// The multistage mainloop (KernelFamily::kMultistage): cp.async copies stage after stage of
+// weights, activations and group rows (scales, and zero points) into a ring of shared-memory
+// buffers while the warps dequantize and multiply the oldest one with mma.sync.
 //
 // Operand roles: the weights are the mma's A operand (16 output channels x 16 k) and the
 // activations its B operand (16 k x 8 rows of A). Putting the weights on the 16-row side means no
@@ -15,20 +16,42 @@
 #include <cstdint>
 
 #include "common/packed_layout.h"
-#include "kernels/common/dequant.cuh"
 #include "kernels/common/ptx.cuh"
-#include "kernels/tensor_core_sm80/tile_scheduler.cuh"
+#include "kernels/fused/block_reduce.cuh"
+#include "kernels/fused/tile.h"
+#include "kernels/fused/tile_scheduler.cuh"
+#include "w4a16/runner.h"
 
-namespace w4a16::tensor_core_sm80 {
+namespace w4a16::fused {
 
-template <class Tile>
-struct Mainloop {
-  static_assert(!Tile::kWgmma, "the multistage loop does mma.sync math");
+template <class TileT, class FormatT>
+struct MultistageMainloop {
+  using Tile = TileT;
+  using Format = FormatT;
+  using E = typename Format::E;
+  using Scalar = typename Format::Scalar;
+  using Dequant = typename Format::Dequant;
+  static constexpr KernelFamily kFamily = KernelFamily::kMultistage;
   using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
 
   // Shared memory: Stages buffers of WarpsK slots; a slot holds one k-block: (TileN / 16) packed
   // weight tiles of 512 bytes, TileM activation rows of 128 bytes (swizzled, see swizzled_offset),
-  // and two rows of TileN scales.
+  // then per group array (scales; zero points too with kScaleAndZeros) two rows of TileN values:
+  // group 32 splits a 64-wide k-block into two groups, every other supported group size (64, 128,
+  // k) covers it with one. Every region is a multiple of 16 bytes, so every cp.async destination
+  // stays aligned.
+  static constexpr int kGroupRowBytes = Tile::kTileN * 2;
+  static constexpr int kGroupArrayBytes = 2 * kGroupRowBytes;
+  static constexpr int kGroupOffset = Tile::kWeightBytes + Tile::kActivationBytes;
+  static constexpr int kSlotBytes = (kGroupOffset + Format::kGroupArrays * kGroupArrayBytes + 15) / 16 * 16;
+  static constexpr int kStageBytes = Tile::kWarpsK * kSlotBytes;
+  static constexpr int kPipelineBytes = Tile::kStages * kStageBytes;
+  // The in-block split-K reduction reuses the pipeline's shared memory after the last stage.
+  static constexpr int kSharedBytes =
+      kPipelineBytes > reduction_bytes<Tile>() ? kPipelineBytes : reduction_bytes<Tile>();
+  static constexpr int kBlockThreads = Tile::kThreads;
+  static constexpr int kMinBlocksPerSM = 1;
+  static constexpr int kKBlocksPerUnit = 1;  // split-K deals out single k-blocks
 
   // Activation rows are 128 bytes = 8 chunks of 16 bytes. ldmatrix reads the same chunk column of 8
   // consecutive rows at once; unswizzled, those 8 addresses are 128 bytes apart and all hit the same
@@ -50,7 +73,8 @@ struct Mainloop {
   struct CopyPlan {
     static constexpr int kWeightChunks = Tile::kWarpsK * Tile::kWeightBytes / 16;
     static constexpr int kActivationChunks = Tile::kWarpsK * Tile::kTileM * 8;
-    static constexpr int kScaleChunks = Tile::kWarpsK * 2 * (Tile::kTileN / 8);
+    // 16-byte chunks of group rows: WarpsK slots x group arrays x 2 rows x TileN / 8.
+    static constexpr int kScaleChunks = Tile::kWarpsK * Format::kGroupArrays * 2 * (Tile::kTileN / 8);
     static constexpr int kWeightCopies = (kWeightChunks + Tile::kThreads - 1) / Tile::kThreads;
     static constexpr int kActivationCopies = (kActivationChunks + Tile::kThreads - 1) / Tile::kThreads;
     static constexpr int kScaleCopies = (kScaleChunks + Tile::kThreads - 1) / Tile::kThreads;
@@ -59,10 +83,10 @@ struct Mainloop {
     const uint8_t* weight_source[kWeightCopies];
     uint32_t weight_destination[kWeightCopies];
     int weight_slot[kWeightCopies];
-    const __half* activation_source[kActivationCopies];
+    const Scalar* activation_source[kActivationCopies];
     uint32_t activation_destination[kActivationCopies];
     int activation_slot[kActivationCopies];
-    const __half* scale_source[kScaleCopies];  // channel's column; the row is chosen per stage
+    const Scalar* scale_source[kScaleCopies];  // the channel's column of scales or zeros; the row is chosen per stage
     uint32_t scale_destination[kScaleCopies];
     int scale_slot[kScaleCopies];
     int scale_row[kScaleCopies];  // 0, or 1 for the second group of a k-block (group 32 only)
@@ -78,7 +102,7 @@ struct Mainloop {
         const int row_block = work.n_begin / layout::kTileRows + in_slot / 32;
         const bool valid = chunk < kWeightChunks && row_block < params.n / layout::kTileRows;
         weight_slot[i] = valid ? slot : kNever;
-        weight_destination[i] = shared_base + slot * Tile::kSlotBytes + in_slot * 16;
+        weight_destination[i] = shared_base + slot * kSlotBytes + in_slot * 16;
         weight_source[i] = packed + layout::tile_offset_bytes(row_block, work.k_block_begin + slot, params.k) +
                            (in_slot % 32) * 16;
       }
@@ -91,25 +115,27 @@ struct Mainloop {
         const bool valid = chunk < kActivationChunks && work.m_begin + row < params.m;
         activation_slot[i] = valid ? slot : kNever;
         activation_destination[i] =
-            shared_base + slot * Tile::kSlotBytes + Tile::kWeightBytes + swizzled_offset(row, column_chunk);
-        activation_source[i] = params.a + static_cast<long long>(work.m_begin + row) * params.k +
+            shared_base + slot * kSlotBytes + Tile::kWeightBytes + swizzled_offset(row, column_chunk);
+        activation_source[i] = static_cast<const Scalar*>(params.a) + static_cast<long long>(work.m_begin + row) * params.k +
                                static_cast<long long>(work.k_block_begin + slot) * Tile::kBlockK + column_chunk * 8;
       }
       constexpr int kScaleChunksPerRow = Tile::kTileN / 8;
-      constexpr int kScaleChunksPerSlot = 2 * kScaleChunksPerRow;
+      constexpr int kScaleChunksPerArray = 2 * kScaleChunksPerRow;
+      constexpr int kScaleChunksPerSlot = Format::kGroupArrays * kScaleChunksPerArray;
       const bool two_groups = params.group_size == 32;
       #pragma unroll
       for (int i = 0; i < kScaleCopies; ++i) {
         const int chunk = thread + i * Tile::kThreads;
         const int slot = chunk / kScaleChunksPerSlot, in_slot = chunk % kScaleChunksPerSlot;
-        const int row = in_slot / kScaleChunksPerRow, column_chunk = in_slot % kScaleChunksPerRow;
+        const int array = in_slot / kScaleChunksPerArray, in_array = in_slot % kScaleChunksPerArray;
+        const int row = in_array / kScaleChunksPerRow, column_chunk = in_array % kScaleChunksPerRow;
         const int channel = work.n_begin + column_chunk * 8;
         const bool valid = chunk < kScaleChunks && channel < params.n && (row == 0 || two_groups);
         scale_slot[i] = valid ? slot : kNever;
         scale_row[i] = row;
-        scale_destination[i] = shared_base + slot * Tile::kSlotBytes + Tile::kWeightBytes + Tile::kActivationBytes +
-                               row * Tile::kTileN * 2 + column_chunk * 16;
-        scale_source[i] = params.scales + channel;
+        scale_destination[i] = shared_base + slot * kSlotBytes + kGroupOffset + array * kGroupArrayBytes +
+                               row * kGroupRowBytes + column_chunk * 16;
+        scale_source[i] = static_cast<const Scalar*>(array == 0 ? params.scales : params.zeros) + channel;
       }
     }
 
@@ -215,7 +241,7 @@ struct Mainloop {
   static __device__ __forceinline__ void compute_slot(const uint8_t* slot, uint32_t slot_address, bool two_groups,
                                                       const LaneOffsets& lane_offsets, Accumulators& accumulators) {
     const uint32_t activations = slot_address + Tile::kWeightBytes;
-    const uint8_t* scales = slot + Tile::kWeightBytes + Tile::kActivationBytes + lane_offsets.scales;
+    const uint8_t* scales = slot + kGroupOffset + lane_offsets.scales;
     // Each lane's 16 packed bytes of each of its weight tiles: four words = four 16-wide k slices.
     uint4 packed[Tile::kFragmentsN];
     #pragma unroll
@@ -223,32 +249,40 @@ struct Mainloop {
       packed[fragment_n] =
           *reinterpret_cast<const uint4*>(slot + lane_offsets.weights + fragment_n * layout::kTileBytes);
     }
-    // Scale of channel r (low) and r + 8 (high) of fragment n in scale row `row` (0, or 1 for the
-    // second group of a k-block when group = 32).
-    auto scale = [&](int row, int fragment_n, bool high) {
-      return *reinterpret_cast<const __half*>(scales + (row * Tile::kTileN + fragment_n * 16 + (high ? 8 : 0)) * 2);
+    // Scale (array 0) or zero point (array 1) of channel r (low) and r + 8 (high) of fragment n in
+    // group row `row` (0, or 1 for the second group of a k-block when group = 32).
+    auto group_value = [&](int array, int row, int fragment_n, bool high) {
+      return *reinterpret_cast<const Scalar*>(scales + array * kGroupArrayBytes + row * kGroupRowBytes +
+                                              (fragment_n * 16 + (high ? 8 : 0)) * 2);
+    };
+    auto scale = [&](int row, int fragment_n, bool high) { return group_value(0, row, fragment_n, high); };
+    // Zero points (kScaleAndZeros only; the symmetric op never reads array 1).
+    auto zero = [&](int row, int fragment_n, bool high) {
+      return Format::kZeros ? group_value(1, row, fragment_n, high) : scale(row, fragment_n, high);
     };
 
     if constexpr (kScaleAfterMma) {
       float partial[Tile::kFragmentsN][Tile::kFragmentsM][4];
+      // Zero points: the group's activation sums (the all-ones mma, common/dequant.cuh).
+      float sums[Tile::kFragmentsM][4];
       auto clear = [&] {
         #pragma unroll
-        for (int n = 0; n < Tile::kFragmentsN; ++n)
+        for (int m = 0; m < Tile::kFragmentsM; ++m) {
           #pragma unroll
-          for (int m = 0; m < Tile::kFragmentsM; ++m)
+          for (int n = 0; n < Tile::kFragmentsN; ++n)
             #pragma unroll
             for (int i = 0; i < 4; ++i) partial[n][m][i] = 0.0f;
+          #pragma unroll
+          for (int i = 0; i < 4; ++i) sums[m][i] = 0.0f;
+        }
       };
-      auto fold = [&](int row) {  // accumulators += partial * scale
+      auto fold = [&](int row) {  // accumulators += partial * s (- sums * z s)
         #pragma unroll
         for (int n = 0; n < Tile::kFragmentsN; ++n) {
-          const float low = __half2float(scale(row, n, false)), high = __half2float(scale(row, n, true));
           #pragma unroll
           for (int m = 0; m < Tile::kFragmentsM; ++m) {
-            accumulators[n][m][0] = fmaf(partial[n][m][0], low, accumulators[n][m][0]);
-            accumulators[n][m][1] = fmaf(partial[n][m][1], low, accumulators[n][m][1]);
-            accumulators[n][m][2] = fmaf(partial[n][m][2], high, accumulators[n][m][2]);
-            accumulators[n][m][3] = fmaf(partial[n][m][3], high, accumulators[n][m][3]);
+            Dequant::fold(accumulators[n][m], partial[n][m], sums[m], scale(row, n, false), scale(row, n, true),
+                          zero(row, n, false), zero(row, n, true));
           }
         }
       };
@@ -261,24 +295,32 @@ struct Mainloop {
         }
         uint32_t activation[Tile::kFragmentsM][2];
         load_activations(activations, lane_offsets, k_slice, activation);
+        if constexpr (Format::kZeros) {
+          uint32_t ones[4];
+          ones_fragment<E>(ones);
+          #pragma unroll
+          for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
+            E::mma_m16n8k16(sums[fragment_m], ones, activation[fragment_m]);
+          }
+        }
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t codes[4];
-          dequantize_codes(word_of(packed[fragment_n], k_slice), codes);
+          Dequant::codes(word_of(packed[fragment_n], k_slice), codes);
           #pragma unroll
           for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
-            ptx::mma_m16n8k16(partial[fragment_n][fragment_m], codes, activation[fragment_m]);
+            E::mma_m16n8k16(partial[fragment_n][fragment_m], codes, activation[fragment_m]);
           }
         }
       }
       fold(two_groups ? 1 : 0);
     } else {
-      __half2 scale_low[Tile::kFragmentsN], scale_high[Tile::kFragmentsN];
+      typename Dequant::GroupTerms terms[Tile::kFragmentsN];
       auto load_scales = [&](int row) {
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
-          scale_low[fragment_n] = __half2half2(scale(row, fragment_n, false));
-          scale_high[fragment_n] = __half2half2(scale(row, fragment_n, true));
+          terms[fragment_n] = Dequant::terms(scale(row, fragment_n, false), scale(row, fragment_n, true),
+                                             zero(row, fragment_n, false), zero(row, fragment_n, true));
         }
       };
       load_scales(0);
@@ -290,11 +332,10 @@ struct Mainloop {
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t weights[4];
-          dequantize_fragment(word_of(packed[fragment_n], k_slice), scale_low[fragment_n], scale_high[fragment_n],
-                              weights);
+          Dequant::weights(word_of(packed[fragment_n], k_slice), terms[fragment_n], weights);
           #pragma unroll
           for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
-            ptx::mma_m16n8k16(accumulators[fragment_n][fragment_m], weights, activation[fragment_m]);
+            E::mma_m16n8k16(accumulators[fragment_n][fragment_m], weights, activation[fragment_m]);
           }
         }
       }
@@ -345,8 +386,8 @@ struct Mainloop {
     #pragma unroll
     for (int s = 0; s < kInFlight; ++s) {
       if (s < iterations) {
-        plan.issue_weights_and_scales(params, s * Tile::kStageBytes, work.k_block_begin + s * Tile::kWarpsK, slots_of(s));
-        plan.issue_activations(s * Tile::kStageBytes, slots_of(s));
+        plan.issue_weights_and_scales(params, s * kStageBytes, work.k_block_begin + s * Tile::kWarpsK, slots_of(s));
+        plan.issue_activations(s * kStageBytes, slots_of(s));
       }
       ptx::cp_async_commit();
     }
@@ -355,10 +396,10 @@ struct Mainloop {
     // Byte offsets of the buffer computed on (stage i) and the one refilled (stage i + kInFlight),
     // advanced with a wrap instead of a modulo per iteration.
     auto advance = [](int offset) {
-      return offset + Tile::kStageBytes == Tile::kPipelineBytes ? 0 : offset + Tile::kStageBytes;
+      return offset + kStageBytes == kPipelineBytes ? 0 : offset + kStageBytes;
     };
-    int read_buffer = 0, write_buffer = kInFlight * Tile::kStageBytes;
-    const int slot_bytes = warp_k * Tile::kSlotBytes;
+    int read_buffer = 0, write_buffer = kInFlight * kStageBytes;
+    const int slot_bytes = warp_k * kSlotBytes;
     // One iteration: wait for stage i, refill the buffer freed one stage ago, compute.
     for (int i = 0; i < iterations; ++i) {
       ptx::cp_async_wait<kInFlight - 1>();
@@ -380,52 +421,6 @@ struct Mainloop {
     }
     ptx::cp_async_wait<0>();
   }
-
-  // In-block split-K: warps with warp_k > 0 park their accumulators in shared memory (the pipeline
-  // is drained, so its buffers are free); warp_k == 0 adds them in warp_k order, so the sum is the
-  // same on every run. Afterwards only warp_k == 0 holds the block's result.
-  // One float4 per lane and fragment (lane L's four values at 16 L: a warp's 128-bit accesses
-  // cover 512 contiguous bytes, the minimum of four wavefronts, conflict-free), and the k_warp
-  // loop unrolled, so warp 0's loads issue back to back and only its adds form a chain. At decode
-  // this is the call's tail after the last bytes land: the 16-warp streaming tile has 15 partners
-  // per output.
-  static __device__ __forceinline__ void reduce_across_warps_k(uint8_t* shared, int warp_m, int warp_n, int warp_k,
-                                                               Accumulators& accumulators) {
-    if constexpr (Tile::kWarpsK > 1) {
-      const int lane = threadIdx.x % 32;
-      const int position = warp_m * Tile::kWarpsN + warp_n;
-      auto slot = [&](int k_warp, int fragment) {
-        return reinterpret_cast<float4*>(shared) +
-               ((k_warp - 1) * Tile::kWarpsM * Tile::kWarpsN + position) * (Tile::kAccumulatorsPerWarp / 4) +
-               fragment * 32 + lane;
-      };
-      __syncthreads();  // every warp is done reading the pipeline buffers
-      if (warp_k > 0) {
-        #pragma unroll
-        for (int n = 0; n < Tile::kFragmentsN; ++n)
-          #pragma unroll
-          for (int m = 0; m < Tile::kFragmentsM; ++m) {
-            const float* values = accumulators[n][m];
-            *slot(warp_k, n * Tile::kFragmentsM + m) = make_float4(values[0], values[1], values[2], values[3]);
-          }
-      }
-      __syncthreads();
-      if (warp_k == 0) {
-        #pragma unroll
-        for (int k_warp = 1; k_warp < Tile::kWarpsK; ++k_warp)
-          #pragma unroll
-          for (int n = 0; n < Tile::kFragmentsN; ++n)
-            #pragma unroll
-            for (int m = 0; m < Tile::kFragmentsM; ++m) {
-              const float4 partner = *slot(k_warp, n * Tile::kFragmentsM + m);
-              accumulators[n][m][0] += partner.x;
-              accumulators[n][m][1] += partner.y;
-              accumulators[n][m][2] += partner.z;
-              accumulators[n][m][3] += partner.w;
-            }
-      }
-    }
-  }
 };
 
-}  // namespace w4a16::tensor_core_sm80
+}  // namespace w4a16::fused

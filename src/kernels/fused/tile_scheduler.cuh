@@ -1,9 +1,9 @@
 #pragma once
 // Maps a thread block to its work: one (m, n) output tile and one slice of the k-blocks.
 
-#include "kernels/tensor_core_sm80/params.h"
+#include "kernels/fused/params.h"
 
-namespace w4a16::tensor_core_sm80 {
+namespace w4a16::fused {
 
 struct TileWork {
   int m_begin;        // first activation row
@@ -23,7 +23,9 @@ struct TileWork {
 // simply n-tile after n-tile.
 constexpr int kBandM = 8;
 
-template <class Tile>
+// kKBlocksPerUnit: the granularity split-K deals k out in (the mainloop's unit of work along k:
+// one k-block, or two for warp-specialized tiles, whose slots hold two).
+template <class Tile, int kKBlocksPerUnit>
 __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
   const int k_blocks = params.k / Tile::kBlockK;
   // n / tile + (n % tile != 0): rounding up without forming n + tile - 1, which can overflow an int.
@@ -49,12 +51,12 @@ __device__ __forceinline__ TileWork schedule_tile(const Params& params) {
     work.k_block_begin = 0;
     work.k_block_end = k_blocks;
   } else {
-    // The k-blocks are dealt out as evenly as integers allow, in units of the tile's slot (one
-    // k-block; two for warp-specialized tiles, whose slots must start on an even k-block so that
-    // a group of 128 never straddles one). No slice is empty as long as split_k <= the number of
-    // units; a slice that is empty anyway (split_k above the number of two-k-block slots on a
-    // warp-specialized tile) adds zeros, which is still correct.
-    constexpr int kUnit = Tile::kKBlocksPerSlot;
+    // The k-blocks are dealt out as evenly as integers allow, in units of kKBlocksPerUnit
+    // (warp-specialized slots must start on an even k-block so that a group of 128 never
+    // straddles one). No slice is empty as long as split_k <= the number of units; a slice that
+    // is empty anyway (split_k above the number of two-k-block slots on a warp-specialized tile)
+    // adds zeros, which is still correct.
+    constexpr int kUnit = kKBlocksPerUnit;
     const int units = k_blocks / kUnit + (k_blocks % kUnit != 0);
     work.k_block_begin = min(k_blocks, static_cast<int>((static_cast<long long>(split) * units) / params.split_k) * kUnit);
     work.k_block_end =
@@ -71,4 +73,4 @@ inline dim3 grid_shape(const Params& params) {
   return dim3(static_cast<unsigned>(n_tiles * m_tiles), 1, params.split_k);
 }
 
-}  // namespace w4a16::tensor_core_sm80
+}  // namespace w4a16::fused

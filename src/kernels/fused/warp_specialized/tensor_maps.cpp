@@ -1,12 +1,13 @@
-#include "kernels/wgmma_sm90/tensor_maps.h"
+#include "kernels/fused/warp_specialized/tensor_maps.h"
 
 #include <cstdint>
 
 #include <cudaTypedefs.h>
 
+#include "common/element_type.h"
 #include "common/packed_layout.h"
 
-namespace w4a16::wgmma_sm90 {
+namespace w4a16::fused {
 
 namespace {
 
@@ -31,17 +32,19 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_function() {
 
 bool tensor_maps_supported() { return encode_function() != nullptr; }
 
-cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
-                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks,
-                               int box_k_blocks) {
+cudaError_t encode_tensor_maps(TensorMaps* maps, ElementType element, const void* a, const void* packed_weights,
+                               const void* scales, const void* zeros, int m, int n, int k, int group_size,
+                               int box_rows, int box_row_blocks, int box_k_blocks) {
   const PFN_cuTensorMapEncodeTiled_v12000 encode = encode_function();
   if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint32_t unit_strides[3] = {1, 1, 1};
+  const CUtensorMapDataType data_type = tensor_map_data_type(element);
+  const cuuint64_t element_size = static_cast<cuuint64_t>(element_bytes(element));
 
   const cuuint64_t a_dimensions[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(m)};
-  const cuuint64_t a_strides[1] = {static_cast<cuuint64_t>(k) * sizeof(__half)};
+  const cuuint64_t a_strides[1] = {static_cast<cuuint64_t>(k) * element_size};
   const cuuint32_t a_box[2] = {layout::kTileCols, static_cast<cuuint32_t>(box_rows)};
-  CUresult result = encode(&maps->activations, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(a),
+  CUresult result = encode(&maps->activations, data_type, 2, const_cast<void*>(a),
                            a_dimensions, a_strides, a_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -59,13 +62,17 @@ cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* pa
   if (result != CUDA_SUCCESS) return cudaErrorInvalidValue;
 
   const cuuint64_t s_dimensions[2] = {static_cast<cuuint64_t>(n), static_cast<cuuint64_t>(k / group_size)};
-  const cuuint64_t s_strides[1] = {static_cast<cuuint64_t>(n) * sizeof(__half)};
+  const cuuint64_t s_strides[1] = {static_cast<cuuint64_t>(n) * element_size};
   const cuuint32_t s_box[2] = {static_cast<cuuint32_t>(box_row_blocks * layout::kTileRows),
                                static_cast<cuuint32_t>(scale_rows_per_box(group_size, box_k_blocks))};
-  result = encode(&maps->scales, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, const_cast<__half*>(scales), s_dimensions,
-                  s_strides, s_box, unit_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                  CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  auto encode_group_rows = [&](CUtensorMap* map, const void* rows) {
+    return encode(map, data_type, 2, const_cast<void*>(rows), s_dimensions, s_strides, s_box, unit_strides,
+                  CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  };
+  result = encode_group_rows(&maps->scales, scales);
+  if (result == CUDA_SUCCESS && zeros != nullptr) result = encode_group_rows(&maps->zeros, zeros);
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-}  // namespace w4a16::wgmma_sm90
+}  // namespace w4a16::fused

@@ -1,17 +1,19 @@
 #pragma once
-// Writes a warp's accumulators: fp16 C (alpha, bias applied) when the block owns the whole k range,
+// Writes a warp's accumulators: C in the element type (alpha, bias applied) when the block owns the whole k range,
 // otherwise the raw fp32 partial sums of its split-K slice for split_k_reduce to combine.
 //
 // Accumulator fragment of mma.m16n8k16 (weights on the 16-row side): lane L holds
 //   [0], [1] -> channel r,     rows 2 * (L % 4) + {0, 1}      with r = L / 4
 //   [2], [3] -> channel r + 8, the same rows
 
-#include "kernels/tensor_core_sm80/tile_scheduler.cuh"
+#include "kernels/common/element.cuh"
+#include "kernels/fused/tile_scheduler.cuh"
 
-namespace w4a16::tensor_core_sm80 {
+namespace w4a16::fused {
 
-template <class Tile>
+template <class Tile, class E>
 struct Epilogue {
+  using Scalar = typename E::Scalar;
   template <class Accumulators>
   static __device__ __forceinline__ void store(const Params& params, const TileWork& work, int warp_m, int warp_n,
                                                const Accumulators& accumulators) {
@@ -24,8 +26,9 @@ struct Epilogue {
       const int channels[2] = {channel_low, channel_low + 8};
       float bias[2] = {0.0f, 0.0f};
       if (params.split_k == 1 && params.bias != nullptr) {
-        bias[0] = __half2float(params.bias[channels[0]]);
-        bias[1] = __half2float(params.bias[channels[1]]);
+        const Scalar* bias_values = static_cast<const Scalar*>(params.bias);
+        bias[0] = E::to_float(bias_values[channels[0]]);
+        bias[1] = E::to_float(bias_values[channels[1]]);
       }
       #pragma unroll
       for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
@@ -38,7 +41,7 @@ struct Epilogue {
           const long long index = static_cast<long long>(row) * params.n + channel;
           const float value = accumulators[fragment_n][fragment_m][i];
           if (params.split_k == 1) {
-            params.c[index] = __float2half_rn(params.alpha * value + bias[i >> 1]);
+            static_cast<Scalar*>(params.c)[index] = E::from_float(params.alpha * value + bias[i >> 1]);
           } else {
             params.partials[static_cast<long long>(work.split) * params.m * params.n + index] = value;
           }
@@ -48,4 +51,4 @@ struct Epilogue {
   }
 };
 
-}  // namespace w4a16::tensor_core_sm80
+}  // namespace w4a16::fused

@@ -1,7 +1,7 @@
 #pragma once
-// The math step of the wgmma_sm90 family: one k-block of a pipeline slot multiplied with Hopper's
-// warpgroup MMA (wgmma.mma_async, sm_90a) instead of mma.sync. The tile scheduler, split-K and
-// epilogue around it are tensor_core_sm80's; the pipeline is warp_specialized.cuh.
+// The math step of the warp-specialized family: one k-block of a pipeline slot multiplied with
+// Hopper's warpgroup MMA (wgmma.mma_async, sm_90a) instead of mma.sync. The tile scheduler,
+// split-K and epilogue around it are the fused skeleton's; the pipeline is mainloop.cuh.
 //
 // Operands. A warpgroup (4 consecutive warps along n) computes 64 output channels x N activation
 // rows (N = the warp tile's m, 8..256) per wgmma.m64nNk16, and with 32 channels per warp two such
@@ -16,8 +16,10 @@
 //    1024-byte boundary (Tile pads slots).
 //  - D: m64nNk16's accumulator fragment gives warp w, per 8-column chunk j, the same 4 values
 //    (rows 16w + lane/4 (+8) of the 64-row A, activation rows 8j + 2 (lane % 4) (+1)) as
-//    mma.m16n8k16's C, so the accumulators keep tensor_core_sm80's [FragmentsN][N/8][4] shape
+//    mma.m16n8k16's C, so the accumulators keep the mma.sync families' [FragmentsN][N/8][4] shape
 //    and its epilogue.
+//  - Element types: the instruction's .f16/.bf16 form (the Atom below); everything else about the
+//    type is the element traits' (common/element.cuh), dequantization the quant op's.
 
 #include <cstdint>
 #include <utility>
@@ -25,21 +27,32 @@
 #include <cute/arch/mma_sm90_desc.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include "common/packed_layout.h"
 #include "kernels/common/dequant.cuh"
+#include "kernels/common/ptx.cuh"
 
-namespace w4a16::wgmma_sm90 {
+namespace w4a16::fused {
 
 namespace gmma = cute::SM90::GMMA;
 
-// The CuTe atom for m64nNk16, fp16 x fp16 -> fp32, A from registers, both operands K-major.
-template <int N> struct Atom;
-template <> struct Atom<8> { using type = gmma::MMA_64x8x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
-template <> struct Atom<16> { using type = gmma::MMA_64x16x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
-template <> struct Atom<32> { using type = gmma::MMA_64x32x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
-template <> struct Atom<64> { using type = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
-template <> struct Atom<128> { using type = gmma::MMA_64x128x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
-template <> struct Atom<256> { using type = gmma::MMA_64x256x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+// The wgmma atom for a warp tile of N activation rows: 64 x N x 16, fp32 accumulators, A (the
+// weights) from registers, both operands K-major; one per element type.
+template <int N, class Scalar> struct Atom;
+template <> struct Atom<8, __half> { using type = gmma::MMA_64x8x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<16, __half> { using type = gmma::MMA_64x16x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<32, __half> { using type = gmma::MMA_64x32x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<64, __half> { using type = gmma::MMA_64x64x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<128, __half> { using type = gmma::MMA_64x128x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<256, __half> { using type = gmma::MMA_64x256x16_F32F16F16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<8, __nv_bfloat16> { using type = gmma::MMA_64x8x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<16, __nv_bfloat16> { using type = gmma::MMA_64x16x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<32, __nv_bfloat16> { using type = gmma::MMA_64x32x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<64, __nv_bfloat16> { using type = gmma::MMA_64x64x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<128, __nv_bfloat16> { using type = gmma::MMA_64x128x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
+template <> struct Atom<256, __nv_bfloat16> { using type = gmma::MMA_64x256x16_F32BF16BF16_RS<gmma::Major::K, gmma::Major::K>; };
 
 // Shared-memory descriptor of a K-major, 128-byte-swizzled operand starting at `address` (a
 // shared-space address): stride 1024 bytes between 8-row groups; the leading-dimension offset is
@@ -58,8 +71,10 @@ __device__ __forceinline__ uint64_t k_major_sw128_descriptor(uint32_t address) {
   return descriptor.desc_;
 }
 
-template <class Tile>
+template <class Tile, class Format>
 struct WgmmaMath {
+  using E = typename Format::E;
+  using Dequant = typename Format::Dequant;
   static constexpr int kN = Tile::kWarpTileM;
   static constexpr int kAccumulators = kN / 2;  // per thread and wgmma: 64 x N fp32 over 128 threads
   // Row blocks (16 channels) per warp. With two, a warpgroup covers 128 channels as two 64-row
@@ -69,7 +84,7 @@ struct WgmmaMath {
   static constexpr int kHalves = Tile::kFragmentsN;
   // Bytes from one of a warp's row blocks to the next in a slot ([row block][k-block][512 bytes]).
   static constexpr int kRowBlockStride = Tile::kKBlocksPerSlot * layout::kTileBytes;
-  using MmaAtom = typename Atom<kN>::type;
+  using MmaAtom = typename Atom<kN, typename Format::Scalar>::type;
   static_assert(kHalves == 1 || kHalves == 2, "a warp of a warpgroup owns 16 or 32 channels");
   static_assert(Tile::kWarpsN % 4 == 0, "warpgroups are 4 consecutive warps along n");
 
@@ -93,10 +108,10 @@ struct WgmmaMath {
   // `weights` (shared-space address): the lane's 16 packed bytes of its first row block (the
   // second is kRowBlockStride further); `scales`: its channel's scale (channel + 8 is 16 bytes
   // further, the second row block 32 bytes), and for group 32 the second group's one scale row
-  // (TileN halves) further; `activations`: the descriptor of the k-block's activation tile at the
-  // warpgroup's first row (k slice s starts 32 bytes, i.e. 2 descriptor units, further along
-  // each row).
-  template <int kPendingGroups, class Accumulators>
+  // (TileN elements) further; its zero point is kZeroOffset bytes after its scale;
+  // `activations`: the descriptor of the k-block's activation tile at the warpgroup's first row
+  // (k slice s starts 32 bytes, i.e. 2 descriptor units, further along each row).
+  template <int kPendingGroups, int kZeroOffset, class Accumulators>
   static __device__ __forceinline__ void issue_k_block(uint32_t weights, uint32_t scales, bool two_groups,
                                                        uint64_t activations, uint32_t (&a)[kHalves][4][4],
                                                        Accumulators& accumulators) {
@@ -104,16 +119,24 @@ struct WgmmaMath {
     for (int half = 0; half < kHalves; ++half) {
       const uint4 packed = ptx::load_shared_128(weights + half * kRowBlockStride);
       const uint32_t half_scales = scales + half * 16 * 2;
-      auto scale = [&](int row, bool high) {
-        return __half2half2(ptx::load_shared_half(half_scales + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
+      // Scale (and zero point) of channel r (low) or r + 8 (high) in group row `row`.
+      auto value = [&](int offset, int row, bool high) {
+        return E::from_bits(ptx::load_shared_u16(half_scales + offset + (row * Tile::kTileN + (high ? 8 : 0)) * 2));
       };
-      const __half2 low0 = scale(0, false), high0 = scale(0, true);
-      const __half2 low1 = two_groups ? scale(1, false) : low0, high1 = two_groups ? scale(1, true) : high0;
+      auto terms = [&](int row) {
+        if constexpr (Format::kZeros) {
+          return Dequant::terms(value(0, row, false), value(0, row, true), value(kZeroOffset, row, false),
+                                value(kZeroOffset, row, true));
+        } else {
+          return Dequant::terms(value(0, row, false), value(0, row, true));
+        }
+      };
+      const typename Dequant::GroupTerms first = terms(0);
+      const typename Dequant::GroupTerms second = two_groups ? terms(1) : first;
       #pragma unroll
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
         const uint32_t word = k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
-        const bool second_group = k_slice >= 2;
-        dequantize_fragment(word, second_group ? low1 : low0, second_group ? high1 : high0, a[half][k_slice]);
+        Dequant::weights(word, k_slice >= 2 ? second : first, a[half][k_slice]);
       }
     }
     #pragma unroll
@@ -142,4 +165,4 @@ struct WgmmaMath {
   }
 };
 
-}  // namespace w4a16::wgmma_sm90
+}  // namespace w4a16::fused

@@ -1,9 +1,9 @@
 #pragma once
-// The streaming mainloop (decode, m <= 16): every warp streams its own operands through a private
+// The streaming mainloop (KernelFamily::kStreaming; decode, m <= 16): every warp streams its own operands through a private
 // ring of shared-memory stages, so the k loop has no block barrier: warps never wait for each
 // other, and the lanes of a warp only meet at a __syncwarp per k-block.
 //
-// Why a second decode mainloop: at m <= 16 the multistage loop (tensor_core_sm80/mainloop.cuh)
+// Why a second decode mainloop: at m <= 16 the multistage loop (fused/multistage/mainloop.cuh)
 // is bound by instruction issue and barrier waits, not by HBM. Per 1 KB k-block a warp spends
 // ~170 instructions, of which only ~80 are the dequantize + mma work itself; the rest is copy
 // planning for a stage shared by the whole block, the per-stage block barrier, and a
@@ -17,56 +17,80 @@
 //   activations  the block's TileM rows of the k-block, 16-byte chunks spread over the lanes and
 //                swizzled as in the multistage loop, read back with ldmatrix (rows past m are
 //                not copied; their outputs are not stored);
-//   scales       when the k-block ends a group: the group's row of the warp's channels.
+//   group rows   when the k-block ends a group: the group's row of the warp's channels' scales
+//                (and zero points).
 // Each lane waits for its own copies (cp.async.wait_group) and a __syncwarp makes every lane's
 // landed copies visible to the others (and says that every lane is done reading the stage the
 // next copy overwrites). Stages - 1 k-blocks stay in flight while the warp multiplies one.
 //
 // The codes go into the mma as exact small integers and the group scale multiplies each group's
-// fp32 partial sum once (as the multistage loop does for decode tiles); with contiguous k-blocks
-// per warp that is once per group rather than once per k-block.
+// fp32 partial sum once (as the multistage loop does for decode tiles; zero points through the
+// group's activation sums, common/dequant.cuh); with contiguous k-blocks per warp that is once per
+// group rather than once per k-block.
 //
 // The warps of a block that share an output position (WarpsK of them) split its k range and are
-// summed through shared memory afterwards by the tensor_core_sm80 reduction; split-K across
-// blocks, the epilogue and the tile scheduler are tensor_core_sm80's too.
+// summed through shared memory afterwards (fused/block_reduce.cuh); split-K across blocks, the
+// epilogue and the tile scheduler are the fused skeleton's too.
 
 #include <cstdint>
 
 #include "common/packed_layout.h"
-#include "kernels/common/dequant.cuh"
 #include "kernels/common/ptx.cuh"
-#include "kernels/tensor_core_sm80/mainloop.cuh"
-#include "kernels/tensor_core_sm80/tile_scheduler.cuh"
+#include "kernels/fused/block_reduce.cuh"
+#include "kernels/fused/multistage/mainloop.cuh"
+#include "kernels/fused/tile.h"
+#include "kernels/fused/tile_scheduler.cuh"
+#include "w4a16/runner.h"
 
-namespace w4a16::streaming_sm80 {
+namespace w4a16::fused {
 
-using tensor_core_sm80::Params;
-using tensor_core_sm80::TileWork;
-
-template <class Tile>
-struct Mainloop {
+template <class TileT, class FormatT>
+struct StreamingMainloop {
+  using Tile = TileT;
+  using Format = FormatT;
+  using E = typename Format::E;
+  using Scalar = typename Format::Scalar;
+  using Dequant = typename Format::Dequant;
+  static constexpr KernelFamily kFamily = KernelFamily::kStreaming;
   static constexpr int kFragmentsN = Tile::kFragmentsN;
   static constexpr int kFragmentsM = Tile::kFragmentsM;
   // Ring depth in k-blocks; Stages - 1 of them are in flight while the warp multiplies one.
   // Little's law: an H100 SM needs ~30 KB in flight for its 1/132 share of 3 TB/s at ~1.3 us
   // loaded latency; 8-16 warps x (Stages - 1) x 1-2 KB of weights covers that.
   static constexpr int kStages = Tile::kStages;
-  // One stage of one warp: FragmentsN weight tiles, TileM activation rows of 128 bytes, two rows
-  // (group 32 has two groups per k-block) of the warp's 16 * FragmentsN channel scales.
-  static constexpr int kStageBytes = Tile::kStreamingStageBytes;
+  // One stage of one warp: FragmentsN weight tiles (each lane's 16 bytes at 16 L), TileM activation
+  // rows of 128 bytes (swizzled as in the multistage loop), and per group array (scales; zero
+  // points too) two rows (group 32 has two groups per k-block) of the warp's 16 * FragmentsN
+  // channels.
   static constexpr int kActivationOffset = kFragmentsN * layout::kTileBytes;
   static constexpr int kScaleOffset = kActivationOffset + Tile::kTileM * Tile::kActivationRowBytes;
   static constexpr int kScaleRowBytes = Tile::kWarpTileN * 2;
+  static constexpr int kGroupArrayBytes = 2 * kScaleRowBytes;
+  static constexpr int kStageBytes = kScaleOffset + Format::kGroupArrays * kGroupArrayBytes;
   static constexpr int kWarpRingBytes = kStages * kStageBytes;
+  static constexpr int kPipelineBytes = (Tile::kThreads / 32) * kWarpRingBytes;
+  static constexpr int kSharedBytes =
+      kPipelineBytes > reduction_bytes<Tile>() ? kPipelineBytes : reduction_bytes<Tile>();
   static constexpr int kActivationCopies = Tile::kTileM * 8 / 32;  // 16-byte chunks per lane per stage
-  static constexpr int kScaleChunks = kScaleRowBytes / 16;         // per scale row
+  static constexpr int kScaleChunks = kScaleRowBytes / 16;         // per group row
   using Accumulators = float[kFragmentsN][kFragmentsM][4];
-  using Multistage = tensor_core_sm80::Mainloop<Tile>;  // for its activation swizzle and ldmatrix
+  using Multistage = MultistageMainloop<Tile, Format>;  // for its activation swizzle and ldmatrix
+
+  static constexpr int kBlockThreads = Tile::kThreads;
+  static constexpr int kKBlocksPerUnit = 1;
+  // Blocks per SM ptxas must leave registers for (__launch_bounds__' second argument). Tiles of 8
+  // warps ask for as many blocks per SM as their shared memory allows (up to 3): a 70 KB tile that
+  // lands at 86 registers fits only two blocks, not three, and 1x11008x4096 (344 blocks) then
+  // takes two waves: 13.3 instead of 11.3 us (bench/NOTES.md, entry 16).
+  static constexpr int kMinBlocksPerSM =
+      Tile::kThreads != 256                          ? 1
+      : blocks_by_shared_memory(kSharedBytes) < 1 ? 1
+      : blocks_by_shared_memory(kSharedBytes) > 3 ? 3
+                                                  : blocks_by_shared_memory(kSharedBytes);
 
   static_assert(Tile::kWarpsM == 1, "streaming tiles keep all of the block's rows in each warp");
   static_assert(kStages >= 2, "the ring needs a k-block in flight");
-  static_assert(Tile::kTileM % 4 == 0 && 2 * kScaleChunks <= 32, "copy assignment");
-  static_assert(kScaleOffset + 2 * kScaleRowBytes == kStageBytes, "stage layout (Tile::kStreamingStageBytes)");
+  static_assert(Tile::kTileM % 4 == 0 && 2 * Format::kGroupArrays * kScaleChunks <= 32, "copy assignment");
 
   static __device__ __forceinline__ void run(const Params& params, const TileWork& work, uint8_t* shared,
                                              int /*warp_m*/, int warp_n, int warp_k, Accumulators& accumulators) {
@@ -102,25 +126,28 @@ struct Mainloop {
     for (int f = 0; f < kFragmentsN; ++f) fragment_valid[f] = first_row_block + f < params.n / layout::kTileRows;
 
     // Activations: chunk c = L + 32 j of a stage is row c / 8, 16-byte column c % 8.
-    const __half* activation_source[kActivationCopies];
+    const Scalar* activation_source[kActivationCopies];
     uint32_t activation_destination[kActivationCopies];
     bool activation_valid[kActivationCopies];
     #pragma unroll
     for (int j = 0; j < kActivationCopies; ++j) {
       const int chunk = lane + 32 * j, row = chunk / 8, column = chunk % 8;
       activation_valid[j] = work.m_begin + row < params.m;
-      activation_source[j] = params.a + static_cast<long long>(activation_valid[j] ? work.m_begin + row : 0) * params.k +
+      activation_source[j] = static_cast<const Scalar*>(params.a) + static_cast<long long>(activation_valid[j] ? work.m_begin + row : 0) * params.k +
                              static_cast<long long>(begin) * layout::kTileCols + column * 8;
       activation_destination[j] = kActivationOffset + Multistage::swizzled_offset(row, column);
     }
 
-    // Scales: lanes 0 .. kScaleChunks - 1 copy the warp's channels of the group row, the next
-    // kScaleChunks lanes the following row (group 32 only: the second group of the k-block).
-    const int scale_copy_row = lane / kScaleChunks, scale_chunk = lane % kScaleChunks;
+    // Group rows: lanes 0 .. kScaleChunks - 1 copy the warp's channels of the group's scale row,
+    // the next kScaleChunks lanes the following row (group 32 only: the second group of the
+    // k-block); with zero points the next 2 kScaleChunks lanes do the same for the zeros.
+    const int scale_copy_row = (lane / kScaleChunks) % 2, scale_chunk = lane % kScaleChunks;
+    const int scale_copy_array = lane / (2 * kScaleChunks);
     const bool two_groups = params.group_size == 32;
-    const bool scale_copier = (scale_copy_row == 0 || (scale_copy_row == 1 && two_groups)) &&
+    const bool scale_copier = scale_copy_array < Format::kGroupArrays && (scale_copy_row == 0 || two_groups) &&
                               first_channel + scale_chunk * 8 < params.n;
-    const uint32_t scale_destination = kScaleOffset + scale_copy_row * kScaleRowBytes + scale_chunk * 16;
+    const uint32_t scale_destination =
+        kScaleOffset + scale_copy_array * kGroupArrayBytes + scale_copy_row * kScaleRowBytes + scale_chunk * 16;
 
     // Group bookkeeping without divisions in the loop: a countdown of the k-blocks left in the
     // current group, one for the copies and one for the math (they run Stages - 1 k-blocks
@@ -134,7 +161,7 @@ struct Mainloop {
     // alone, ptxas recomputes this 64-bit product in every iteration.
     long long scale_row_step = static_cast<long long>(two_groups ? 2 : 1) * params.n;
     ptx::pin(scale_row_step);
-    const __half* scale_source = params.scales +
+    const Scalar* scale_source = static_cast<const Scalar*>(scale_copy_array == 0 ? params.scales : params.zeros) +
                                  static_cast<long long>((begin * layout::kTileCols) >> params.group_shift) * params.n +
                                  static_cast<long long>(scale_copy_row) * params.n + first_channel + scale_chunk * 8;
 
@@ -172,6 +199,8 @@ struct Mainloop {
     };
 
     float partial[kFragmentsN][kFragmentsM][4];
+    // Zero points: the group's activation sums (the all-ones mma, common/dequant.cuh).
+    float sums[kFragmentsM][4];
     auto clear = [&](float (&values)[kFragmentsN][kFragmentsM][4]) {
       #pragma unroll
       for (int f = 0; f < kFragmentsN; ++f)
@@ -180,22 +209,29 @@ struct Mainloop {
           #pragma unroll
           for (int i = 0; i < 4; ++i) values[f][fm][i] = 0.0f;
     };
-    // accumulators += partial * (scale of channel L / 4 and L / 4 + 8 of each fragment) from
-    // scale row `row` of the stage.
+    auto clear_sums = [&] {
+      #pragma unroll
+      for (int fm = 0; fm < kFragmentsM; ++fm)
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) sums[fm][i] = 0.0f;
+    };
+    // accumulators += partial * s (- sums * z s), s and z of channel L / 4 and L / 4 + 8 of each
+    // fragment, from group row `row` of the stage.
     auto fold = [&](const uint8_t* stage, int row) {
-      const __half* scales = reinterpret_cast<const __half*>(stage + kScaleOffset + row * kScaleRowBytes) + lane / 4;
+      const Scalar* scales = reinterpret_cast<const Scalar*>(stage + kScaleOffset + row * kScaleRowBytes) + lane / 4;
+      const Scalar* zeros =
+          Format::kZeros ? reinterpret_cast<const Scalar*>(stage + kScaleOffset + kGroupArrayBytes + row * kScaleRowBytes) + lane / 4
+                         : scales;
       #pragma unroll
       for (int f = 0; f < kFragmentsN; ++f) {
-        const float scale_low = __half2float(scales[16 * f]), scale_high = __half2float(scales[16 * f + 8]);
         #pragma unroll
         for (int fm = 0; fm < kFragmentsM; ++fm) {
-          accumulators[f][fm][0] = fmaf(partial[f][fm][0], scale_low, accumulators[f][fm][0]);
-          accumulators[f][fm][1] = fmaf(partial[f][fm][1], scale_low, accumulators[f][fm][1]);
-          accumulators[f][fm][2] = fmaf(partial[f][fm][2], scale_high, accumulators[f][fm][2]);
-          accumulators[f][fm][3] = fmaf(partial[f][fm][3], scale_high, accumulators[f][fm][3]);
+          Dequant::fold(accumulators[f][fm], partial[f][fm], sums[fm], scales[16 * f], scales[16 * f + 8],
+                        zeros[16 * f], zeros[16 * f + 8]);
         }
       }
       clear(partial);
+      if constexpr (Format::kZeros) clear_sums();
     };
 
     // The multistage loop's ldmatrix offsets for warp (0, 0): WarpsM is 1 and each warp's stage
@@ -215,12 +251,18 @@ struct Mainloop {
         if (k_slice == 2 && two_groups) fold(stage_pointer, 0);
         uint32_t activation[kFragmentsM][2];
         Multistage::load_activations(warp_ring_address + stage + kActivationOffset, lane_offsets, k_slice, activation);
+        if constexpr (Format::kZeros) {
+          uint32_t ones[4];
+          ones_fragment<E>(ones);
+          #pragma unroll
+          for (int fm = 0; fm < kFragmentsM; ++fm) E::mma_m16n8k16(sums[fm], ones, activation[fm]);
+        }
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
           uint32_t codes[4];
-          dequantize_codes(Multistage::word_of(packed[f], k_slice), codes);
+          Dequant::codes(Multistage::word_of(packed[f], k_slice), codes);
           #pragma unroll
-          for (int fm = 0; fm < kFragmentsM; ++fm) ptx::mma_m16n8k16(partial[f][fm], codes, activation[fm]);
+          for (int fm = 0; fm < kFragmentsM; ++fm) E::mma_m16n8k16(partial[f][fm], codes, activation[fm]);
         }
       }
       const bool group_ends = compute_group_left == 1;
@@ -234,6 +276,7 @@ struct Mainloop {
 
     clear(accumulators);
     clear(partial);
+    clear_sums();
 
     // Prologue. Nothing is read before waiting for the previous kernel in the stream
     // (programmatic dependent launch). Unlike the other families, no L2 prefetch of the weights
@@ -273,4 +316,4 @@ struct Mainloop {
   }
 };
 
-}  // namespace w4a16::streaming_sm80
+}  // namespace w4a16::fused

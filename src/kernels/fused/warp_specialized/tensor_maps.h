@@ -1,22 +1,24 @@
 #pragma once
-// Host side of the warp-specialized kernel's loads: the TMA descriptors (CUtensorMap) of its three
+// Host side of the warp-specialized kernel's loads: the TMA descriptors (CUtensorMap) of its
 // operands. Plain C++; the driver entry point is looked up through the runtime, so the library
 // does not link libcuda (a machine without a GPU driver can still load it). Encoding is pure host
 // work, constant per call: no device access, no allocation.
 
 #include <cuda.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
-namespace w4a16::wgmma_sm90 {
+#include "w4a16/format.h"
+
+namespace w4a16::fused {
 
 struct TensorMaps {
   CUtensorMap activations;  // A
   CUtensorMap weights;      // the packed int4 weights
   CUtensorMap scales;       // the group scales
+  CUtensorMap zeros;        // the group zero points (encoded only when there are any)
 };
 
-// A ([m][k] fp16, row-major) as boxes of 64 columns (128 bytes, one k-block) x box_rows rows,
+// A ([m][k] row-major, 16-bit elements of `element`) as boxes of 64 columns (128 bytes, one k-block) x box_rows rows,
 // written to shared memory with the 128-byte swizzle (16-byte chunk c of row r lands at chunk
 // c ^ (r % 8)): the K-major layout wgmma reads its B operand in. Rows past m read as zeros.
 //
@@ -25,7 +27,7 @@ struct TensorMaps {
 // box_row_blocks row blocks, landing as [row block][k-block][512 bytes]. Row blocks past n and
 // k-blocks past k read as zeros.
 //
-// The scales ([k / group][n] fp16) as boxes of box_channels channels x scale_rows_per_box() rows:
+// The scales (and zero points: the same map over their own array) ([k / group][n], `element`) as boxes of box_channels channels x scale_rows_per_box() rows:
 // the groups the box's box_k_blocks k-blocks span (4 for group 32 and two k-blocks, 2 for group
 // 64, else 1; boxes start on a multiple of box_k_blocks k-blocks, so a group of 128 or more is
 // never split). Channels and rows past the end read as zeros.
@@ -39,8 +41,9 @@ bool tensor_maps_supported();
 
 // cudaErrorNotSupported without tensor-map encoding; cudaErrorInvalidValue when the driver rejects a
 // descriptor (not expected for any shape the runner admits).
-cudaError_t encode_tensor_maps(TensorMaps* maps, const __half* a, const void* packed_weights, const __half* scales,
-                               int m, int n, int k, int group_size, int box_rows, int box_row_blocks,
-                               int box_k_blocks);
+// `zeros` may be null (no zero-point map is encoded then).
+cudaError_t encode_tensor_maps(TensorMaps* maps, ElementType element, const void* a, const void* packed_weights,
+                               const void* scales, const void* zeros, int m, int n, int k, int group_size,
+                               int box_rows, int box_row_blocks, int box_k_blocks);
 
-}  // namespace w4a16::wgmma_sm90
+}  // namespace w4a16::fused

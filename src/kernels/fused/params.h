@@ -1,0 +1,72 @@
+#pragma once
+// Host-visible interface of the fused kernel families (multistage, streaming, warp-specialized):
+// their launch parameters and the table of compiled kernels. Plain C++, so the runner can include
+// it without device code.
+
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "w4a16/format.h"
+#include "w4a16/runner.h"
+
+namespace w4a16::fused {
+
+// 16-bit operands are untyped here: the kernel's element type (Params belongs to a kernel
+// compiled for one Format) says what they hold.
+struct Params {
+  const void* a = nullptr;               // [m][k]
+  const void* packed_weights = nullptr;  // packed layout, see common/packed_layout.h
+  const void* scales = nullptr;          // [k / group_size][n]
+  const void* zeros = nullptr;           // [k / group_size][n]; read only by QuantOp::kScaleAndZeros kernels
+  const void* bias = nullptr;            // [n] or nullptr
+  void* c = nullptr;                     // [m][n]
+  float* partials = nullptr;             // split_k > 1: [split_k][m][n] fp32 in the workspace
+  int m = 0, n = 0, k = 0, group_size = 0;
+  // Group of column j is j >> group_shift: log2(group_size) for power-of-two groups, and 31 for a
+  // per-channel group whose size (k) is not a power of two, where every column is in group 0. A
+  // shift instead of a division keeps the per-stage address arithmetic to one instruction.
+  int group_shift = 0;
+  float alpha = 1.0f;
+  int split_k = 1;
+  // Streaming tiles only: let the next kernel in the stream launch at this kernel's entry rather
+  // than after its mainloop (see fused/kernel.cuh); runner/heuristics.cpp (launch_overlap) decides.
+  bool launch_dependents_at_entry = false;
+  // Launched programmatically (PDL): the multistage and warp-specialized prologues then warm L2
+  // with their first weights before waiting for the previous kernel. Without PDL there is nothing
+  // to overlap, and the prefetch only delayed the copies (bench/NOTES.md, entry 20).
+  bool programmatic = false;
+};
+
+// A compiled tile as the host sees it: its family (which mainloop) and its shape (Tile<...>).
+struct TileShape {
+  KernelFamily family;
+  int tile_m, tile_n, warps_m, warps_n, warps_k, stages;
+};
+
+// Why a tile is compiled (instances.def): the heuristics choose it for some problem, or only the
+// profiler (GemmRunner::profile) can pick it. A CPU test keeps the marks true.
+enum class TileRole { kHeuristic, kProfilerOnly };
+
+// One compiled instantiation (a tile in one format): a launcher, and probes that report whether the
+// running device has a usable binary for it (and raise its shared-memory limit once).
+struct CompiledKernel {
+  TileShape shape;
+  TileRole role;
+  Format format;
+  cudaError_t (*launch)(const Params&, cudaStream_t, bool programmatic);
+  cudaError_t (*prepare)();  // cudaErrorInvalidDeviceFunction when this device has no binary
+  int (*compiled_for)();     // the virtual arch (e.g. 80) the device code was compiled from
+  int (*resident_blocks_per_sm)();  // how many of its blocks an SM of this device holds at once
+};
+
+// Every compiled kernel of instances.def in every format (the registry CMake generates from the
+// instance table: one instantiation group per .cu). Warp-specialized tiles only in builds that
+// target sm_90a.
+void append_compiled_kernels(std::vector<CompiledKernel>& table);
+
+// Sums the split_k fp32 partial tiles in a fixed order (so results are bit-identical from run to
+// run), applies alpha and bias, writes C in `element`.
+cudaError_t launch_split_k_reduce(const Params& params, ElementType element, cudaStream_t stream, bool programmatic);
+
+}  // namespace w4a16::fused
