@@ -22,11 +22,13 @@
 namespace w4a16::fused {
 
 // Whether this compilation pass can run Mainloop's math: mma.sync needs sm_80; wgmma needs sm_90a
-// (CuTe defines CUTE_ARCH_MMA_SM90A_ENABLED there). Elsewhere the kernel body is empty, and the
-// runner never offers the config (it checks compiled_for() against the device).
+// (nvcc defines __CUDA_ARCH_FEAT_SM90_ALL there; tested directly rather than through CuTe's
+// CUTE_ARCH_MMA_SM90A_ENABLED, which exists only once CuTe's headers are in, an include-order trap
+// that once compiled every wgmma body empty). Elsewhere the kernel body is empty, and the runner
+// never offers the config (it checks compiled_for() against the device).
 template <class Mainloop>
 constexpr bool compiled_here() {
-#if defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr bool wgmma = true;
 #else
   constexpr bool wgmma = false;

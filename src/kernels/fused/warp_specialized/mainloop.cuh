@@ -88,7 +88,8 @@ struct WarpSpecializedMainloop {
   static constexpr KernelFamily kFamily = KernelFamily::kWarpSpecialized;
   static constexpr int kStages = Tile::kStages;
   static constexpr int kConsumerWarps = Tile::kThreads / 32;
-  using Math = WgmmaMath<Tile, Format>;
+  static constexpr int kKBlocksPerSlot = 2;  // see below
+  using Math = WgmmaMath<Tile, Format, kKBlocksPerSlot>;
   using Accumulators = float[Tile::kFragmentsN][Tile::kFragmentsM][4];
   static_assert(kStages >= 3, "one slot computed on, one awaiting release, at least one filling");
   static_assert(Tile::kWarpsK == 1, "warp specialization: no in-block split-K");
@@ -101,9 +102,9 @@ struct WarpSpecializedMainloop {
   // The math warps (WarpsM x WarpsN) only compute; one more warpgroup issues the TMA loads.
   static constexpr int kProducerThreads = 128;
   static constexpr int kBlockThreads = Tile::kThreads + kProducerThreads;
-  // K-blocks per slot: two consecutive k-blocks, so every per-slot cost of the loop (barrier wait
-  // and release, stage bookkeeping, the producer's TMA requests) is paid once per 128 columns.
-  static constexpr int kKBlocksPerSlot = 2;
+  // K-blocks per slot (kKBlocksPerSlot, above): two consecutive k-blocks, so every per-slot cost
+  // of the loop (barrier wait and release, stage bookkeeping, the producer's TMA requests) is paid
+  // once per 128 columns.
   static constexpr int kKBlocksPerUnit = kKBlocksPerSlot;  // split-K slices start on a slot
 
   // Slot layout (kSlotBytes, 1024-byte aligned):

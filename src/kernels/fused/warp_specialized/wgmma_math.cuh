@@ -71,7 +71,9 @@ __device__ __forceinline__ uint64_t k_major_sw128_descriptor(uint32_t address) {
   return descriptor.desc_;
 }
 
-template <class Tile, class Format>
+// kKBlocksPerSlot: k-blocks per pipeline slot (the weights of one row block are that many 512-byte
+// tiles apart from the next row block's).
+template <class Tile, class Format, int kKBlocksPerSlot>
 struct WgmmaMath {
   using E = typename Format::E;
   using Dequant = typename Format::Dequant;
@@ -83,7 +85,7 @@ struct WgmmaMath {
   // exactly the [FragmentsN][FragmentsM][4] layout of the mma.sync epilogue).
   static constexpr int kHalves = Tile::kFragmentsN;
   // Bytes from one of a warp's row blocks to the next in a slot ([row block][k-block][512 bytes]).
-  static constexpr int kRowBlockStride = Tile::kKBlocksPerSlot * layout::kTileBytes;
+  static constexpr int kRowBlockStride = kKBlocksPerSlot * layout::kTileBytes;
   using MmaAtom = typename Atom<kN, typename Format::Scalar>::type;
   static_assert(kHalves == 1 || kHalves == 2, "a warp of a warpgroup owns 16 or 32 channels");
   static_assert(Tile::kWarpsN % 4 == 0, "warpgroups are 4 consecutive warps along n");
