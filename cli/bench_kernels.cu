@@ -96,13 +96,10 @@ void fill_random_bytes(void* data, size_t bytes, uint64_t seed) {
 }
 
 void fill_random_elements(ElementType element, void* data, size_t count, float low, float high, uint64_t seed) {
-  if (element == ElementType::kBFloat16) {
-    using E = Element<__nv_bfloat16>;
-    fill_elements_kernel<E><<<2048, 256>>>(static_cast<E::Scalar*>(data), count, low, high, seed);
-  } else {
-    using E = Element<__half>;
-    fill_elements_kernel<E><<<2048, 256>>>(static_cast<E::Scalar*>(data), count, low, high, seed);
-  }
+  with_element(element, [&](auto e) {
+    using E = decltype(e);
+    fill_elements_kernel<E><<<2048, 256>>>(static_cast<typename E::Scalar*>(data), count, low, high, seed);
+  });
   check_cuda(cudaGetLastError(), "fill_random_elements");
 }
 

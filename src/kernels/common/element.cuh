@@ -127,4 +127,12 @@ struct Element<__nv_bfloat16> {
   }
 };
 
+// Runs f(Element<T>{}) for the T an ElementType names: the one place a run-time element type
+// becomes a compile-time one (host code choosing which kernel instantiation to launch).
+template <class F>
+decltype(auto) with_element(ElementType element, F&& f) {
+  if (element == ElementType::kBFloat16) return f(Element<__nv_bfloat16>{});
+  return f(Element<__half>{});
+}
+
 }  // namespace w4a16

@@ -96,7 +96,9 @@ size_t workspace_bytes(int n, int k) { return align_up(size_t(n) * k * kDenseEle
 
 cudaError_t probe_kernel() {
   cudaFuncAttributes attributes;
-  return cudaFuncGetAttributes(&attributes, dequantize_kernel<Element<__half>, false>);
+  return with_element(ElementType::kFloat16, [&](auto e) {
+    return cudaFuncGetAttributes(&attributes, dequantize_kernel<decltype(e), false>);
+  });
 }
 
 cublasStatus_t gemm_nt(cublasHandle_t handle, ElementType element, const void* a, const void* w, void* c, int m, int n,
@@ -111,9 +113,8 @@ Status run(const Params& params, cublasHandle_t handle, void* workspace, cudaStr
   void* dense = workspace;
   void* cublas_workspace = static_cast<uint8_t*>(workspace) + align_up(size_t(params.n) * params.k * kDenseElementBytes);
 
-  const cudaError_t dequantized = params.element == ElementType::kBFloat16
-                                      ? launch_dequantize<Element<__nv_bfloat16>>(params, dense, stream)
-                                      : launch_dequantize<Element<__half>>(params, dense, stream);
+  const cudaError_t dequantized =
+      with_element(params.element, [&](auto e) { return launch_dequantize<decltype(e)>(params, dense, stream); });
   if (cudaError_t error = dequantized; error != cudaSuccess) {
     return Status(StatusCode::kCudaError, std::string("dequantize launch: ") + cudaGetErrorString(error));
   }

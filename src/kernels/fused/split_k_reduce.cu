@@ -57,11 +57,9 @@ cudaError_t launch_split_k_reduce(const Params& params, ElementType element, cud
   // A grid-stride loop over at most 1024 blocks (~8 per SM): enough to saturate bandwidth on this
   // small pass without a grid that grows with m * n.
   const dim3 grid(static_cast<unsigned>(std::min<long long>((quads + kThreads - 1) / kThreads, 1024)));
-  if (element == ElementType::kBFloat16) {
-    return launch_kernel(split_k_reduce_kernel<Element<__nv_bfloat16>>, grid, dim3(kThreads), 0, stream, programmatic,
-                         params);
-  }
-  return launch_kernel(split_k_reduce_kernel<Element<__half>>, grid, dim3(kThreads), 0, stream, programmatic, params);
+  return with_element(element, [&](auto e) {
+    return launch_kernel(split_k_reduce_kernel<decltype(e)>, grid, dim3(kThreads), 0, stream, programmatic, params);
+  });
 }
 
 }  // namespace w4a16::fused
