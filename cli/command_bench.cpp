@@ -87,6 +87,28 @@ std::vector<Shape> select_shapes(const BenchOptions& options) {
   return shapes;
 }
 
+// Shapes grouped by (n, k), in first-seen order, so the weight copies are made once per layer.
+struct Layer {
+  int n, k;
+  std::vector<int> ms;
+};
+std::vector<Layer> layers_of(const std::vector<Shape>& shapes) {
+  std::vector<Layer> layers;
+  for (const Shape& s : shapes) {
+    auto it = std::find_if(layers.begin(), layers.end(), [&](const Layer& l) { return l.n == s.n && l.k == s.k; });
+    if (it == layers.end()) it = layers.insert(layers.end(), Layer{s.n, s.k, {}});
+    it->ms.push_back(s.m);
+  }
+  return layers;
+}
+
+void write_json(const nlohmann::json& document, const std::string& path) {
+  std::ofstream out(path);
+  out << document.dump(2) << "\n";
+  if (!out) throw CliError("could not write " + path);
+  std::printf("wrote %s\n", path.c_str());
+}
+
 struct Timing {
   double median_us = 0, min_us = 0;
   int iterations = 0;
@@ -309,16 +331,9 @@ int run_bench(const BenchOptions& options) {
   const double flops_per_us = ceilings.fp16_tflops * 1e6;
   DeviceBuffer workspace;
 
-  // Shapes grouped by (n, k) so the weight copies are made once per layer.
-  std::map<std::pair<int, int>, std::vector<int>> layers;
-  std::vector<std::pair<int, int>> layer_order;
-  for (const Shape& s : shapes) {
-    if (!layers.count({s.n, s.k})) layer_order.push_back({s.n, s.k});
-    layers[{s.n, s.k}].push_back(s.m);
-  }
-  for (const auto& layer : layer_order) {
-    const int n = layer.first, k = layer.second;
-    const std::vector<int>& ms = layers[layer];
+  for (const Layer& layer : layers_of(shapes)) {
+    const int n = layer.n, k = layer.k;
+    const std::vector<int>& ms = layer.ms;
     const int max_m = *std::max_element(ms.begin(), ms.end());
     if (options.group <= 0 || k % options.group != 0) throw CliError("k must be a multiple of --group");
     const size_t packed_bytes = size_t(n) * k / 2;
@@ -499,10 +514,7 @@ int run_bench(const BenchOptions& options) {
           {"read_floor", "one kernel reading the packed weights and scales once, no math, same rotation and graph"}}},
         {"wall_seconds", seconds},
         {"results", results}};
-    std::ofstream out(options.json);
-    out << document.dump(2) << "\n";
-    if (!out) throw CliError("could not write " + options.json);
-    std::printf("wrote %s\n", options.json.c_str());
+    write_json(document, options.json);
   }
   cublasDestroy(cublas);
   cudaStreamDestroy(stream);
@@ -533,16 +545,10 @@ int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDevic
   nlohmann::json results = nlohmann::json::array();
   const size_t l2 = size_t(properties.l2CacheSize);
   DeviceBuffer workspace;
-  std::map<std::pair<int, int>, std::vector<int>> layers;
-  std::vector<std::pair<int, int>> layer_order;
-  for (const Shape& s : shapes) {
-    if (!layers.count({s.n, s.k})) layer_order.push_back({s.n, s.k});
-    layers[{s.n, s.k}].push_back(s.m);
-  }
   double worst_ratio = 0.0;
-  for (const auto& layer : layer_order) {
-    const int n = layer.first, k = layer.second;
-    const std::vector<int>& ms = layers[layer];
+  for (const Layer& layer : layers_of(shapes)) {
+    const int n = layer.n, k = layer.k;
+    const std::vector<int>& ms = layer.ms;
     const int max_m = *std::max_element(ms.begin(), ms.end());
     if (options.group <= 0 || k % options.group != 0) throw CliError("k must be a multiple of --group");
     const size_t packed_bytes = size_t(n) * k / 2;
@@ -642,10 +648,7 @@ int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDevic
           {"config", "the default config of fp16 scale-only, for every format"}}},
         {"wall_seconds", seconds},
         {"results", results}};
-    std::ofstream out(options.json);
-    out << document.dump(2) << "\n";
-    if (!out) throw CliError("could not write " + options.json);
-    std::printf("wrote %s\n", options.json.c_str());
+    write_json(document, options.json);
   }
   return 0;
 }
