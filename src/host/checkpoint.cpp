@@ -1,0 +1,325 @@
+// Decoding GPTQ, AWQ and compressed-tensors 4-bit layers into QuantizedWeights (host only; see
+// w4a16/checkpoint.h). Each format's bit layout is written out beside its extractor, with where
+// the format's own code defines it.
+#include "w4a16/checkpoint.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+namespace w4a16 {
+
+namespace {
+
+Status invalid(const std::string& message) { return Status(StatusCode::kInvalidArgument, "checkpoint: " + message); }
+
+// Element e of a little-endian int32 tensor (the data may be unaligned: memcpy).
+uint32_t word_at(const TensorView& t, int64_t e) {
+  uint32_t value;
+  std::memcpy(&value, t.data + 4 * e, 4);
+  return value;
+}
+
+// A 16- or 32-bit float tensor's element e as a float.
+float float_at(const TensorView& t, int64_t e) {
+  if (t.dtype == TensorDtype::kF32) {
+    float value;
+    std::memcpy(&value, t.data + 4 * e, 4);
+    return value;
+  }
+  uint16_t bits;
+  std::memcpy(&bits, t.data + 2 * e, 2);
+  return element_to_float(t.dtype == TensorDtype::kBF16 ? ElementType::kBFloat16 : ElementType::kFloat16, bits);
+}
+
+Status expect_shape(const TensorView* t, const char* role, TensorDtype dtype, std::vector<int64_t> shape) {
+  if (t == nullptr) return invalid(std::string("no ") + role + " tensor");
+  if (t->dtype != dtype || t->shape != shape) {
+    std::string want = std::string(to_string(dtype)) + " [", got = std::string(to_string(t->dtype)) + " [";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    for (size_t i = 0; i < t->shape.size(); ++i) got += (i ? ", " : "") + std::to_string(t->shape[i]);
+    return invalid(t->name + " (" + role + "): expected " + want + "], got " + got + "]");
+  }
+  return Status::success();
+}
+
+Status expect_float(const TensorView* t, const char* role, std::vector<int64_t> shape) {
+  if (t == nullptr) return invalid(std::string("no ") + role + " tensor");
+  if (t->dtype != TensorDtype::kF16 && t->dtype != TensorDtype::kBF16 && t->dtype != TensorDtype::kF32) {
+    return invalid(t->name + " (" + role + "): expected F16, BF16 or F32, got " + to_string(t->dtype));
+  }
+  return expect_shape(t, role, t->dtype, std::move(shape));
+}
+
+// The layer in the checkpoint's column order, before act-order sorting.
+struct RawLayer {
+  int64_t n = 0, k = 0, groups = 0, group_size = 0;
+  std::vector<uint8_t> codes;     // [n][k], q in [0, 15]
+  std::vector<float> scales;      // [groups][n]
+  std::vector<float> zeros;       // [groups][n] in w = s (q - z), or empty (z = 8)
+  std::vector<int32_t> group_of;  // [k]
+};
+
+// ---------------------------------------------------------------------------------------------
+// GPTQ (AutoGPTQ, GPTQModel).
+//   qweight int32 [k/8, n]: packed along k; q(i, j) = (qweight[i/8][j] >> 4 (i % 8)) & 0xF.
+//   qzeros  int32 [G, n/8]: packed along n; z(g, j) = (qzeros[g][j/8] >> 4 (j % 8)) & 0xF, and v1
+//           checkpoints store z - 1 (the packer subtracts one; gptq_v2 stores z).
+//   scales  [G, n]; g_idx int32 [k]: the group of input column i (i / group_size without act-order).
+//   w[j][i] = scales[g][j] * (q(i, j) - z(g, j)), g = g_idx[i].
+Status extract_gptq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
+  if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("GPTQ qweight must be 2-D");
+  raw->k = t.weight->shape[0] * 8;
+  raw->n = t.weight->shape[1];
+  const int64_t group_size = config.group_size <= 0 ? raw->k : config.group_size;
+  if (group_size <= 0 || raw->k % group_size != 0) return invalid("k = " + std::to_string(raw->k) + " is not a multiple of group_size");
+  if (raw->n % 8 != 0) return invalid("GPTQ n must be a multiple of 8");
+  raw->group_size = group_size;
+  raw->groups = raw->k / group_size;
+  if (Status s = expect_shape(t.weight, "qweight", TensorDtype::kI32, {raw->k / 8, raw->n}); !s.ok()) return s;
+  if (Status s = expect_shape(t.zeros, "qzeros", TensorDtype::kI32, {raw->groups, raw->n / 8}); !s.ok()) return s;
+  if (Status s = expect_float(t.scales, "scales", {raw->groups, raw->n}); !s.ok()) return s;
+  const int64_t n = raw->n, k = raw->k;
+  raw->codes.resize(size_t(n * k));
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < n; ++j)
+      raw->codes[size_t(j * k + i)] = uint8_t((word_at(*t.weight, (i / 8) * n + j) >> (4 * (i % 8))) & 0xF);
+  raw->scales.resize(size_t(raw->groups * n));
+  raw->zeros.resize(size_t(raw->groups * n));
+  const int offset = config.gptq_v2 ? 0 : 1;
+  for (int64_t g = 0; g < raw->groups; ++g)
+    for (int64_t j = 0; j < n; ++j) {
+      raw->scales[size_t(g * n + j)] = float_at(*t.scales, g * n + j);
+      const int stored = int((word_at(*t.zeros, g * (n / 8) + j / 8) >> (4 * (j % 8))) & 0xF);
+      raw->zeros[size_t(g * n + j)] = float(stored + offset);  // v1: 15 + 1 = 16 is a valid zero point too
+    }
+  raw->group_of.resize(size_t(k));
+  if (t.g_idx != nullptr) {
+    if (Status s = expect_shape(t.g_idx, "g_idx", TensorDtype::kI32, {k}); !s.ok()) return s;
+    for (int64_t i = 0; i < k; ++i) raw->group_of[size_t(i)] = int32_t(word_at(*t.g_idx, i));
+  } else {
+    for (int64_t i = 0; i < k; ++i) raw->group_of[size_t(i)] = int32_t(i / group_size);
+  }
+  return Status::success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// AWQ (AutoAWQ "GEMM").
+//   qweight int32 [k, n/8]: packed along n in the interleaved order kOrder: nibble slot s of word
+//           qweight[i][w] holds output column 8 w + kOrder[s], so column j is in slot
+//           kSlotOf[j % 8]; q(i, j) = (qweight[i][j/8] >> 4 kSlotOf[j % 8]) & 0xF.
+//   qzeros  int32 [G, n/8]: the same packing; zero points stored as is.
+//   scales  [G, n]; groups are contiguous (no g_idx).
+//   w[j][i] = scales[i / g][j] * (q(i, j) - z(i / g, j)).
+constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+constexpr int kAwqSlotOf[8] = {0, 4, 1, 5, 2, 6, 3, 7};  // the inverse permutation of kAwqOrder
+
+Status extract_awq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
+  if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("AWQ qweight must be 2-D");
+  raw->k = t.weight->shape[0];
+  raw->n = t.weight->shape[1] * 8;
+  const int64_t group_size = config.group_size <= 0 ? raw->k : config.group_size;
+  if (group_size <= 0 || raw->k % group_size != 0) return invalid("k = " + std::to_string(raw->k) + " is not a multiple of group_size");
+  raw->group_size = group_size;
+  raw->groups = raw->k / group_size;
+  if (Status s = expect_shape(t.weight, "qweight", TensorDtype::kI32, {raw->k, raw->n / 8}); !s.ok()) return s;
+  if (Status s = expect_shape(t.zeros, "qzeros", TensorDtype::kI32, {raw->groups, raw->n / 8}); !s.ok()) return s;
+  if (Status s = expect_float(t.scales, "scales", {raw->groups, raw->n}); !s.ok()) return s;
+  const int64_t n = raw->n, k = raw->k;
+  auto nibble = [](uint32_t word, int64_t column) { return uint8_t((word >> (4 * kAwqSlotOf[column % 8])) & 0xF); };
+  raw->codes.resize(size_t(n * k));
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < n; ++j) raw->codes[size_t(j * k + i)] = nibble(word_at(*t.weight, i * (n / 8) + j / 8), j);
+  raw->scales.resize(size_t(raw->groups * n));
+  raw->zeros.resize(size_t(raw->groups * n));
+  for (int64_t g = 0; g < raw->groups; ++g)
+    for (int64_t j = 0; j < n; ++j) {
+      raw->scales[size_t(g * n + j)] = float_at(*t.scales, g * n + j);
+      raw->zeros[size_t(g * n + j)] = float(nibble(word_at(*t.zeros, g * (n / 8) + j / 8), j));
+    }
+  raw->group_of.resize(size_t(k));
+  for (int64_t i = 0; i < k; ++i) raw->group_of[size_t(i)] = int32_t(i / group_size);
+  (void)kAwqOrder;
+  return Status::success();
+}
+
+// ---------------------------------------------------------------------------------------------
+// compressed-tensors pack-quantized (compressors/quantized_compressors/pack_quantized.py:
+// pack_to_int32 adds 1 << (bits - 1) and packs low nibble first; lifecycle/forward.py
+// _dequantize: w = (q - zp) * scale).
+//   weight_packed     int32 [n, ceil(k/8)]: packed along k; the signed value v in [-8, 7] is
+//                     stored as v + 8: stored(r, c) = (weight_packed[r][c/8] >> 4 (c % 8)) & 0xF.
+//   weight_shape      int64 (or int32) [2]: n, k.
+//   weight_scale      [n, G] (channel strategy: [n, 1]).
+//   weight_zero_point asymmetric only, signed zp in [-8, 7]: since 0.9.4 int32 [ceil(n/8), G]
+//                     packed along n the same way (stored zp + 8); before, int8 [n, G] unpacked.
+//   weight_g_idx      int32 [k] with actorder "group": the group of input column c (a -1 anywhere
+//                     means column order).
+//   w[r][c] = scale[r][g] * (v - zp[r][g]) = scale * (stored - (zp + 8)): z = zp + 8 here.
+Status extract_compressed_tensors(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
+  if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("compressed-tensors weight_packed must be 2-D");
+  raw->n = t.n > 0 ? t.n : t.weight->shape[0];
+  raw->k = t.k > 0 ? t.k : t.weight->shape[1] * 8;
+  const int64_t group_size = config.group_size <= 0 ? raw->k : config.group_size;
+  if (group_size <= 0 || raw->k % group_size != 0) {
+    return invalid("k = " + std::to_string(raw->k) + " is not a multiple of group_size");
+  }
+  raw->group_size = group_size;
+  raw->groups = raw->k / group_size;
+  const int64_t n = raw->n, k = raw->k;
+  if (Status s = expect_shape(t.weight, "weight_packed", TensorDtype::kI32, {n, (k + 7) / 8}); !s.ok()) return s;
+  if (Status s = expect_float(t.scales, "weight_scale", {n, raw->groups}); !s.ok()) return s;
+  raw->codes.resize(size_t(n * k));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c)
+      raw->codes[size_t(r * k + c)] = uint8_t((word_at(*t.weight, r * ((k + 7) / 8) + c / 8) >> (4 * (c % 8))) & 0xF);
+  raw->scales.resize(size_t(raw->groups * n));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t g = 0; g < raw->groups; ++g) raw->scales[size_t(g * n + r)] = float_at(*t.scales, r * raw->groups + g);
+  if (t.zeros != nullptr) {
+    raw->zeros.resize(size_t(raw->groups * n));
+    if (t.zeros->dtype == TensorDtype::kI8) {  // before compressed-tensors 0.9.4: unpacked, signed
+      if (Status s = expect_shape(t.zeros, "weight_zero_point", TensorDtype::kI8, {n, raw->groups}); !s.ok()) return s;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t g = 0; g < raw->groups; ++g) {
+          const int zp = int(static_cast<int8_t>(t.zeros->data[r * raw->groups + g]));
+          if (zp < -8 || zp > 7) return invalid(t.zeros->name + ": zero point " + std::to_string(zp) + " outside [-8, 7]");
+          raw->zeros[size_t(g * n + r)] = float(zp + 8);
+        }
+    } else {
+      if (Status s = expect_shape(t.zeros, "weight_zero_point", TensorDtype::kI32, {(n + 7) / 8, raw->groups}); !s.ok()) {
+        return s;
+      }
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t g = 0; g < raw->groups; ++g) {
+          const int stored = int((word_at(*t.zeros, (r / 8) * raw->groups + g) >> (4 * (r % 8))) & 0xF);
+          raw->zeros[size_t(g * n + r)] = float(stored);  // zp + 8: the stored nibble is our z
+        }
+    }
+  }
+  raw->group_of.resize(size_t(k));
+  bool column_order = t.g_idx == nullptr;
+  if (t.g_idx != nullptr) {
+    if (Status s = expect_shape(t.g_idx, "weight_g_idx", TensorDtype::kI32, {k}); !s.ok()) return s;
+    for (int64_t c = 0; c < k; ++c) {
+      raw->group_of[size_t(c)] = int32_t(word_at(*t.g_idx, c));
+      column_order |= raw->group_of[size_t(c)] == -1;
+    }
+  }
+  if (column_order) {
+    for (int64_t c = 0; c < k; ++c) raw->group_of[size_t(c)] = int32_t(c / group_size);
+  }
+  return Status::success();
+}
+
+}  // namespace
+
+const char* to_string(CheckpointFormat format) {
+  switch (format) {
+    case CheckpointFormat::kGptq: return "gptq";
+    case CheckpointFormat::kAwq: return "awq";
+    case CheckpointFormat::kCompressedTensors: return "compressed-tensors";
+  }
+  return "unknown";
+}
+
+Status find_checkpoint_tensors(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix,
+                               CheckpointTensors* out) {
+  if (out == nullptr) return invalid("null output");
+  CheckpointTensors t;
+  if (format == CheckpointFormat::kCompressedTensors) {
+    t.weight = file.find(prefix + "weight_packed");
+    t.scales = file.find(prefix + "weight_scale");
+    t.zeros = file.find(prefix + "weight_zero_point");
+    t.g_idx = file.find(prefix + "weight_g_idx");
+    if (const TensorView* shape = file.find(prefix + "weight_shape"); shape != nullptr) {
+      if ((shape->dtype != TensorDtype::kI64 && shape->dtype != TensorDtype::kI32) || shape->elements() != 2) {
+        return invalid(shape->name + ": expected two integers");
+      }
+      int64_t dims[2];
+      for (int i = 0; i < 2; ++i) {
+        if (shape->dtype == TensorDtype::kI64) {
+          std::memcpy(&dims[i], shape->data + 8 * i, 8);
+        } else {
+          int32_t d;
+          std::memcpy(&d, shape->data + 4 * i, 4);
+          dims[i] = d;
+        }
+      }
+      t.n = dims[0];
+      t.k = dims[1];
+    }
+  } else {
+    t.weight = file.find(prefix + "qweight");
+    t.scales = file.find(prefix + "scales");
+    t.zeros = file.find(prefix + "qzeros");
+    t.g_idx = file.find(prefix + "g_idx");
+  }
+  if (t.weight == nullptr || t.scales == nullptr) {
+    return invalid("no " + std::string(to_string(format)) + " layer '" + prefix + "' in the file");
+  }
+  *out = t;
+  return Status::success();
+}
+
+Status decode_checkpoint_layer(CheckpointFormat format, const CheckpointTensors& tensors,
+                               const CheckpointConfig& config, DecodedLayer* out) {
+  if (out == nullptr) return invalid("null output");
+  RawLayer raw;
+  Status status;
+  switch (format) {
+    case CheckpointFormat::kGptq: status = extract_gptq(tensors, config, &raw); break;
+    case CheckpointFormat::kAwq: status = extract_awq(tensors, config, &raw); break;
+    case CheckpointFormat::kCompressedTensors: status = extract_compressed_tensors(tensors, config, &raw); break;
+    default: return invalid("unknown format");
+  }
+  if (!status.ok()) return status;
+  const int64_t n = raw.n, k = raw.k;
+  if (n <= 0 || k <= 0 || n > (1 << 30) || k > (1 << 30)) return invalid("implausible layer shape");
+
+  // Act-order: sort the columns by group (stable) when g_idx is not already i / group_size.
+  std::vector<int32_t> permutation(static_cast<size_t>(k));
+  std::iota(permutation.begin(), permutation.end(), 0);
+  bool trivial = true;
+  for (int64_t c = 0; c < k; ++c) {
+    const int32_t g = raw.group_of[size_t(c)];
+    if (g < 0 || g >= raw.groups) return invalid("g_idx[" + std::to_string(c) + "] = " + std::to_string(g) + " outside [0, groups)");
+    trivial &= g == c / raw.group_size;
+  }
+  if (!trivial) {
+    std::stable_sort(permutation.begin(), permutation.end(),
+                     [&](int32_t x, int32_t y) { return raw.group_of[size_t(x)] < raw.group_of[size_t(y)]; });
+    for (int64_t c = 0; c < k; ++c) {
+      if (raw.group_of[size_t(permutation[size_t(c)])] != c / raw.group_size) {
+        return invalid("act-order groups are not all of group_size = " + std::to_string(raw.group_size) + " columns");
+      }
+    }
+  }
+
+  DecodedLayer layer;
+  QuantizedWeights& q = layer.weights;
+  q.n = int(n);
+  q.k = int(k);
+  q.group_size = int(raw.group_size);
+  q.element = config.element;
+  q.codes.resize(size_t(n * k));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < k; ++c) q.codes[size_t(r * k + c)] = raw.codes[size_t(r * k + permutation[size_t(c)])];
+  q.scales.resize(raw.scales.size());
+  for (size_t i = 0; i < raw.scales.size(); ++i) {
+    if (!std::isfinite(raw.scales[i])) return invalid("scale " + std::to_string(i) + " is not finite");
+    q.scales[i] = float_to_element(config.element, raw.scales[i]);
+  }
+  // Symmetric checkpoints whose zero points are all 8 (GPTQ sym stores 7 in v1) run scale-only.
+  const bool all_eight = std::all_of(raw.zeros.begin(), raw.zeros.end(), [](float z) { return z == 8.0f; });
+  if (!raw.zeros.empty() && !(config.symmetric && all_eight)) {
+    q.zeros.resize(raw.zeros.size());
+    for (size_t i = 0; i < raw.zeros.size(); ++i) q.zeros[i] = float_to_element(config.element, raw.zeros[i]);
+  }
+  if (!trivial) layer.k_permutation = std::move(permutation);
+  *out = std::move(layer);
+  return Status::success();
+}
+
+}  // namespace w4a16
