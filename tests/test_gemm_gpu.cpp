@@ -217,7 +217,7 @@ GemmRunner* Gpu::runner_ = nullptr;
 TEST_F(Gpu, ConfigListIsConsistent) {
   const auto& configs = runner().configs();
   std::set<std::string> names;
-  bool has_tensor_core = false;
+  bool has_fused = false;
   for (const KernelConfig& config : configs) {
     SCOPED_TRACE(config.name());
     EXPECT_TRUE(names.insert(config.name()).second) << "listed twice";
@@ -225,7 +225,7 @@ TEST_F(Gpu, ConfigListIsConsistent) {
     ASSERT_TRUE(parse_kernel_config(config.name(), &parsed));
     EXPECT_EQ(parsed, config);
     if (config.fused()) {
-      has_tensor_core = true;
+      has_fused = true;
       const auto& splits = heuristics::split_k_choices();
       EXPECT_NE(std::find(splits.begin(), splits.end(), config.split_k), splits.end());
       // Split-K keeps its partial sums in the workspace; a single split needs none.
@@ -233,7 +233,7 @@ TEST_F(Gpu, ConfigListIsConsistent) {
       else EXPECT_EQ(runner().workspace_bytes(64, 1024, 4096, config), 0u);
     }
   }
-  if (runner().sm_version() >= 80) { EXPECT_TRUE(has_tensor_core) << "sm_" << runner().sm_version() << " without tc configs"; }
+  if (runner().sm_version() >= 80) { EXPECT_TRUE(has_fused) << "sm_" << runner().sm_version() << " without fused configs"; }
   // wgmma tiles: listed exactly when the build has sm_90a code and the device is sm_90.
   const bool has_wgmma = std::any_of(configs.begin(), configs.end(), [](const KernelConfig& c) {
     return c.family == KernelFamily::kWarpSpecialized;

@@ -668,7 +668,7 @@ TEST(TensorMaps, ScaleRowsPerBoxCoverTheBoxColumns) {
 // =============================================================================================
 // KernelConfig names
 
-KernelConfig tc_config(int tile_m, int tile_n, int warps_m, int warps_n, int warps_k, int stages, int split_k) {
+KernelConfig ms_config(int tile_m, int tile_n, int warps_m, int warps_n, int warps_k, int stages, int split_k) {
   KernelConfig c;
   c.family = KernelFamily::kMultistage;
   c.tile_m = tile_m;
@@ -682,29 +682,29 @@ KernelConfig tc_config(int tile_m, int tile_n, int warps_m, int warps_n, int war
 }
 
 TEST(KernelConfigName, RoundTrips) {
-  const KernelConfig tc = tc_config(16, 128, 1, 4, 1, 8, 4);
-  const std::string name = tc.name();
+  const KernelConfig ms = ms_config(16, 128, 1, 4, 1, 8, 4);
+  const std::string name = ms.name();
   EXPECT_EQ(name.rfind("ms_m16n128_w1x4", 0), 0u) << name;
   EXPECT_EQ(name.substr(name.size() - 6), "_s8_k4") << name;
   KernelConfig parsed;
   ASSERT_TRUE(parse_kernel_config(name, &parsed)) << name;
-  EXPECT_EQ(parsed, tc);
+  EXPECT_EQ(parsed, ms);
   EXPECT_EQ(parsed.family, KernelFamily::kMultistage);
   EXPECT_EQ(parsed.name(), name);
   // The streaming family: same fields, its own prefix, and the family is part of the identity.
-  KernelConfig st = tc;
+  KernelConfig st = ms;
   st.family = KernelFamily::kStreaming;
   EXPECT_EQ(st.name(), "st" + name.substr(2));
-  EXPECT_NE(st, tc);
+  EXPECT_NE(st, ms);
   ASSERT_TRUE(parse_kernel_config(st.name(), &parsed)) << st.name();
   EXPECT_EQ(parsed, st);
   EXPECT_TRUE(parsed.fused());
   EXPECT_FALSE(parse_kernel_config("s_" + name.substr(2), &parsed));
   // And the warp-specialized wgmma family.
-  KernelConfig ws = tc;
+  KernelConfig ws = ms;
   ws.family = KernelFamily::kWarpSpecialized;
   EXPECT_EQ(ws.name(), "ws" + name.substr(2));
-  EXPECT_NE(ws, tc);
+  EXPECT_NE(ws, ms);
   EXPECT_NE(ws, st);
   ASSERT_TRUE(parse_kernel_config(ws.name(), &parsed)) << ws.name();
   EXPECT_EQ(parsed, ws);
@@ -713,15 +713,15 @@ TEST(KernelConfigName, RoundTrips) {
   EXPECT_FALSE(parse_kernel_config("wg" + name.substr(2), &parsed));  // the retired multistage wgmma family
 
   // Every field is part of the name: changing any one changes the name, and each name parses back.
-  std::vector<KernelConfig> variants = {tc,
-                                        tc_config(128, 256, 2, 4, 1, 3, 16),
-                                        tc_config(8, 128, 1, 4, 1, 8, 4),
-                                        tc_config(16, 64, 1, 4, 1, 8, 4),
-                                        tc_config(16, 128, 2, 4, 1, 8, 4),
-                                        tc_config(16, 128, 1, 8, 1, 8, 4),
-                                        tc_config(16, 128, 1, 4, 1, 6, 4),
-                                        tc_config(16, 128, 1, 4, 1, 8, 1),
-                                        tc_config(16, 128, 1, 4, 2, 8, 4)};
+  std::vector<KernelConfig> variants = {ms,
+                                        ms_config(128, 256, 2, 4, 1, 3, 16),
+                                        ms_config(8, 128, 1, 4, 1, 8, 4),
+                                        ms_config(16, 64, 1, 4, 1, 8, 4),
+                                        ms_config(16, 128, 2, 4, 1, 8, 4),
+                                        ms_config(16, 128, 1, 8, 1, 8, 4),
+                                        ms_config(16, 128, 1, 4, 1, 6, 4),
+                                        ms_config(16, 128, 1, 4, 1, 8, 1),
+                                        ms_config(16, 128, 1, 4, 2, 8, 4)};
   std::set<std::string> names;
   for (const KernelConfig& v : variants) {
     SCOPED_TRACE(v.name());
@@ -743,7 +743,7 @@ TEST(KernelConfigName, RoundTrips) {
   KernelConfig dequant_with_fields = dequant;
   dequant_with_fields.tile_m = 64;
   EXPECT_EQ(dequant_with_fields, dequant);
-  EXPECT_NE(dequant, tc);
+  EXPECT_NE(dequant, ms);
 
   EXPECT_STREQ(to_string(KernelFamily::kMultistage), "multistage");
   EXPECT_STREQ(to_string(KernelFamily::kDequantCublas), "dequant_cublas");
@@ -751,12 +751,13 @@ TEST(KernelConfigName, RoundTrips) {
 }
 
 TEST(KernelConfigName, ParseRejectsGarbage) {
-  const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();  // "ms_m16n128_..._s8_k4"
+  const std::string good = ms_config(16, 128, 1, 4, 1, 8, 4).name();  // "ms_m16n128_..._s8_k4"
   KernelConfig untouched;
   untouched.tile_m = 12345;
   const std::string bad_names[] = {"",
                                    "garbage",
                                    "tc",
+                                   "tc" + good.substr(2),  // the multistage family's old prefix
                                    "ms_m16n128",
                                    good.substr(0, good.size() - 3),  // "_k4" cut off
                                    good.substr(0, good.size() - 1),  // "_k" without its number
@@ -784,7 +785,7 @@ TEST(KernelConfigName, ParseRejectsGarbage) {
 // A name parses only if it is exactly what name() prints: no whitespace, signs or leading zeros in
 // the numbers (sscanf's %d would take them).
 TEST(KernelConfigName, ParseAcceptsOnlyCanonicalNames) {
-  const std::string good = tc_config(16, 128, 1, 4, 1, 8, 4).name();
+  const std::string good = ms_config(16, 128, 1, 4, 1, 8, 4).name();
   ASSERT_EQ(good.rfind("ms_m16", 0), 0u) << good;
   const std::string rest = good.substr(6);  // after "ms_m16"
   const std::string last_digit_cut = good.substr(0, good.size() - 1);
@@ -849,14 +850,14 @@ std::vector<KernelConfig> every_config(bool with_dequant, bool with_warp_special
           for (int warps_k : {1, 2, 4, 8, 16})
             for (int stages = 2; stages <= 10; ++stages)
               for (int split : heuristics::split_k_choices()) {
-                all.push_back(tc_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
-                const KernelConfig tc = all.back();
+                all.push_back(ms_config(tile_m, tile_n, warps_m, warps_n, warps_k, stages, split));
+                const KernelConfig ms = all.back();
                 if (with_warp_specialized && warps_k == 1) {
-                  all.push_back(tc);
+                  all.push_back(ms);
                   all.back().family = KernelFamily::kWarpSpecialized;
                 }
                 if (with_streaming && warps_m == 1) {
-                  all.push_back(tc);
+                  all.push_back(ms);
                   all.back().family = KernelFamily::kStreaming;
                 }
               }
@@ -921,7 +922,7 @@ TEST(Heuristics, ExtremeShapesStayInBounds) {
 TEST(Runner, WorkspaceSizeSaturatesInsteadOfWrapping) {
   // workspace_bytes is pure arithmetic: no device needed.
   GemmRunner runner;
-  KernelConfig split = tc_config(128, 128, 2, 2, 1, 4, 16);
+  KernelConfig split = ms_config(128, 128, 2, 2, 1, 4, 16);
   const int big = std::numeric_limits<int>::max();
   EXPECT_EQ(runner.workspace_bytes(big, big, 4096, split), std::numeric_limits<size_t>::max());
   EXPECT_EQ(runner.workspace_bytes(8, 64, 4096, split), size_t(16) * 8 * 64 * sizeof(float));
