@@ -7,5 +7,6 @@ namespace w4a16::cli {
 void register_info(CLI::App& app, int* exit_code);
 void register_verify(CLI::App& app, int* exit_code);
 void register_bench(CLI::App& app, int* exit_code);
+void register_import(CLI::App& app, int* exit_code);
 
 }  // namespace w4a16::cli

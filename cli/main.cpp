@@ -1,4 +1,4 @@
-// w4a16: device info, correctness check against the CPU reference, and the benchmark.
+// w4a16: device info, correctness check against the CPU reference, the benchmark, checkpoint import.
 #include <cstdio>
 
 #include "cli/cli_support.h"
@@ -21,12 +21,13 @@ bool require_gpu(const char* command) {
 }  // namespace w4a16::cli
 
 int main(int argc, char** argv) {
-  CLI::App app{"w4a16: FP16 x INT4 (group-scaled) GEMM library tool"};
+  CLI::App app{"w4a16: 16-bit activations x INT4 weights GEMM library tool"};
   app.require_subcommand(1);
   int exit_code = 0;
   w4a16::cli::register_info(app, &exit_code);
   w4a16::cli::register_verify(app, &exit_code);
   w4a16::cli::register_bench(app, &exit_code);
+  w4a16::cli::register_import(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {

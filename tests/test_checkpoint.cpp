@@ -10,6 +10,7 @@
 #include <cstring>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -54,6 +55,12 @@ Layer random_layer(Random& rng, int n, int k, int group, bool act_order, int zer
   // GPTQ's act-order: g_idx[c] = (rank of column c in the processing order) / group_size.
   for (int c = 0; c < k; ++c) l.g_idx[size_t(c)] = position[size_t(c)] / group;
   return l;
+}
+
+std::vector<uint8_t> random_bytes(Random& rng, size_t count) {
+  std::vector<uint8_t> out(count);
+  for (auto& b : out) b = uint8_t(rng.uniform_int(0, 255));
+  return out;
 }
 
 std::vector<uint8_t> bytes_of(const std::vector<uint32_t>& words) {
@@ -339,6 +346,151 @@ TEST(Checkpoint, InconsistentLayersAreRejected) {
     CheckpointConfig ct;
     ct.group_size = 64;
     W4A16_EXPECT_CODE(decode(t, CheckpointFormat::kCompressedTensors, ct), StatusCode::kInvalidArgument);
+  }
+}
+
+// Two GPTQ act-order layers and two plain tensors become a container whose layers load back with
+// the decoded codes (packed), scales, zero points and permutation, and whose other tensors and
+// metadata are copied through.
+TEST(Checkpoint, ImportWritesAContainerThatLoadsBack) {
+  W4A16_RANDOM(rng);
+  const Layer up = random_layer(rng, 48, 256, 64, true, 1, 15), down = random_layer(rng, 32, 192, 64, false, 1, 15);
+  std::vector<TensorData> tensors = pack_gptq(up, false, "model.layers.0.mlp.up_proj.");
+  for (TensorData& t : pack_gptq(down, false, "model.layers.0.mlp.down_proj.")) tensors.push_back(std::move(t));
+  tensors.push_back({"model.embed_tokens.weight", TensorDtype::kF16, {4, 8}, random_bytes(rng, 64)});
+  tensors.push_back({"model.norm.weight", TensorDtype::kBF16, {8}, random_bytes(rng, 16)});
+  std::vector<uint8_t> bytes;
+  W4A16_ASSERT_OK(write_safetensors(tensors, {{"format", "pt"}}, &bytes));
+  SafetensorsFile checkpoint;
+  W4A16_ASSERT_OK(SafetensorsFile::parse(bytes.data(), bytes.size(), &checkpoint));
+  CheckpointConfig config;
+  config.group_size = 64;
+  config.act_order = true;
+  std::vector<uint8_t> container_bytes;
+  ImportResult result;
+  static int progress_calls = 0;
+  progress_calls = 0;
+  W4A16_ASSERT_OK(import_checkpoint(checkpoint, CheckpointFormat::kGptq, config, &container_bytes, &result,
+                                    [](int, int) { ++progress_calls; }));
+  EXPECT_EQ(result.layers, 2);
+  EXPECT_EQ(result.copied, 2);
+  EXPECT_EQ(progress_calls, 2);
+  SafetensorsFile container;
+  W4A16_ASSERT_OK(SafetensorsFile::parse(container_bytes.data(), container_bytes.size(), &container));
+  EXPECT_EQ(container.metadata().at("format"), "pt");
+  EXPECT_EQ(container.metadata().at("w4a16.source_format"), "gptq");
+  for (const char* name : {"model.embed_tokens.weight", "model.norm.weight"}) {
+    const TensorView* copied = container.find(name);
+    const TensorView* original = checkpoint.find(name);
+    ASSERT_NE(copied, nullptr) << name;
+    ASSERT_EQ(copied->bytes, original->bytes);
+    EXPECT_EQ(std::memcmp(copied->data, original->data, copied->bytes), 0) << name;
+  }
+  EXPECT_EQ(container.find("model.layers.0.mlp.up_proj.qweight"), nullptr) << "a converted tensor was copied too";
+
+  for (const auto& [prefix, layer, act_order] :
+       {std::tuple<std::string, const Layer*, bool>{"model.layers.0.mlp.up_proj.", &up, true},
+        std::tuple<std::string, const Layer*, bool>{"model.layers.0.mlp.down_proj.", &down, false}}) {
+    SCOPED_TRACE(prefix);
+    PackedLayer packed;
+    W4A16_ASSERT_OK(load_packed_layer(container, prefix, &packed));
+    EXPECT_EQ(packed.n, layer->n);
+    EXPECT_EQ(packed.k, layer->k);
+    EXPECT_EQ(packed.group_size, 64);
+    EXPECT_EQ(packed.format.quant, QuantOp::kScaleAndZeros);
+    EXPECT_EQ(packed.k_permutation != nullptr, act_order);
+    // The same as decoding the layer directly.
+    CheckpointTensors found;
+    W4A16_ASSERT_OK(find_checkpoint_tensors(checkpoint, CheckpointFormat::kGptq, prefix, &found));
+    DecodedLayer decoded;
+    W4A16_ASSERT_OK(decode_checkpoint_layer(CheckpointFormat::kGptq, found, config, &decoded));
+    std::vector<uint8_t> codes;
+    W4A16_ASSERT_OK(unpack_weights(packed.packed->data, packed.n, packed.k, &codes));
+    EXPECT_EQ(codes, decoded.weights.codes);
+    ASSERT_EQ(packed.scales->bytes, decoded.weights.scales.size() * 2);
+    EXPECT_EQ(std::memcmp(packed.scales->data, decoded.weights.scales.data(), packed.scales->bytes), 0);
+    ASSERT_EQ(packed.zeros->bytes, decoded.weights.zeros.size() * 2);
+    EXPECT_EQ(std::memcmp(packed.zeros->data, decoded.weights.zeros.data(), packed.zeros->bytes), 0);
+    if (act_order) {
+      ASSERT_EQ(packed.k_permutation->bytes, decoded.k_permutation.size() * 4);
+      EXPECT_EQ(std::memcmp(packed.k_permutation->data, decoded.k_permutation.data(), packed.k_permutation->bytes), 0);
+    }
+  }
+  PackedLayer none;
+  W4A16_EXPECT_CODE(load_packed_layer(container, "model.layers.1.", &none), StatusCode::kInvalidArgument);
+  W4A16_EXPECT_CODE(load_packed_layer(checkpoint, "model.layers.0.mlp.up_proj.", &none), StatusCode::kInvalidArgument);
+  // A file without any layer of the format is an error, not an empty container.
+  std::vector<uint8_t> ignored;
+  W4A16_EXPECT_CODE(import_checkpoint(checkpoint, CheckpointFormat::kCompressedTensors, config, &ignored, nullptr),
+                    StatusCode::kInvalidArgument);
+}
+
+TEST(Checkpoint, ConfigsOfEachFormatAreRead) {
+  CheckpointFormat format = CheckpointFormat::kAwq;
+  CheckpointConfig config;
+  // AutoGPTQ's quantize_config.json.
+  W4A16_ASSERT_OK(read_checkpoint_config(
+      R"({"bits": 4, "group_size": 128, "damp_percent": 0.01, "desc_act": true, "static_groups": false,
+          "sym": false, "true_sequential": true, "quant_method": "gptq", "checkpoint_format": "gptq"})",
+      &format, &config));
+  EXPECT_EQ(format, CheckpointFormat::kGptq);
+  EXPECT_EQ(config.group_size, 128);
+  EXPECT_TRUE(config.act_order);
+  EXPECT_FALSE(config.symmetric);
+  EXPECT_FALSE(config.gptq_v2);
+  // GPTQModel's config.json, v2 zero points, per-channel.
+  config = CheckpointConfig{};
+  W4A16_ASSERT_OK(read_checkpoint_config(
+      R"({"architectures": ["LlamaForCausalLM"], "quantization_config": {"bits": 4, "group_size": -1,
+          "desc_act": false, "sym": true, "quant_method": "gptq", "format": "gptq_v2"}})",
+      &format, &config));
+  EXPECT_EQ(format, CheckpointFormat::kGptq);
+  EXPECT_EQ(config.group_size, -1);
+  EXPECT_TRUE(config.symmetric);
+  EXPECT_TRUE(config.gptq_v2);
+  // AutoAWQ: old quant_config.json keys and config.json's.
+  config = CheckpointConfig{};
+  format = CheckpointFormat::kAwq;
+  W4A16_ASSERT_OK(read_checkpoint_config(R"({"zero_point": true, "q_group_size": 64, "w_bit": 4, "version": "GEMM"})",
+                                         &format, &config));
+  EXPECT_EQ(format, CheckpointFormat::kAwq);
+  EXPECT_EQ(config.group_size, 64);
+  W4A16_ASSERT_OK(read_checkpoint_config(
+      R"({"quantization_config": {"quant_method": "awq", "zero_point": true, "group_size": 128, "bits": 4,
+          "version": "gemm", "modules_to_not_convert": null}})",
+      &format, &config));
+  EXPECT_EQ(config.group_size, 128);
+  EXPECT_FALSE(config.symmetric);
+  // compressed-tensors (llm-compressor's W4A16 preset, with actorder "group").
+  config = CheckpointConfig{};
+  W4A16_ASSERT_OK(read_checkpoint_config(
+      R"({"quantization_config": {"quant_method": "compressed-tensors", "format": "pack-quantized",
+          "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 4, "type": "int",
+          "symmetric": true, "strategy": "group", "group_size": 128, "actorder": "group"}}},
+          "ignore": ["lm_head"]}})",
+      &format, &config));
+  EXPECT_EQ(format, CheckpointFormat::kCompressedTensors);
+  EXPECT_EQ(config.group_size, 128);
+  EXPECT_TRUE(config.symmetric);
+  EXPECT_TRUE(config.act_order);
+
+  const char* bad[] = {
+      R"({"bits": 8, "group_size": 128, "quant_method": "gptq"})",
+      R"({"bits": 4, "group_size": "128", "quant_method": "gptq"})",
+      R"({"bits": 4, "group_size": 0, "quant_method": "gptq"})",
+      R"({"bits": 4, "group_size": 128, "quant_method": "gptq", "checkpoint_format": "marlin"})",
+      R"({"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemv"})",
+      R"({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": false})",
+      R"({"quant_method": "compressed-tensors", "format": "float-quantized", "config_groups": {}})",
+      R"({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {"g": {"weights": {"num_bits": 8}}}})",
+      R"({"bits": 4, "group_size": 128)",
+      R"([1, 2])",
+  };
+  for (const char* text : bad) {
+    SCOPED_TRACE(text);
+    CheckpointFormat f = CheckpointFormat::kGptq;
+    CheckpointConfig c;
+    W4A16_EXPECT_CODE(read_checkpoint_config(text, &f, &c), StatusCode::kInvalidArgument);
   }
 }
 

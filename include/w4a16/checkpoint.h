@@ -11,6 +11,7 @@
 // order (A'[:, c] = A[:, k_permutation[c]]).
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,14 @@ struct CheckpointTensors {
   int64_t n = 0, k = 0;                // the layer's shape (compressed-tensors also has weight_shape)
 };
 
+// Reads the settings from a checkpoint's config text: GPTQ's quantize_config.json (bits,
+// group_size, desc_act, sym, checkpoint_format / format), AWQ's quant_config.json (w_bit / bits,
+// q_group_size / group_size, zero_point), or a config.json whose "quantization_config" holds
+// either, or compressed-tensors' (format "pack-quantized", config_groups.*.weights: num_bits,
+// group_size, symmetric, actorder). Also sets *format from quant_method when it names one.
+// Anything but 4-bit weights is an error. `config->element` is left as it is.
+Status read_checkpoint_config(const std::string& json_text, CheckpointFormat* format, CheckpointConfig* config);
+
 // Finds `prefix` + the format's tensor names in `file` (e.g. prefix "model.layers.0.mlp.up_proj.").
 // n and k come from the tensors' shapes (compressed-tensors: from weight_shape when present).
 Status find_checkpoint_tensors(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix,
@@ -59,5 +68,48 @@ Status find_checkpoint_tensors(const SafetensorsFile& file, CheckpointFormat for
 // count, act-order groups of exactly group_size columns, codes and zero points in range).
 Status decode_checkpoint_layer(CheckpointFormat format, const CheckpointTensors& tensors,
                                const CheckpointConfig& config, DecodedLayer* out);
+
+// ---------------------------------------------------------------------------------------------
+// Our container: a safetensors file holding, for every quantized linear layer with name prefix P
+// (e.g. "model.layers.0.mlp.up_proj."), the device-ready tensors
+//   P + "w4a16.packed"         U8 [n, k/2]       pack_weights() output
+//   P + "w4a16.scales"         F16|BF16 [k/g, n]
+//   P + "w4a16.zeros"          F16|BF16 [k/g, n] (zero points only)
+//   P + "w4a16.k_permutation"  I32 [k]           (act-order only: A's column order)
+// with metadata "w4a16.layout_version" = kContainerLayoutVersion and "w4a16.element" ("fp16",
+// "bf16"); every tensor of the checkpoint that belongs to no quantized layer is copied through.
+constexpr const char* kContainerLayoutVersion = "1";
+
+struct ImportResult {
+  int layers = 0;   // quantized layers converted
+  int copied = 0;   // other tensors copied through
+};
+
+// Converts every quantized layer of `checkpoint` (found by the format's weight tensor name) into
+// the container's tensors, appended to *tensors (several shards of one checkpoint append to the
+// same list; a shard without quantized layers is copied through whole). `progress`, when set, is
+// called after each layer.
+Status import_checkpoint_tensors(const SafetensorsFile& checkpoint, CheckpointFormat format,
+                                 const CheckpointConfig& config, std::vector<TensorData>* tensors,
+                                 ImportResult* result, void (*progress)(int done, int total) = nullptr);
+// The container's metadata for tensors imported with `config` (layout version, element, source
+// format), on top of `base` (a checkpoint's own metadata).
+std::map<std::string, std::string> container_metadata(CheckpointFormat format, const CheckpointConfig& config,
+                                                      std::map<std::string, std::string> base);
+// One file in, one container out, in memory; a file without any quantized layer is an error.
+Status import_checkpoint(const SafetensorsFile& checkpoint, CheckpointFormat format, const CheckpointConfig& config,
+                         std::vector<uint8_t>* container, ImportResult* result,
+                         void (*progress)(int done, int total) = nullptr);
+
+// One layer of a container, ready to upload: views into the mapped file.
+struct PackedLayer {
+  int n = 0, k = 0, group_size = 0;
+  Format format;
+  const TensorView* packed = nullptr;
+  const TensorView* scales = nullptr;
+  const TensorView* zeros = nullptr;          // null without zero points
+  const TensorView* k_permutation = nullptr;  // null without act-order
+};
+Status load_packed_layer(const SafetensorsFile& container, const std::string& prefix, PackedLayer* out);
 
 }  // namespace w4a16

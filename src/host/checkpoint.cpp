@@ -6,7 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <numeric>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 namespace w4a16 {
 
@@ -319,6 +323,247 @@ Status decode_checkpoint_layer(CheckpointFormat format, const CheckpointTensors&
   }
   if (!trivial) layer.k_permutation = std::move(permutation);
   *out = std::move(layer);
+  return Status::success();
+}
+
+namespace {
+
+// The format's weight tensor suffix, which marks a quantized layer, and every suffix of its tensors.
+const char* weight_suffix(CheckpointFormat format) {
+  return format == CheckpointFormat::kCompressedTensors ? "weight_packed" : "qweight";
+}
+std::vector<std::string> layer_suffixes(CheckpointFormat format) {
+  if (format == CheckpointFormat::kCompressedTensors) {
+    return {"weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape"};
+  }
+  return {"qweight", "scales", "qzeros", "g_idx"};
+}
+
+template <class T>
+std::vector<uint8_t> as_bytes(const std::vector<T>& values) {
+  std::vector<uint8_t> out(values.size() * sizeof(T));
+  if (!out.empty()) std::memcpy(out.data(), values.data(), out.size());
+  return out;
+}
+
+}  // namespace
+
+Status import_checkpoint_tensors(const SafetensorsFile& checkpoint, CheckpointFormat format,
+                                 const CheckpointConfig& config, std::vector<TensorData>* tensors,
+                                 ImportResult* result, void (*progress)(int done, int total)) {
+  if (tensors == nullptr) return invalid("null output");
+  const std::string suffix = weight_suffix(format);
+  std::vector<std::string> prefixes;
+  for (const TensorView& t : checkpoint.tensors()) {
+    if (t.name.size() > suffix.size() && t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      prefixes.push_back(t.name.substr(0, t.name.size() - suffix.size()));
+    }
+  }
+  std::sort(prefixes.begin(), prefixes.end());  // none: a shard of embeddings, norms, lm_head, copied through
+  const TensorDtype scale_dtype = config.element == ElementType::kBFloat16 ? TensorDtype::kBF16 : TensorDtype::kF16;
+  std::vector<TensorData>& out = *tensors;
+  std::set<std::string> consumed;
+  int done = 0;
+  for (const std::string& prefix : prefixes) {
+    CheckpointTensors tensors;
+    if (Status s = find_checkpoint_tensors(checkpoint, format, prefix, &tensors); !s.ok()) return s;
+    DecodedLayer layer;
+    if (Status s = decode_checkpoint_layer(format, tensors, config, &layer); !s.ok()) {
+      return Status(s.code(), s.message() + " (layer '" + prefix + "')");
+    }
+    const QuantizedWeights& q = layer.weights;
+    std::vector<uint8_t> packed;
+    if (Status s = pack_weights(q, &packed); !s.ok()) return Status(s.code(), s.message() + " (layer '" + prefix + "')");
+    const int64_t groups = q.k / q.group_size;
+    out.push_back({prefix + "w4a16.packed", TensorDtype::kU8, {q.n, q.k / 2}, std::move(packed)});
+    out.push_back({prefix + "w4a16.scales", scale_dtype, {groups, q.n}, as_bytes(q.scales)});
+    if (!q.zeros.empty()) out.push_back({prefix + "w4a16.zeros", scale_dtype, {groups, q.n}, as_bytes(q.zeros)});
+    if (!layer.k_permutation.empty()) {
+      out.push_back({prefix + "w4a16.k_permutation", TensorDtype::kI32, {q.k}, as_bytes(layer.k_permutation)});
+    }
+    for (const std::string& role : layer_suffixes(format)) consumed.insert(prefix + role);
+    if (progress != nullptr) progress(++done, int(prefixes.size()));
+  }
+  int copied = 0;
+  for (const TensorView& t : checkpoint.tensors()) {
+    if (consumed.count(t.name)) continue;
+    out.push_back({t.name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.bytes)});
+    ++copied;
+  }
+  if (result != nullptr) {
+    result->layers += int(prefixes.size());
+    result->copied += copied;
+  }
+  return Status::success();
+}
+
+std::map<std::string, std::string> container_metadata(CheckpointFormat format, const CheckpointConfig& config,
+                                                      std::map<std::string, std::string> base) {
+  base["w4a16.layout_version"] = kContainerLayoutVersion;
+  base["w4a16.element"] = to_string(config.element);
+  base["w4a16.source_format"] = to_string(format);
+  return base;
+}
+
+Status import_checkpoint(const SafetensorsFile& checkpoint, CheckpointFormat format, const CheckpointConfig& config,
+                         std::vector<uint8_t>* container, ImportResult* result, void (*progress)(int done, int total)) {
+  if (container == nullptr) return invalid("null output");
+  std::vector<TensorData> tensors;
+  ImportResult counts;
+  if (Status s = import_checkpoint_tensors(checkpoint, format, config, &tensors, &counts, progress); !s.ok()) return s;
+  if (counts.layers == 0) {
+    return invalid(std::string("no ") + to_string(format) + " layer (no tensor named *" + weight_suffix(format) + ")");
+  }
+  if (Status s = write_safetensors(tensors, container_metadata(format, config, checkpoint.metadata()), container); !s.ok()) {
+    return s;
+  }
+  if (result != nullptr) *result = counts;
+  return Status::success();
+}
+
+Status read_checkpoint_config(const std::string& json_text, CheckpointFormat* format, CheckpointConfig* config) {
+  if (format == nullptr || config == nullptr) return invalid("null output");
+  nlohmann::json root;
+  try {
+    root = nlohmann::json::parse(json_text);
+  } catch (const nlohmann::json::exception& error) {
+    return invalid(std::string("config is not valid JSON: ") + error.what());
+  }
+  if (!root.is_object()) return invalid("config is not a JSON object");
+  const nlohmann::json& q = root.contains("quantization_config") ? root["quantization_config"] : root;
+  if (!q.is_object()) return invalid("quantization_config is not an object");
+  // A typed read of an optional field: absent leaves *value alone; a wrong type is an error.
+  Status status;
+  auto read_int = [&](const nlohmann::json& object, std::initializer_list<const char*> keys, int* value) {
+    for (const char* key : keys) {
+      if (!object.contains(key) || object[key].is_null()) continue;
+      if (!object[key].is_number_integer()) {
+        status = invalid(std::string("config: '") + key + "' is not an integer");
+        return;
+      }
+      *value = object[key].get<int>();
+      return;
+    }
+  };
+  auto read_bool = [&](const nlohmann::json& object, const char* key, bool* value) {
+    if (!object.contains(key) || object[key].is_null()) return;
+    if (!object[key].is_boolean()) {
+      status = invalid(std::string("config: '") + key + "' is not a boolean");
+      return;
+    }
+    *value = object[key].get<bool>();
+  };
+  auto read_string = [&](const nlohmann::json& object, const char* key) {
+    return object.contains(key) && object[key].is_string() ? object[key].get<std::string>() : std::string();
+  };
+  const std::string method = read_string(q, "quant_method");
+  if (method == "gptq") *format = CheckpointFormat::kGptq;
+  if (method == "awq") *format = CheckpointFormat::kAwq;
+  if (method == "compressed-tensors") *format = CheckpointFormat::kCompressedTensors;
+  int bits = 4;
+  if (*format == CheckpointFormat::kCompressedTensors || q.contains("config_groups")) {
+    *format = CheckpointFormat::kCompressedTensors;
+    const std::string packing = read_string(q, "format");
+    if (!packing.empty() && packing != "pack-quantized") {
+      return invalid("compressed-tensors format '" + packing + "' is not pack-quantized");
+    }
+    if (!q.contains("config_groups") || !q["config_groups"].is_object() || q["config_groups"].empty()) {
+      return invalid("compressed-tensors config without config_groups");
+    }
+    // Every group must agree (a model quantized with two weight schemes is not supported yet).
+    bool first = true;
+    for (const auto& [name, group] : q["config_groups"].items()) {
+      if (!group.is_object() || !group.contains("weights") || !group["weights"].is_object()) {
+        return invalid("config group '" + name + "' has no weights scheme");
+      }
+      const nlohmann::json& w = group["weights"];
+      CheckpointConfig c = *config;
+      int group_bits = 4;
+      read_int(w, {"num_bits"}, &group_bits);
+      read_int(w, {"group_size"}, &c.group_size);
+      read_bool(w, "symmetric", &c.symmetric);
+      const std::string strategy = read_string(w, "strategy");
+      if (strategy == "channel") c.group_size = -1;
+      c.act_order = w.contains("actorder") && !w["actorder"].is_null() &&
+                    !(w["actorder"].is_boolean() && !w["actorder"].get<bool>());
+      if (!status.ok()) return status;
+      if (!first && (c.group_size != config->group_size || c.symmetric != config->symmetric || group_bits != bits)) {
+        return invalid("config groups with different weight schemes");
+      }
+      bits = group_bits;
+      *config = c;
+      first = false;
+    }
+  } else if (*format == CheckpointFormat::kAwq) {
+    read_int(q, {"w_bit", "bits"}, &bits);
+    read_int(q, {"q_group_size", "group_size"}, &config->group_size);
+    bool zero_point = true;
+    read_bool(q, "zero_point", &zero_point);
+    if (!zero_point) return invalid("AWQ without zero points has no GEMM checkpoint layout");
+    config->symmetric = false;
+    config->act_order = false;
+    const std::string version = read_string(q, "version");
+    if (!version.empty() && version != "gemm" && version != "GEMM") {
+      return invalid("AWQ version '" + version + "' is not supported (only GEMM)");
+    }
+  } else {
+    read_int(q, {"bits"}, &bits);
+    read_int(q, {"group_size"}, &config->group_size);
+    read_bool(q, "desc_act", &config->act_order);
+    read_bool(q, "sym", &config->symmetric);
+    const std::string checkpoint_format = !read_string(q, "format").empty() ? read_string(q, "format")
+                                                                            : read_string(q, "checkpoint_format");
+    config->gptq_v2 = checkpoint_format == "gptq_v2";
+    if (!checkpoint_format.empty() && checkpoint_format != "gptq" && checkpoint_format != "gptq_v2") {
+      return invalid("GPTQ checkpoint format '" + checkpoint_format + "' is not supported (gptq, gptq_v2)");
+    }
+  }
+  if (!status.ok()) return status;
+  if (bits != 4) return invalid("only 4-bit weights are supported, the config says " + std::to_string(bits));
+  if (config->group_size == 0 || config->group_size < -1) {
+    return invalid("group_size " + std::to_string(config->group_size) + " is not valid");
+  }
+  return Status::success();
+}
+
+Status load_packed_layer(const SafetensorsFile& container, const std::string& prefix, PackedLayer* out) {
+  if (out == nullptr) return invalid("null output");
+  const auto& metadata = container.metadata();
+  const auto version = metadata.find("w4a16.layout_version");
+  if (version == metadata.end() || version->second != kContainerLayoutVersion) {
+    return invalid("not a w4a16 container of layout version " + std::string(kContainerLayoutVersion));
+  }
+  const auto element_name = metadata.find("w4a16.element");
+  if (element_name == metadata.end() || (element_name->second != "fp16" && element_name->second != "bf16")) {
+    return invalid("container without a valid w4a16.element");
+  }
+  PackedLayer layer;
+  layer.format.element = element_name->second == "bf16" ? ElementType::kBFloat16 : ElementType::kFloat16;
+  const TensorDtype scale_dtype = layer.format.element == ElementType::kBFloat16 ? TensorDtype::kBF16 : TensorDtype::kF16;
+  layer.packed = container.find(prefix + "w4a16.packed");
+  layer.scales = container.find(prefix + "w4a16.scales");
+  layer.zeros = container.find(prefix + "w4a16.zeros");
+  layer.k_permutation = container.find(prefix + "w4a16.k_permutation");
+  if (layer.packed == nullptr || layer.scales == nullptr) return invalid("no packed layer '" + prefix + "'");
+  if (layer.packed->dtype != TensorDtype::kU8 || layer.packed->shape.size() != 2 || layer.scales->shape.size() != 2) {
+    return invalid(layer.packed->name + ": not a packed layer");
+  }
+  const int64_t n = layer.packed->shape[0], k = 2 * layer.packed->shape[1], groups = layer.scales->shape[0];
+  if (n <= 0 || k <= 0 || n > (1 << 30) || k > (1 << 30) || groups <= 0 || k % groups != 0) {
+    return invalid(layer.packed->name + ": implausible shape");
+  }
+  if (Status s = expect_shape(layer.scales, "scales", scale_dtype, {groups, n}); !s.ok()) return s;
+  if (layer.zeros != nullptr) {
+    if (Status s = expect_shape(layer.zeros, "zeros", scale_dtype, {groups, n}); !s.ok()) return s;
+  }
+  if (layer.k_permutation != nullptr) {
+    if (Status s = expect_shape(layer.k_permutation, "k_permutation", TensorDtype::kI32, {k}); !s.ok()) return s;
+  }
+  layer.n = int(n);
+  layer.k = int(k);
+  layer.group_size = int(k / groups);
+  layer.format.quant = layer.zeros != nullptr ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly;
+  *out = layer;
   return Status::success();
 }
 
