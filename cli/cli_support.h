@@ -67,6 +67,11 @@ inline ElementType parse_element_type(const std::string& name) {
   throw CliError("unknown dtype '" + name + "': use fp16 or bf16");
 }
 
+// The problem-shape rules every command checks before it touches a GPU (the runner's own, stated
+// for the command line): positive m, n, k; n % 16 == 0, k % 64 == 0 (the packed layout); a group
+// of 32, 64, 128 or k dividing k. Throws a CliError naming the option, the value and the rule.
+void check_problem_options(int m, int n, int k, int group);
+
 // Returns false (and prints why) when no CUDA device is usable.
 bool require_gpu(const char* command);
 

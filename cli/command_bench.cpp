@@ -82,7 +82,7 @@ std::vector<Shape> select_shapes(const BenchOptions& options) {
     for (const auto& [n, k] : kDefaultLayers)
       for (int m : kDefaultM) shapes.push_back({m, n, k});
   } else {
-    throw CliError("--shapes must be default, seed or quick");
+    throw CliError("--shapes " + options.shapes + ": must be default, seed or quick");
   }
   return shapes;
 }
@@ -276,7 +276,21 @@ const char* programmatic_launch_name(GemmRunner::ProgrammaticLaunch mode) {
 int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDeviceProp& properties, int device,
                 cudaStream_t stream);
 
+// Every argument, before the GPU is touched (and before the ceilings take their seconds).
+void check_bench_options(const BenchOptions& options) {
+  for (const Shape& s : select_shapes(options)) check_problem_options(s.m, s.n, s.k, options.group);
+  for (const std::string& name : options.config) {
+    KernelConfig config;
+    if (!parse_kernel_config(name, &config)) throw CliError("--config " + name + ": not a config name (w4a16 info lists them)");
+  }
+  if (options.formats && !options.config.empty()) throw CliError("--formats times the default configs; it takes no --config");
+  if (options.formats && (options.zeros || options.dtype != "fp16")) {
+    throw CliError("--formats times every format; it takes no --dtype or --zeros");
+  }
+}
+
 int run_bench(const BenchOptions& options) {
+  check_bench_options(options);
   if (!require_gpu("bench")) return 2;
   const auto wall_begin = std::chrono::steady_clock::now();
   int device = 0;

@@ -29,18 +29,22 @@ struct VerifyOptions {
 };
 
 int run_verify(const VerifyOptions& options) {
+  // Every argument first, then the GPU: a mistake is answered as such on any machine.
+  const int m = options.m, n = options.n, k = options.k;
+  check_problem_options(m, n, k, options.group);
+  if (!std::isfinite(options.alpha)) throw CliError("--alpha " + std::to_string(options.alpha) + ": must be finite");
+  if (!(options.tolerance >= 0.0)) throw CliError("--tolerance " + std::to_string(options.tolerance) + ": must be >= 0");
+  KernelConfig forced;
+  if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
+    throw CliError("--config " + options.config + ": not a config name (w4a16 info lists them)");
+  }
+  const Format format{parse_element_type(options.dtype),
+                      options.zeros ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly};
   if (!require_gpu("verify")) return 2;
   GemmRunner runner;
   check_status(runner.status(), "runner");
   const uint64_t seed = options.seed != 0 ? options.seed : std::random_device{}();
-  const int m = options.m, n = options.n, k = options.k;
-
-  const Format format{parse_element_type(options.dtype),
-                      options.zeros ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly};
-  KernelConfig config = runner.default_config(m, n, k, options.group, format);
-  if (!options.config.empty() && !parse_kernel_config(options.config, &config)) {
-    throw CliError("unknown config name '" + options.config + "' (see w4a16 info)");
-  }
+  const KernelConfig config = options.config.empty() ? runner.default_config(m, n, k, options.group, format) : forced;
   std::printf("verify m=%d n=%d k=%d group=%d format=%s bias=%d alpha=%g config=%s seed=%llu\n", m, n, k,
               options.group, format_name(format), int(options.bias), options.alpha, config.name().c_str(),
               static_cast<unsigned long long>(seed));
@@ -122,9 +126,9 @@ int run_verify(const VerifyOptions& options) {
 void register_verify(CLI::App& app, int* exit_code) {
   auto options = std::make_shared<VerifyOptions>();
   CLI::App* command = app.add_subcommand("verify", "Run one GEMM on random data and compare with the CPU reference");
-  command->add_option("--m", options->m, "rows of A and C")->check(CLI::PositiveNumber);
-  command->add_option("--n", options->n, "output channels")->check(CLI::PositiveNumber);
-  command->add_option("--k", options->k, "input channels")->check(CLI::PositiveNumber);
+  command->add_option("--m", options->m, "rows of A and C");
+  command->add_option("--n", options->n, "output channels (a multiple of 16)");
+  command->add_option("--k", options->k, "input channels (a multiple of 64)");
   command->add_option("--group", options->group, "quantization group size (32, 64, 128 or k)");
   command->add_option("--dtype", options->dtype, "activation type: fp16 or bf16")->check(CLI::IsMember({"fp16", "bf16"}));
   command->add_flag("--zeros", options->zeros, "asymmetric weights with zero points (w = s * (q - z))");

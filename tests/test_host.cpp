@@ -811,6 +811,7 @@ TEST(StatusTest, ToString) {
       {StatusCode::kUnsupportedGroupSize, "unsupported group size"},
       {StatusCode::kWorkspaceTooSmall, "workspace too small"},
       {StatusCode::kUnsupportedArch, "unsupported architecture"},
+      {StatusCode::kNoDevice, "no device"},
       {StatusCode::kCudaError, "CUDA error"},
       {StatusCode::kCublasError, "cuBLAS error"},
   };
@@ -1162,9 +1163,13 @@ TEST(Heuristics, RolesMatchTheChoices) {
 TEST(RunnerWithoutGpu, ReportsNoDevice) {
   if (test::has_gpu()) GTEST_SKIP() << "a CUDA device is present; this test covers machines without one";
   GemmRunner runner;
-  EXPECT_FALSE(runner.status().ok());
-  EXPECT_FALSE(runner.status().message().empty());
+  EXPECT_EQ(runner.status().code(), StatusCode::kNoDevice) << runner.status().to_string();
+  EXPECT_NE(runner.status().message().find("no CUDA device is visible"), std::string::npos)
+      << runner.status().message();
   EXPECT_TRUE(runner.configs().empty());
+  // profile() answers with the same status, before touching CUDA.
+  ProfileResult result;
+  EXPECT_EQ(runner.profile(GemmArguments{}, nullptr, 0, nullptr, &result).code(), StatusCode::kNoDevice);
   GemmArguments args;
   args.m = 16;
   args.n = 64;

@@ -9,12 +9,13 @@ namespace w4a16 {
 
 enum class StatusCode {
   kSuccess = 0,
-  kInvalidArgument,      // null pointer, m/n/k out of range, bad alpha ...
+  kInvalidArgument,      // null pointer, m/n/k out of range, bad alpha, overlapping buffers ...
   kMisalignedPointer,    // a device pointer that breaks the documented alignment
   kUnsupportedShape,     // n or k not a multiple of what the packed layout needs, or too many output tiles
   kUnsupportedGroupSize, // group size not in {32, 64, 128, k}, or k not a multiple of it
   kWorkspaceTooSmall,    // the caller's workspace is smaller than workspace_bytes() said
   kUnsupportedArch,      // the device has no kernel for this config (or none at all)
+  kNoDevice,             // no CUDA device is visible (none installed, no driver, CUDA_VISIBLE_DEVICES)
   kCudaError,            // a CUDA runtime call failed
   kCublasError,          // a cuBLAS call failed
 };

@@ -74,8 +74,21 @@ int group_shift(int k, int group_size) {
 }  // namespace
 
 GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
+  // No device at all is its own answer: CUDA reports it as "driver version is insufficient" or
+  // "no CUDA-capable device", depending on whether a driver is installed, which misleads on a
+  // machine that simply has no GPU.
+  int device_count = 0;
+  if (cudaError_t error = cudaGetDeviceCount(&device_count); error != cudaSuccess || device_count == 0) {
+    status_ = Status(StatusCode::kNoDevice,
+                     std::string("no CUDA device is visible (") +
+                         (error != cudaSuccess ? std::string("cudaGetDeviceCount: ") + cudaGetErrorString(error)
+                                               : std::string("0 devices")) +
+                         "); w4a16's GEMM needs an NVIDIA GPU");
+    cudaGetLastError();
+    return;
+  }
   if (cudaError_t error = cudaGetDevice(&device_); error != cudaSuccess) {
-    status_ = Status(StatusCode::kUnsupportedArch, std::string("no CUDA device: ") + cudaGetErrorString(error));
+    status_ = cuda_status(error, "cudaGetDevice");
     cudaGetLastError();
     return;
   }
@@ -302,6 +315,8 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
 
 Status GemmRunner::profile(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream,
                            ProfileResult* result, int iterations, int repeats) {
+  if (!status_.ok()) return status_;
+  if (configs_.empty()) return Status(StatusCode::kUnsupportedArch, "profile: this runner lists no config");
   if (result == nullptr) return Status(StatusCode::kInvalidArgument, "profile: result must not be null");
   if (iterations < 1 || repeats < 1) return Status(StatusCode::kInvalidArgument, "profile: iterations, repeats >= 1");
   *result = ProfileResult{};

@@ -11,6 +11,7 @@ const char* to_string(StatusCode code) {
     case StatusCode::kUnsupportedGroupSize: return "unsupported group size";
     case StatusCode::kWorkspaceTooSmall: return "workspace too small";
     case StatusCode::kUnsupportedArch: return "unsupported architecture";
+    case StatusCode::kNoDevice: return "no device";
     case StatusCode::kCudaError: return "CUDA error";
     case StatusCode::kCublasError: return "cuBLAS error";
   }
