@@ -13,6 +13,7 @@
 #include "kernels/fused/params.h"
 #include "runner/compiled_config.h"
 #include "runner/heuristics.h"
+#include "runner/validate.h"
 #include "w4a16/quantize.h"
 
 namespace w4a16 {
@@ -48,20 +49,11 @@ Status cuda_status(cudaError_t error, const char* what) {
   return Status(StatusCode::kCudaError, std::string(what) + ": " + cudaGetErrorString(error));
 }
 
-bool aligned(const void* pointer, size_t alignment) {
-  return reinterpret_cast<uintptr_t>(pointer) % alignment == 0;
-}
-
-constexpr size_t kPointerAlignment = 16;     // every cp.async / vector access is 16 bytes
-constexpr size_t kWorkspaceAlignment = 256;  // cuBLAS and the fp32 partials
-
-// The tensor-core grid is one-dimensional over output tiles (see tile_scheduler.cuh); grid.x and
-// the kernel's int tile index both stop at 2^31 - 1.
+// The tensor-core grid is one-dimensional over output tiles (see tile_scheduler.cuh).
 long long output_tiles(const GemmArguments& args, const KernelConfig& config) {
   return ((static_cast<long long>(args.m) + config.tile_m - 1) / config.tile_m) *
          ((static_cast<long long>(args.n) + config.tile_n - 1) / config.tile_n);
 }
-constexpr long long kMaxOutputTiles = 2147483647LL;
 
 // See fused::Params::group_shift. check_group_size() has already admitted the group.
 int group_shift(int k, int group_size) {
@@ -157,16 +149,7 @@ KernelConfig GemmRunner::default_config(int m, int n, int k, int group_size, For
 }
 
 size_t GemmRunner::workspace_bytes(int m, int n, int k, const KernelConfig& config) const {
-  if (m <= 0 || n <= 0 || k <= 0) return 0;
-  if (config.family == KernelFamily::kDequantCublas) return dequant_cublas::workspace_bytes(n, k);
-  if (config.split_k <= 1) return 0;
-  // split * m * n fp32 partials; saturates instead of wrapping (check() then reports the size).
-  size_t bytes = 0;
-  if (__builtin_mul_overflow(size_t(config.split_k) * sizeof(float), size_t(m), &bytes) ||
-      __builtin_mul_overflow(bytes, size_t(n), &bytes)) {
-    return std::numeric_limits<size_t>::max();
-  }
-  return bytes;
+  return required_workspace_bytes(m, n, k, config);
 }
 
 size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size, Format format) const {
@@ -194,53 +177,7 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
     return Status(StatusCode::kUnsupportedArch, "config " + config.name() + " has no " +
                                                     format_name(args.format()) + " kernel in this build");
   }
-  if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr) {
-    return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales and c must not be null");
-  }
-  if (args.m <= 0 || args.n <= 0 || args.k <= 0) {
-    return Status(StatusCode::kInvalidArgument, "m, n and k must be positive, got " + std::to_string(args.m) + " x " +
-                                                     std::to_string(args.n) + " x " + std::to_string(args.k));
-  }
-  if (args.n % 16 != 0 || args.k % 64 != 0) {
-    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
-                                                     std::to_string(args.n) + ", k = " + std::to_string(args.k));
-  }
-  if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
-  if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
-  const struct {
-    const void* pointer;
-    const char* name;
-  } pointers[] = {{args.a, "a"},       {args.packed_weights, "packed_weights"}, {args.scales, "scales"},
-                  {args.zeros, "zeros"}, {args.bias, "bias"},                     {args.c, "c"}};
-  for (const auto& p : pointers) {
-    if (p.pointer != nullptr && !aligned(p.pointer, kPointerAlignment)) {
-      return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
-    }
-  }
-  if (config.fused()) {
-    if (output_tiles(args, config) > kMaxOutputTiles) {
-      return Status(StatusCode::kUnsupportedShape, "m x n = " + std::to_string(args.m) + " x " +
-                                                       std::to_string(args.n) + " has more than 2^31 - 1 output tiles for config " +
-                                                       config.name());
-    }
-    if (config.split_k > args.k / 64) {
-      return Status(StatusCode::kInvalidArgument, "split_k " + std::to_string(config.split_k) +
-                                                      " exceeds the k / 64 = " + std::to_string(args.k / 64) +
-                                                      " k-blocks");
-    }
-  }
-  const size_t required = workspace_bytes(args.m, args.n, args.k, config);
-  if (required > 0) {
-    if (workspace == nullptr || workspace_size < required) {
-      return Status(StatusCode::kWorkspaceTooSmall,
-                    config.name() + " needs " + std::to_string(required) + " bytes of workspace, got " +
-                        (workspace == nullptr ? std::string("a null pointer") : std::to_string(workspace_size)));
-    }
-    if (!aligned(workspace, kWorkspaceAlignment)) {
-      return Status(StatusCode::kMisalignedPointer, "workspace must be 256-byte aligned");
-    }
-  }
-  return Status::success();
+  return check_arguments(args, config, workspace, workspace_size);
 }
 
 Status GemmRunner::gemm(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream) const {

@@ -1,0 +1,38 @@
+#pragma once
+// The argument rules of GemmRunner::gemm that need no device, as one pure function: what
+// GemmRunner::check() applies after its device checks (the runner's status, the current device,
+// the config being compiled for it in the arguments' format), and what the randomized CPU test
+// holds against an independent statement of the documented rules.
+
+#include <cstddef>
+
+#include "w4a16/runner.h"
+#include "w4a16/status.h"
+
+namespace w4a16 {
+
+// Workspace bytes `config` needs for (m, n, k): split-K partials, or dequant_cublas's dense
+// weights plus cuBLAS's slice; saturates at SIZE_MAX instead of wrapping.
+size_t required_workspace_bytes(int m, int n, int k, const KernelConfig& config);
+
+// In this order (the first rule broken is the one reported):
+//   element type known                                    kInvalidArgument
+//   a, packed_weights, scales, c not null                 kInvalidArgument
+//   m, n, k positive                                      kInvalidArgument
+//   n % 16 == 0, k % 64 == 0                              kUnsupportedShape
+//   group in {32, 64, 128, k}, dividing k                 kUnsupportedGroupSize
+//   alpha finite                                          kInvalidArgument
+//   a, packed_weights, scales, zeros, bias, c 16-byte aligned          kMisalignedPointer
+//   fused configs: at most 2^31 - 1 output tiles          kUnsupportedShape
+//   fused configs: split_k <= k / 64                      kInvalidArgument
+//   workspace of required_workspace_bytes, non-null       kWorkspaceTooSmall
+//   ... and 256-byte aligned                              kMisalignedPointer
+//   C overlaps no input (a, packed_weights, scales, zeros, bias) and not the workspace; the
+//   workspace overlaps no input                           kInvalidArgument
+// Inputs may alias each other (they are only read). Sizes: a m*k, c m*n, scales and zeros
+// (k/group)*n, bias n elements of 2 bytes; packed n*k/2 bytes; the workspace's first
+// required_workspace_bytes bytes.
+Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
+                       size_t workspace_bytes);
+
+}  // namespace w4a16
