@@ -18,6 +18,7 @@
 #include "common/packed_layout.h"
 #include "kernels/common/ptx.cuh"
 #include "kernels/fused/block_reduce.cuh"
+#include "kernels/fused/stage_operands.cuh"
 #include "kernels/fused/tile.h"
 #include "kernels/fused/tile_scheduler.cuh"
 #include "w4a16/runner.h"
@@ -28,6 +29,9 @@ template <class TileT, class FormatT>
 struct MultistageMainloop {
   using Tile = TileT;
   using Format = FormatT;
+  using Operands = StageOperands<Tile>;
+  using LaneOffsets = typename Operands::LaneOffsets;
+  static __device__ __forceinline__ int swizzled_offset(int row, int chunk) { return Operands::swizzled_offset(row, chunk); }
   using E = typename Format::E;
   using Scalar = typename Format::Scalar;
   using Dequant = typename Format::Dequant;
@@ -52,14 +56,6 @@ struct MultistageMainloop {
   static constexpr int kBlockThreads = Tile::kThreads;
   static constexpr int kMinBlocksPerSM = 1;
   static constexpr int kKBlocksPerUnit = 1;  // split-K deals out single k-blocks
-
-  // Activation rows are 128 bytes = 8 chunks of 16 bytes. ldmatrix reads the same chunk column of 8
-  // consecutive rows at once; unswizzled, those 8 addresses are 128 bytes apart and all hit the same
-  // 4 banks (8-way conflict). Storing chunk c of row r at chunk position c ^ (r % 8) spreads them
-  // over all 32 banks, for the cp.async writes as well as the ldmatrix reads.
-  static __device__ __forceinline__ int swizzled_offset(int row, int chunk) {
-    return row * Tile::kActivationRowBytes + ((chunk ^ (row & 7)) << 4);
-  }
 
   // Which 16-byte chunks of a stage this thread copies, fixed for the whole k loop. At decode sizes
   // the loop is bound by instruction issue, so a copy must cost little more than the cp.async
@@ -169,63 +165,6 @@ struct MultistageMainloop {
     }
   };
 
-  // Per-lane shared-memory offsets inside a slot, fixed for the whole k loop.
-  struct LaneOffsets {
-    uint32_t activation[4];  // ldmatrix row address of k slice 0..3 (of the first fragment or pair)
-    int weights;             // this lane's 16 bytes of the warp's first weight tile
-    int scales;              // byte offset of channel (lane / 4) of the warp's first fragment
-
-    __device__ __forceinline__ LaneOffsets(int warp_m, int warp_n) {
-      const int lane = threadIdx.x % 32;
-      // ldmatrix: lane L supplies row L % 8 of matrix L / 8. Matrix bit 0 picks the k half (k 0..7
-      // or 8..15) of the slice; with x4, bit 1 picks the second 8-row fragment. Rows of a fragment
-      // pair start at a multiple of 8, so row % 8 == lane % 8 and the swizzle (see
-      // swizzled_offset) of slice s is just (2s + matrix bit 0) ^ (lane % 8); later pairs add a
-      // constant 16 rows, which folds into the instruction's immediate offset.
-      const int row = warp_m * Tile::kWarpTileM + (Tile::kFragmentsM % 2 == 0 ? (lane / 16) * 8 : 0) + lane % 8;
-      #pragma unroll
-      for (int k_slice = 0; k_slice < 4; ++k_slice) {
-        activation[k_slice] = swizzled_offset(row, 2 * k_slice + ((lane / 8) & 1));
-      }
-      weights = (warp_n * Tile::kFragmentsN * 32 + lane) * 16;
-      scales = (warp_n * Tile::kWarpTileN + lane / 4) * 2;
-      // Left to itself ptxas recomputes these from threadIdx in every iteration (it trades the
-      // registers for ~15 instructions per k-block); an opaque move pins them in registers.
-      #pragma unroll
-      for (int k_slice = 0; k_slice < 4; ++k_slice) ptx::pin(activation[k_slice]);
-      ptx::pin(weights);
-      ptx::pin(scales);
-    }
-  };
-
-  // Activation fragments for one 16-wide k slice via ldmatrix: matrix 2j covers k 0..7 and matrix
-  // 2j+1 k 8..15 of 8 rows, which is exactly the mma's B fragment {b0, b1}. `activations` is the
-  // slot's activation tile as a shared-space address.
-  static __device__ __forceinline__ void load_activations(uint32_t activations, const LaneOffsets& lane_offsets,
-                                                          int k_slice, uint32_t (&activation)[Tile::kFragmentsM][2]) {
-    const uint32_t address = activations + lane_offsets.activation[k_slice];
-    if constexpr (Tile::kFragmentsM % 2 == 0) {
-      #pragma unroll
-      for (int pair = 0; pair < Tile::kFragmentsM / 2; ++pair) {
-        uint32_t registers[4];
-        ptx::ldmatrix_x4(registers, address + pair * 16 * Tile::kActivationRowBytes);
-        activation[2 * pair][0] = registers[0];
-        activation[2 * pair][1] = registers[1];
-        activation[2 * pair + 1][0] = registers[2];
-        activation[2 * pair + 1][1] = registers[3];
-      }
-    } else {
-      #pragma unroll
-      for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
-        ptx::ldmatrix_x2(activation[fragment_m], address + fragment_m * 8 * Tile::kActivationRowBytes);
-      }
-    }
-  }
-
-  static __device__ __forceinline__ uint32_t word_of(const uint4& packed, int k_slice) {
-    return k_slice == 0 ? packed.x : k_slice == 1 ? packed.y : k_slice == 2 ? packed.z : packed.w;
-  }
-
   // Where the group scale is applied. Decode tiles (at most two 8-row fragments per warp) feed each
   // dequantized weight fragment to only one or two mma, so scaling the fragment (4 hmul2 per 16x16
   // weights) costs more than scaling a partial sum once per group (4 ffma per 8-row fragment): the
@@ -294,7 +233,7 @@ struct MultistageMainloop {
           clear();
         }
         uint32_t activation[Tile::kFragmentsM][2];
-        load_activations(activations, lane_offsets, k_slice, activation);
+        Operands::load_activations(activations, lane_offsets, k_slice, activation);
         if constexpr (Format::kZeros) {
           uint32_t ones[4];
           ones_fragment<E>(ones);
@@ -306,7 +245,7 @@ struct MultistageMainloop {
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t codes[4];
-          Dequant::codes(word_of(packed[fragment_n], k_slice), codes);
+          Dequant::codes(Operands::word_of(packed[fragment_n], k_slice), codes);
           #pragma unroll
           for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
             E::mma_m16n8k16(partial[fragment_n][fragment_m], codes, activation[fragment_m]);
@@ -328,11 +267,11 @@ struct MultistageMainloop {
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
         if (k_slice == 2 && two_groups) load_scales(1);
         uint32_t activation[Tile::kFragmentsM][2];
-        load_activations(activations, lane_offsets, k_slice, activation);
+        Operands::load_activations(activations, lane_offsets, k_slice, activation);
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t weights[4];
-          Dequant::weights(word_of(packed[fragment_n], k_slice), terms[fragment_n], weights);
+          Dequant::weights(Operands::word_of(packed[fragment_n], k_slice), terms[fragment_n], weights);
           #pragma unroll
           for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
             E::mma_m16n8k16(accumulators[fragment_n][fragment_m], weights, activation[fragment_m]);

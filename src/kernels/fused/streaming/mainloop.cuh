@@ -37,7 +37,7 @@
 #include "common/packed_layout.h"
 #include "kernels/common/ptx.cuh"
 #include "kernels/fused/block_reduce.cuh"
-#include "kernels/fused/multistage/mainloop.cuh"
+#include "kernels/fused/stage_operands.cuh"
 #include "kernels/fused/tile.h"
 #include "kernels/fused/tile_scheduler.cuh"
 #include "w4a16/runner.h"
@@ -74,7 +74,7 @@ struct StreamingMainloop {
   static constexpr int kActivationCopies = Tile::kTileM * 8 / 32;  // 16-byte chunks per lane per stage
   static constexpr int kScaleChunks = kScaleRowBytes / 16;         // per group row
   using Accumulators = float[kFragmentsN][kFragmentsM][4];
-  using Multistage = MultistageMainloop<Tile, Format>;  // for its activation swizzle and ldmatrix
+  using Operands = StageOperands<Tile>;  // the activation swizzle and ldmatrix of both mma.sync loops
 
   static constexpr int kBlockThreads = Tile::kThreads;
   static constexpr int kKBlocksPerUnit = 1;
@@ -135,7 +135,7 @@ struct StreamingMainloop {
       activation_valid[j] = work.m_begin + row < params.m;
       activation_source[j] = static_cast<const Scalar*>(params.a) + static_cast<long long>(activation_valid[j] ? work.m_begin + row : 0) * params.k +
                              static_cast<long long>(begin) * layout::kTileCols + column * 8;
-      activation_destination[j] = kActivationOffset + Multistage::swizzled_offset(row, column);
+      activation_destination[j] = kActivationOffset + Operands::swizzled_offset(row, column);
     }
 
     // Group rows: lanes 0 .. kScaleChunks - 1 copy the warp's channels of the group's scale row,
@@ -234,10 +234,10 @@ struct StreamingMainloop {
       if constexpr (Format::kZeros) clear_sums();
     };
 
-    // The multistage loop's ldmatrix offsets for warp (0, 0): WarpsM is 1 and each warp's stage
-    // holds its own copy of the block's activation tile from row 0, so every warp reads it as
-    // warp (0, 0) would. (Its weight and scale offsets are not used here.)
-    const typename Multistage::LaneOffsets lane_offsets(0, 0);
+    // The ldmatrix offsets of warp (0, 0): WarpsM is 1 and each warp's stage holds its own copy of
+    // the block's activation tile from row 0, so every warp reads it as warp (0, 0) would. (The
+    // weight and scale offsets are the multistage slot's and are not used here.)
+    const typename Operands::LaneOffsets lane_offsets(0, 0);
     int compute_group_left = first_group_left;
     auto compute = [&](uint32_t stage, int block) {
       const uint8_t* stage_pointer = warp_ring + stage;
@@ -250,7 +250,7 @@ struct StreamingMainloop {
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
         if (k_slice == 2 && two_groups) fold(stage_pointer, 0);
         uint32_t activation[kFragmentsM][2];
-        Multistage::load_activations(warp_ring_address + stage + kActivationOffset, lane_offsets, k_slice, activation);
+        Operands::load_activations(warp_ring_address + stage + kActivationOffset, lane_offsets, k_slice, activation);
         if constexpr (Format::kZeros) {
           uint32_t ones[4];
           ones_fragment<E>(ones);
@@ -260,7 +260,7 @@ struct StreamingMainloop {
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
           uint32_t codes[4];
-          Dequant::codes(Multistage::word_of(packed[f], k_slice), codes);
+          Dequant::codes(Operands::word_of(packed[f], k_slice), codes);
           #pragma unroll
           for (int fm = 0; fm < kFragmentsM; ++fm) E::mma_m16n8k16(partial[f][fm], codes, activation[fm]);
         }
