@@ -5,11 +5,16 @@
 #   deps/include/    CLI11 and nlohmann-json headers (Debian packages, header-only)
 #   deps/googletest/ GoogleTest sources (Debian package googletest), built by CMake when no
 #                    installed GTest package is found (the GPU machine has none)
+#   deps/python/     nanobind (PyPI, pinned) for the Python extension
+#   deps/pytest/     numpy and pytest (PyPI, pinned) for its tests (not carried to the GPU machine)
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CUTLASS_VERSION=4.2.0.0
+NANOBIND_VERSION=2.9.2
+NUMPY_VERSION=2.4.6
+PYTEST_VERSION=9.2.0
 DEPS=deps
 
 need_apt=()
@@ -28,6 +33,19 @@ if [ ! -f "$DEPS/cutlass/.version-$CUTLASS_VERSION" ]; then
   python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DEPS/cutlass" \
     "nvidia-cutlass==$CUTLASS_VERSION"
   touch "$DEPS/cutlass/.version-$CUTLASS_VERSION"
+fi
+
+if [ ! -f "$DEPS/python/.version-$NANOBIND_VERSION" ]; then
+  rm -rf "$DEPS/python"
+  python3 -m pip install -q --disable-pip-version-check --no-deps --target "$DEPS/python" \
+    "nanobind==$NANOBIND_VERSION"
+  touch "$DEPS/python/.version-$NANOBIND_VERSION"
+fi
+if [ ! -f "$DEPS/pytest/.version-$NUMPY_VERSION-$PYTEST_VERSION" ]; then
+  rm -rf "$DEPS/pytest"
+  python3 -m pip install -q --disable-pip-version-check --target "$DEPS/pytest" \
+    "numpy==$NUMPY_VERSION" "pytest==$PYTEST_VERSION"
+  touch "$DEPS/pytest/.version-$NUMPY_VERSION-$PYTEST_VERSION"
 fi
 
 mkdir -p "$DEPS/include"

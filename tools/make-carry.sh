@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 [ -d deps ] || tools/install-deps.sh
 mkdir -p .carry
 tar czf .carry/deps.tgz --exclude='deps/cutlass/cutlass_cppgen' --exclude='deps/cutlass/pycute' \
-  --exclude='deps/cutlass/cutlass_library/source/examples' deps
+  --exclude='deps/cutlass/cutlass_library/source/examples' --exclude='deps/pytest' deps
 ls -la .carry/deps.tgz

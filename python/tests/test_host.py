@@ -1,0 +1,93 @@
+"""CPU tests of the Python extension: the host tools against NumPy statements of their definitions."""
+
+import os
+
+import numpy as np
+import pytest
+
+import w4a16
+
+SEED = int(os.environ.get("W4A16_TEST_SEED", np.random.SeedSequence().entropy % (1 << 32)))
+
+
+@pytest.fixture
+def rng():
+    print(f"random seed {SEED} (replay with W4A16_TEST_SEED={SEED})")
+    return np.random.default_rng(SEED)
+
+
+def random_weights(rng, n, k):
+    # Per-(row, 32 columns) magnitudes, as the C++ tests draw them.
+    magnitude = np.exp2(rng.uniform(-3, 1, size=(n, k // 32))).repeat(32, axis=1)
+    return (rng.uniform(-1, 1, size=(n, k)) * magnitude).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("zeros", [False, True])
+@pytest.mark.parametrize("group", [32, 128, 256])
+def test_quantize_follows_the_definition(rng, dtype, zeros, group):
+    n, k = 48, 256
+    w = random_weights(rng, n, k)
+    q = w4a16.quantize(w, group_size=group, dtype=dtype, zeros=zeros)
+    assert (q.n, q.k, q.group_size, q.dtype, q.has_zeros) == (n, k, group, dtype, zeros)
+    codes = q.codes
+    assert codes.shape == (n, k) and codes.dtype == np.uint8 and codes.max() <= 15
+    scales = w4a16.from_bits(q.scale_bits, dtype).astype(np.float64)  # [k / group, n]
+    assert scales.shape == (k // group, n)
+    z = 8.0 if not zeros else w4a16.from_bits(q.zero_bits, dtype).astype(np.float64)
+    assert zeros == (q.zero_bits is not None)
+    # dequantized() is s * (q - z), group by group.
+    s_full = np.repeat(scales, group, axis=0).T
+    z_full = z if not zeros else np.repeat(z, group, axis=0).T
+    expected = s_full * (codes.astype(np.float64) - z_full)
+    np.testing.assert_array_equal(q.dequantized(), expected)
+    # Round to nearest with the stored scale: within half a step unless clamped.
+    error = np.abs(expected - w)
+    unclamped = (codes != 0) & (codes != 15)
+    assert np.all(error[unclamped] <= s_full[unclamped] / 2 * (1 + 1e-6) + 1e-12)
+
+
+def test_pack_unpack_round_trip(rng):
+    for n, k in [(16, 64), (48, 192), (272, 1088)]:
+        codes = rng.integers(0, 16, size=(n, k), dtype=np.uint8)
+        packed = w4a16.pack(codes)
+        assert packed.shape == (n * k // 2,) and packed.dtype == np.uint8
+        np.testing.assert_array_equal(w4a16.unpack(packed, n, k), codes)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_reference_gemm_matches_numpy(rng, dtype):
+    m, n, k = 5, 32, 128
+    q = w4a16.quantize(random_weights(rng, n, k), group_size=64, dtype=dtype, zeros=True)
+    a_bits = w4a16.to_bits(rng.uniform(-1, 1, size=(m, k)), dtype)
+    bias_bits = w4a16.to_bits(rng.uniform(-1, 1, size=n), dtype)
+    a = w4a16.from_bits(a_bits, dtype).astype(np.float64)
+    bias = w4a16.from_bits(bias_bits, dtype).astype(np.float64)
+    c = w4a16.reference_gemm(a_bits, q, bias_bits, alpha=0.5)
+    np.testing.assert_allclose(c, 0.5 * a @ q.dequantized().T + bias, rtol=1e-12, atol=1e-12)
+
+
+def test_bits_round_trip():
+    values = np.array([0.0, 1.0, -2.5, 65504.0, 3.0e4], dtype=np.float32)
+    np.testing.assert_array_equal(w4a16.from_bits(w4a16.to_bits(values, "fp16"), "fp16"), values)
+    assert w4a16.to_bits(np.array([1.0]), "bf16")[0] == 0x3F80
+    assert w4a16.to_bits(np.array([1.0]), "fp16")[0] == 0x3C00
+
+
+def test_bad_arguments_raise_value_errors(rng):
+    w = random_weights(rng, 16, 128)
+    with pytest.raises(ValueError, match="group_size 48 not supported"):
+        w4a16.quantize(w, group_size=48)
+    with pytest.raises(ValueError, match="dtype must be"):
+        w4a16.quantize(w, dtype="fp8")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        w4a16.pack(np.zeros((8, 64), dtype=np.uint8))
+    with pytest.raises(ValueError, match="outside \\[0, 15\\]"):
+        w4a16.pack(np.full((16, 64), 16, dtype=np.uint8))
+    with pytest.raises(ValueError, match="n \\* k / 2"):
+        w4a16.unpack(np.zeros(10, dtype=np.uint8), 16, 64)
+    q = w4a16.quantize(w, group_size=64)
+    with pytest.raises(ValueError, match="columns"):
+        w4a16.reference_gemm(np.zeros((2, 64), dtype=np.uint16), q)
+    with pytest.raises(ValueError, match="cannot open"):
+        w4a16.import_checkpoint("/nonexistent.safetensors", "/tmp/out.safetensors", "gptq")

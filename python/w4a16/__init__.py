@@ -1,0 +1,42 @@
+"""w4a16: 16-bit activations x INT4 weights GEMM, host tools from Python.
+
+The extension `_w4a16` binds the C++ library's host side (quantize, pack, unpack, the float64 CPU
+reference, checkpoint import). 16-bit element arrays cross as uint16 bit patterns (NumPy has no
+bfloat16); `to_bits` / `from_bits` convert. The GPU runner and the PyTorch op come next.
+"""
+
+import numpy as np
+
+from ._w4a16 import (  # noqa: F401  (re-exported)
+    QuantizedWeights,
+    element_bits,
+    element_values,
+    import_checkpoint,
+    pack,
+    quantize,
+    reference_gemm,
+    unpack,
+)
+
+__all__ = [
+    "QuantizedWeights",
+    "element_bits",
+    "element_values",
+    "from_bits",
+    "import_checkpoint",
+    "pack",
+    "quantize",
+    "reference_gemm",
+    "to_bits",
+    "unpack",
+]
+
+
+def to_bits(values, dtype="fp16"):
+    """float array -> uint16 bits of fp16 or bf16 (round to nearest even)."""
+    return element_bits(np.ascontiguousarray(values, dtype=np.float32), dtype)
+
+
+def from_bits(bits, dtype="fp16"):
+    """uint16 bits of fp16 or bf16 -> float32 array."""
+    return element_values(np.ascontiguousarray(bits, dtype=np.uint16), dtype)
