@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-call check on a GPU machine: build, run every test (GPU tests included), compute-sanitizer
-# memcheck and racecheck on the GPU tests, `w4a16 verify` on the seed's shapes, optionally the
+# memcheck, racecheck, initcheck and synccheck on the GPU tests (filtered to fit one call), `w4a16 verify` on the seed's shapes, optionally the
 # benchmark; the short summary table comes last. Logs go to $OUT (or build-gpu/logs).
 #
 #   tools/gpu-check.sh                 build + tests + sanitizers + verify
@@ -26,15 +26,16 @@ tests_flag=ON
 # The Python extension is off here unless PYTHON=1 (its CPU tests run in CI; the offline machine
 # carries no numpy/pytest).
 if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DW4A16_BUILD_TESTS=$tests_flag \
-     -DW4A16_BUILD_PYTHON=$([ "${PYTHON:-0}" = 1 ] && echo ON || echo OFF) >"$LOGS/configure.log" 2>&1 &&
-   cmake --build "$BUILD" -j "$JOBS" >"$LOGS/build.log" 2>&1; then
+     -DW4A16_BUILD_PYTHON=$([ "${PYTHON:-0}" = 1 ] && echo ON || echo OFF) >"$LOGS/build.log" 2>&1 &&
+   cmake --build "$BUILD" -j "$JOBS" >>"$LOGS/build.log" 2>&1; then
   record "build" "ok"
 else
-  tail -n 40 "$LOGS/configure.log" "$LOGS/build.log"
+  tail -n 40 "$LOGS/build.log"
   echo "BUILD FAILED"; exit 1
 fi
 W4A16="$BUILD/w4a16"
-"$W4A16" info | tee "$LOGS/info.log" | head -n 7
+# (Logs stay at 8 files or fewer: the device tool returns no more.)
+"$W4A16" info | head -n 7
 
 if [ "$tests_flag" = ON ]; then
   # -j 6: the GPU tests share the device well, and most of their time is the CPU reference.
@@ -56,10 +57,24 @@ if [ "$tests_flag" = ON ]; then
       "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${RACECHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*}" \
       >"$LOGS/racecheck.log" 2>&1 &
     racecheck=$!
+    # initcheck (reads of uninitialized device memory) and synccheck (barrier misuse) over every
+    # config in every format on one shape, our kernels only, alongside.
+    W4A16_TEST_FAMILY=multistage,warp_specialized,streaming compute-sanitizer --tool initcheck --error-exitcode 9 \
+      "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${INITCHECK_FILTER:-*EveryConfig*m17_*}" \
+      >"$LOGS/initcheck.log" 2>&1 &
+    initcheck=$!
+    W4A16_TEST_FAMILY=multistage,warp_specialized,streaming compute-sanitizer --tool synccheck --error-exitcode 9 \
+      "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${SYNCCHECK_FILTER:-*EveryConfig*m17_*}" \
+      >"$LOGS/synccheck.log" 2>&1 &
+    synccheck=$!
     wait $memcheck
     record "compute-sanitizer memcheck" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -n 1)"
     wait $racecheck
     record "compute-sanitizer racecheck (ms, ws, st)" "rc=$?: $(grep -E "RACECHECK SUMMARY" "$LOGS/racecheck.log" | tail -n 1)"
+    wait $initcheck
+    record "compute-sanitizer initcheck (ms, ws, st)" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/initcheck.log" | tail -n 1)"
+    wait $synccheck
+    record "compute-sanitizer synccheck (ms, ws, st)" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/synccheck.log" | tail -n 1)"
   fi
 fi
 
