@@ -134,8 +134,9 @@ class GemmRunner {
               size_t workspace_bytes, cudaStream_t stream) const;
 
   // Times every config whose workspace fits (median of `repeats` timed runs of `iterations`
-  // back-to-back calls each), records the fastest as the default for this problem, and returns
-  // the timings. Synchronizes `stream`; writes C. Not for the hot path.
+  // back-to-back calls each), records the fastest as the default for this problem (and every m
+  // up to the next power of two: the result's m bucket), and returns the timings. Synchronizes
+  // `stream`; writes C. Not for the hot path.
   Status profile(const GemmArguments& args, void* workspace, size_t workspace_bytes,
                  cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
 
@@ -160,6 +161,13 @@ class GemmRunner {
   ProgrammaticLaunch programmatic_launch() const {
     return sm_version_ >= 90 ? programmatic_launch_ : ProgrammaticLaunch::kOff;
   }
+
+  // The profiled defaults as a JSON file (keyed by this device's name and SM count and the
+  // library's version), and back: a server profiles once and loads the file at start-up.
+  // load_tuning() rejects a file of another device or version, and configs this runner does not
+  // list; what it accepts replaces equal entries. Not for the hot path.
+  Status save_tuning(const std::string& path) const;
+  Status load_tuning(const std::string& path);
 
   // Validation alone (what gemm() checks before any launch).
   Status check(const GemmArguments& args, const KernelConfig& config, const void* workspace,

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <fstream>
+#include <sstream>
 #include <limits>
 #include <string>
 
@@ -13,6 +15,7 @@
 #include "kernels/fused/params.h"
 #include "runner/compiled_config.h"
 #include "runner/heuristics.h"
+#include "runner/tuning.h"
 #include "runner/validate.h"
 #include "w4a16/quantize.h"
 
@@ -144,7 +147,7 @@ KernelConfig GemmRunner::heuristic_config(int m, int n, int k) const {
 }
 
 KernelConfig GemmRunner::default_config(int m, int n, int k, int group_size, Format format) const {
-  auto it = profiled_.find({m, n, k, group_size, format});
+  auto it = profiled_.find({tuning_m_bucket(m), n, k, group_size, format});
   return it != profiled_.end() ? it->second : heuristic_config(m, n, k);
 }
 
@@ -308,7 +311,49 @@ Status GemmRunner::profile(const GemmArguments& args, void* workspace, size_t wo
                                      [](const auto& x, const auto& y) { return x.second < y.second; });
   result->best = best->first;
   result->best_microseconds = best->second;
-  profiled_[{args.m, args.n, args.k, args.group_size, args.format()}] = best->first;
+  profiled_[{tuning_m_bucket(args.m), args.n, args.k, args.group_size, args.format()}] = best->first;
+  return Status::success();
+}
+
+namespace {
+
+TuningDevice tuning_device(int device) {
+  cudaDeviceProp properties{};
+  TuningDevice key;
+  if (cudaGetDeviceProperties(&properties, device) == cudaSuccess) {
+    key.name = properties.name;
+    key.sm_count = properties.multiProcessorCount;
+  } else {
+    cudaGetLastError();
+  }
+  key.version = W4A16_VERSION;
+  return key;
+}
+
+}  // namespace
+
+Status GemmRunner::save_tuning(const std::string& path) const {
+  if (!status_.ok()) return status_;
+  std::ofstream out(path);
+  out << tuning_to_json(tuning_device(device_), profiled_);
+  if (!out) return Status(StatusCode::kInvalidArgument, "save_tuning: could not write " + path);
+  return Status::success();
+}
+
+Status GemmRunner::load_tuning(const std::string& path) {
+  if (!status_.ok()) return status_;
+  std::ifstream in(path);
+  if (!in) return Status(StatusCode::kInvalidArgument, "load_tuning: cannot read " + path);
+  std::stringstream text;
+  text << in.rdbuf();
+  TuningTable table;
+  if (Status s = tuning_from_json(text.str(), tuning_device(device_), &table); !s.ok()) return s;
+  for (const auto& [key, config] : table) {
+    if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
+      return Status(StatusCode::kUnsupportedArch, "load_tuning: " + config.name() + " is not in this runner's list");
+    }
+  }
+  for (const auto& [key, config] : table) profiled_[key] = config;
   return Status::success();
 }
 

@@ -6,10 +6,12 @@
 //  1. Before the mma ("weights"): the fragment is dequantized to w in the element type.
 //       kScaleOnly:     w = (q - 8) * s       the 8 folded into unpack's magic subtraction; 1 mul
 //       kScaleAndZeros: w = fma(q, s, -z s)   unpack with offset 0, then one fma instead of the mul
-//     Same instruction count either way; -z s is formed once per group row read (exactly rounded
-//     once to the element type). For integer zero points q - z is exact, and w differs from the exactly
-//     rounded s (q - z) by at most one rounding of z s (|z s| <= 15 |s|, the size of the group's
-//     largest weights), well inside the accuracy of a 16-bit weight.
+//     Same instruction count either way; -z s is formed once per group row read (one pair
+//     multiply). It rounds twice (-z s, then the fma), so w can differ from the correctly rounded
+//     s (q - z) by up to about one unit in the last place of the group's largest weights
+//     (|z s| <= 15 |s| for the zero points quantize() and the checkpoint formats produce): the
+//     size of the 16-bit rounding every dequantized weight carries anyway, and inside the tests'
+//     bound (tests/test_util.h counts |z s| in the magnitude).
 //
 //  2. After the mma ("codes", the decode loops): the codes go in as exact small integers, the
 //     products of one group accumulate in fp32, and the group's scale multiplies that partial sum
@@ -18,7 +20,9 @@
 //     the zero point needs the group's activation sum sum_k a of each row: one more mma per k
 //     slice and 8-row fragment, with an all-ones weight operand, shared by all of the warp's
 //     channel fragments (the tensor cores are idle at decode; the ALU is not), and one more fma per
-//     accumulator when the group is folded. Exact in fp32 for any zero point, integer or not.
+//     accumulator when the group is folded. No 16-bit rounding of z, z s or the weights: the only
+//     roundings are fp32 ones, for any zero point, integer or not (the two sums cancel to the
+//     result, which costs a few fp32 bits of the larger term, far below the 16-bit output's).
 //     (The alternatives: folding an integer z into the magic subtraction is free but wrong for
 //     fractional zero points; subtracting z from every code pair costs an extra instruction per
 //     four weights in the loop that is already issue-bound.)

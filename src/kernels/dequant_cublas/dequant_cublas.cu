@@ -17,7 +17,8 @@ constexpr int kTilesPerBlock = 4;  // one warp per packed 16 x 64 tile
 // Each warp expands one packed tile: lane L reads its 16 bytes (32 codes), scatters the dequantized
 // weights into a 16 x 64 shared tile via the layout's nibble_position(), then the warp writes the
 // tile back row by row with 16-byte stores, so global writes stay coalesced whatever the nibble
-// order is. w = s * (q - z) in fp32, rounded once to the element type (z = 8 without zeros).
+// order is. w = s * (q - z) in fp32 (exact for integer zero points, whose q - z is a small
+// integer), then rounded to the element type (z = 8 without zeros).
 template <class E, bool kZeros>
 __global__ void __launch_bounds__(32 * kTilesPerBlock) dequantize_kernel(const __grid_constant__ Params params,
                                                                           typename E::Scalar* dense) {

@@ -169,7 +169,7 @@ struct MultistageMainloop {
   // dequantized weight fragment to only one or two mma, so scaling the fragment (4 hmul2 per 16x16
   // weights) costs more than scaling a partial sum once per group (4 ffma per 8-row fragment): the
   // codes go into the mma as exact small integers, the products accumulate in fp32 per group, and
-  // the scale multiplies that sum. It is also the more accurate order (no fp16 rounding of w).
+  // the scale multiplies that sum. It is also the more accurate order (no 16-bit rounding of w).
   // Wider tiles reuse each fragment across 4-16 mma, where scaling the fragment is cheaper.
   static constexpr bool kScaleAfterMma = Tile::kFragmentsM <= 2;
 

@@ -11,7 +11,7 @@
 //    dequantizes to (common/packed_layout.h): the packed buffer needs no Hopper variant.
 //  - B = activations, read by the tensor cores straight from the pipeline's shared-memory tile.
 //    That tile is already in wgmma's canonical K-major layout with the 128-byte swizzle: rows of
-//    64 fp16 = 128 bytes, 16-byte chunk c of row r stored at c ^ (r % 8) (what TMA's 128-byte
+//    64 16-bit elements = 128 bytes, 16-byte chunk c of row r stored at c ^ (r % 8) (what TMA's 128-byte
 //    swizzle writes, tensor_maps.h), 8-row groups 1024 bytes apart; it only has to start on a
 //    1024-byte boundary (Tile pads slots).
 //  - D: m64nNk16's accumulator fragment gives warp w, per 8-column chunk j, the same 4 values
