@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -92,7 +93,10 @@ int run_import(const ImportOptions& options) {
   } else if (options.format.empty()) {
     throw CliError("no config file beside the checkpoint: give --format (and --group, --sym, --act-order as needed)");
   }
-  if (options.group != 0) config.group_size = options.group;
+  if (options.group != 0) {
+    if (options.group < -1) throw CliError("--group " + std::to_string(options.group) + ": a group size, or -1 for per-channel");
+    config.group_size = options.group;
+  }
   if (options.sym_option->count() > 0) config.symmetric = options.sym;
   if (options.act_order_option->count() > 0) config.act_order = options.act_order;
   if (options.gptq_v2_option->count() > 0) config.gptq_v2 = options.gptq_v2;
@@ -100,23 +104,21 @@ int run_import(const ImportOptions& options) {
                config.group_size, to_string(config.element), config.symmetric ? "symmetric" : "zero points",
                config.act_order ? ", act-order" : "", config.gptq_v2 ? ", gptq_v2" : "");
 
+  // Every shard mapped at once: a layer's tensors may sit in different shards.
+  std::vector<SafetensorsFile> files(shards.size());
+  std::vector<const SafetensorsFile*> views;
+  for (size_t i = 0; i < shards.size(); ++i) {
+    check_status(SafetensorsFile::open(shards[i].string(), &files[i]), "open");
+    views.push_back(&files[i]);
+  }
   std::vector<TensorData> tensors;
   ImportResult result;
-  std::map<std::string, std::string> metadata;
-  for (size_t i = 0; i < shards.size(); ++i) {
-    SafetensorsFile file;
-    check_status(SafetensorsFile::open(shards[i].string(), &file), "open");
-    if (i == 0) metadata = file.metadata();
-    // A progress line on stderr, rewritten per layer.
-    static size_t shard_index, shard_count;
-    shard_index = i + 1;
-    shard_count = shards.size();
-    const Status status = import_checkpoint_tensors(file, format, config, &tensors, &result, [](int done, int total) {
-      std::fprintf(stderr, "\r  file %zu/%zu  layer %d/%d", shard_index, shard_count, done, total);
-    });
-    std::fprintf(stderr, "\n");
-    check_status(status, shards[i].string().c_str());
-  }
+  // A progress line on stderr, rewritten per layer.
+  check_status(import_checkpoint_tensors(views, format, config, &tensors, &result,
+                                         [](int done, int total) { std::fprintf(stderr, "\r  layer %d/%d", done, total); }),
+               "import");
+  std::fprintf(stderr, "\n");
+  const std::map<std::string, std::string> metadata = files.front().metadata();
   if (result.layers == 0) throw CliError("no quantized layer found in " + options.in);
   std::vector<uint8_t> bytes;
   check_status(write_safetensors(tensors, container_metadata(format, config, metadata), &bytes), "write");
@@ -145,7 +147,9 @@ void register_import(CLI::App& app, int* exit_code) {
   command->add_option("--group", options->group, "group size (overrides the config; -1: per-channel)");
   options->sym_option = command->add_flag("--sym,!--no-sym", options->sym, "symmetric weights (overrides the config)");
   options->act_order_option =
-      command->add_flag("--act-order,!--no-act-order", options->act_order, "use g_idx (overrides the config)");
+      command->add_flag("--act-order,!--no-act-order", options->act_order,
+                        "the checkpoint uses act-order: g_idx required, and a reordering g_idx is an error without it "
+                        "(overrides the config)");
   options->gptq_v2_option =
       command->add_flag("--gptq-v2,!--gptq-v1", options->gptq_v2, "GPTQ zero points stored as is (v2) or minus one (v1)");
   command->callback([options, exit_code] { *exit_code = run_import(*options); });

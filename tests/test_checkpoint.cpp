@@ -425,6 +425,98 @@ TEST(Checkpoint, ImportWritesAContainerThatLoadsBack) {
                     StatusCode::kInvalidArgument);
 }
 
+// The review's cases: a tiny file with a huge zero-extent tensor, config and g_idx disagreeing,
+// a scale beyond the element type, a layer split across shards, names that only end like a layer.
+TEST(Checkpoint, HostileAndSplitCheckpoints) {
+  W4A16_RANDOM(rng);
+  auto parse = [](const std::vector<TensorData>& tensors, std::vector<uint8_t>* bytes, SafetensorsFile* file) {
+    ASSERT_TRUE(write_safetensors(tensors, {}, bytes).ok());
+    ASSERT_TRUE(SafetensorsFile::parse(bytes->data(), bytes->size(), file).ok());
+  };
+  CheckpointConfig config;
+  config.group_size = 64;
+  {
+    SCOPED_TRACE("zero-extent tensors claiming k = 2^43");
+    std::vector<uint8_t> bytes;
+    SafetensorsFile file;
+    ASSERT_NO_FATAL_FAILURE(parse({{"x.qweight", TensorDtype::kI32, {int64_t(1) << 40, 0}, {}},
+                                   {"x.qzeros", TensorDtype::kI32, {int64_t(1) << 36, 0}, {}},
+                                   {"x.scales", TensorDtype::kF16, {int64_t(1) << 36, 0}, {}}},
+                                  &bytes, &file));
+    CheckpointTensors t;
+    W4A16_ASSERT_OK(find_checkpoint_tensors(file, CheckpointFormat::kGptq, "x.", &t));
+    DecodedLayer layer;
+    W4A16_EXPECT_CODE(decode_checkpoint_layer(CheckpointFormat::kGptq, t, config, &layer), StatusCode::kInvalidArgument);
+  }
+  const Layer reordered = random_layer(rng, 32, 256, 64, true, 1, 15), plain = random_layer(rng, 32, 256, 64, false, 1, 15);
+  auto decode = [&](const Layer& l, bool act_order, bool drop_g_idx) {
+    std::vector<TensorData> tensors = pack_gptq(l, false, "x.");
+    if (drop_g_idx) tensors.pop_back();
+    std::vector<uint8_t> bytes;
+    SafetensorsFile file;
+    EXPECT_TRUE(write_safetensors(tensors, {}, &bytes).ok());
+    EXPECT_TRUE(SafetensorsFile::parse(bytes.data(), bytes.size(), &file).ok());
+    CheckpointTensors t;
+    EXPECT_TRUE(find_checkpoint_tensors(file, CheckpointFormat::kGptq, "x.", &t).ok());
+    CheckpointConfig c = config;
+    c.act_order = act_order;
+    DecodedLayer layer;
+    return decode_checkpoint_layer(CheckpointFormat::kGptq, t, c, &layer);
+  };
+  W4A16_EXPECT_OK(decode(reordered, true, false));
+  W4A16_EXPECT_OK(decode(plain, false, false));
+  W4A16_EXPECT_OK(decode(plain, true, false));  // act-order whose g_idx happens to keep the order
+  W4A16_EXPECT_CODE(decode(reordered, false, false), StatusCode::kInvalidArgument);  // g_idx reorders, config says no
+  W4A16_EXPECT_CODE(decode(plain, true, true), StatusCode::kInvalidArgument);        // act-order without g_idx
+  W4A16_EXPECT_OK(decode(plain, false, true));
+  {
+    SCOPED_TRACE("an fp32 scale beyond fp16");
+    std::vector<TensorData> tensors = pack_gptq(plain, false, "x.");
+    std::vector<float> scales(size_t(256 / 64) * 32, 1e5f);
+    tensors[2] = {"x.scales", TensorDtype::kF32, {4, 32}, std::vector<uint8_t>(scales.size() * 4)};
+    std::memcpy(tensors[2].bytes.data(), scales.data(), tensors[2].bytes.size());
+    std::vector<uint8_t> bytes;
+    SafetensorsFile file;
+    ASSERT_NO_FATAL_FAILURE(parse(tensors, &bytes, &file));
+    CheckpointTensors t;
+    W4A16_ASSERT_OK(find_checkpoint_tensors(file, CheckpointFormat::kGptq, "x.", &t));
+    DecodedLayer layer;
+    W4A16_EXPECT_CODE(decode_checkpoint_layer(CheckpointFormat::kGptq, t, config, &layer), StatusCode::kInvalidArgument);
+    config.element = ElementType::kBFloat16;  // bf16 holds 1e5
+    W4A16_EXPECT_OK(decode_checkpoint_layer(CheckpointFormat::kGptq, t, config, &layer));
+    config.element = ElementType::kFloat16;
+  }
+  {
+    SCOPED_TRACE("a layer split across two shards, and a tensor that only ends in qweight");
+    std::vector<TensorData> tensors = pack_gptq(reordered, false, "model.layers.0.mlp.up_proj.");
+    std::vector<TensorData> second = {tensors[2], tensors[3]};  // scales and g_idx in the next shard
+    tensors.resize(2);
+    tensors.push_back({"model.extra_qweight", TensorDtype::kU8, {4}, {1, 2, 3, 4}});
+    std::vector<uint8_t> bytes1, bytes2;
+    SafetensorsFile shard1, shard2;
+    ASSERT_NO_FATAL_FAILURE(parse(tensors, &bytes1, &shard1));
+    ASSERT_NO_FATAL_FAILURE(parse(second, &bytes2, &shard2));
+    CheckpointConfig c = config;
+    c.act_order = true;
+    std::vector<TensorData> out;
+    ImportResult result;
+    W4A16_ASSERT_OK(import_checkpoint_tensors({&shard1, &shard2}, CheckpointFormat::kGptq, c, &out, &result));
+    EXPECT_EQ(result.layers, 1);
+    EXPECT_EQ(result.copied, 1);  // model.extra_qweight, not a layer
+    bool permutation = false;
+    for (const TensorData& t : out) permutation |= t.name == "model.layers.0.mlp.up_proj.w4a16.k_permutation";
+    EXPECT_TRUE(permutation) << "the g_idx in the second shard was not used";
+  }
+  {
+    SCOPED_TRACE("the writer refuses what the reader would");
+    std::vector<uint8_t> bytes;
+    W4A16_EXPECT_CODE(write_safetensors({{"a", TensorDtype::kU8, {int64_t(1) << 62, 4}, {}}}, {}, &bytes),
+                      StatusCode::kInvalidArgument);
+    W4A16_EXPECT_CODE(write_safetensors({{"bad \xff name", TensorDtype::kU8, {1}, {7}}}, {}, &bytes),
+                      StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(Checkpoint, ConfigsOfEachFormatAreRead) {
   CheckpointFormat format = CheckpointFormat::kAwq;
   CheckpointConfig config;

@@ -67,8 +67,6 @@ TEST(Tuning, MalformedFilesAreRejectedWholly) {
   };
   for (const char* entries : bad_entries) {
     SCOPED_TRACE(entries);
-    TuningTable t = table;
-    W4A16_EXPECT_CODE(tuning_from_json(file(std::string("[") + good + "]").replace(0, 0, ""), device, &t), StatusCode::kSuccess);
     TuningTable before = table;
     W4A16_EXPECT_CODE(tuning_from_json(file(entries), device, &before), StatusCode::kInvalidArgument);
     EXPECT_EQ(before, table) << "a rejected file changed the table";

@@ -63,6 +63,9 @@ Status read_checkpoint_config(const std::string& json_text, CheckpointFormat* fo
 // n and k come from the tensors' shapes (compressed-tensors: from weight_shape when present).
 Status find_checkpoint_tensors(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix,
                                CheckpointTensors* out);
+// The same over the shards of one checkpoint (a layer's tensors may sit in different shards).
+Status find_checkpoint_tensors(const std::vector<const SafetensorsFile*>& shards, CheckpointFormat format,
+                               const std::string& prefix, CheckpointTensors* out);
 
 // Decodes one layer. Every layout claim is checked against the tensors (dtypes, shapes, the group
 // count, act-order groups of exactly group_size columns, codes and zero points in range).
@@ -85,11 +88,11 @@ struct ImportResult {
   int copied = 0;   // other tensors copied through
 };
 
-// Converts every quantized layer of `checkpoint` (found by the format's weight tensor name) into
-// the container's tensors, appended to *tensors (several shards of one checkpoint append to the
-// same list; a shard without quantized layers is copied through whole). `progress`, when set, is
-// called after each layer.
-Status import_checkpoint_tensors(const SafetensorsFile& checkpoint, CheckpointFormat format,
+// Converts every quantized layer of the checkpoint's shards (found by the format's weight tensor
+// name, its other tensors looked up in every shard) into the container's tensors, appended to
+// *tensors; every other tensor is copied through. `progress`, when set, is called after each
+// layer.
+Status import_checkpoint_tensors(const std::vector<const SafetensorsFile*>& shards, CheckpointFormat format,
                                  const CheckpointConfig& config, std::vector<TensorData>* tensors,
                                  ImportResult* result, void (*progress)(int done, int total) = nullptr);
 // The container's metadata for tensors imported with `config` (layout version, element, source

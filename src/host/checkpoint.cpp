@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <set>
@@ -56,6 +57,19 @@ Status expect_float(const TensorView* t, const char* role, std::vector<int64_t> 
   return expect_shape(t, role, t->dtype, std::move(shape));
 }
 
+// Layer extents are checked before anything is sized from them: a tensor with a zero extent holds
+// no bytes, so the reader accepts [2^40, 0], and a loop over its other extent would run for ages.
+constexpr int64_t kMaxExtent = int64_t(1) << 30;
+Status check_extents(int64_t n, int64_t k) {
+  if (n <= 0 || k <= 0 || n > kMaxExtent || k > kMaxExtent) {
+    return invalid("layer of n = " + std::to_string(n) + ", k = " + std::to_string(k) +
+                   " outside [1, 2^30] (a tensor with a zero or huge extent)");
+  }
+  return Status::success();
+}
+// An extent of a packed dimension times its pack factor, refusing products past kMaxExtent.
+int64_t unpacked_extent(int64_t packed, int factor) { return packed > kMaxExtent / factor ? kMaxExtent + 1 : packed * factor; }
+
 // The layer in the checkpoint's column order, before act-order sorting.
 struct RawLayer {
   int64_t n = 0, k = 0, groups = 0, group_size = 0;
@@ -74,8 +88,9 @@ struct RawLayer {
 //   w[j][i] = scales[g][j] * (q(i, j) - z(g, j)), g = g_idx[i].
 Status extract_gptq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
   if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("GPTQ qweight must be 2-D");
-  raw->k = t.weight->shape[0] * 8;
+  raw->k = unpacked_extent(t.weight->shape[0], 8);
   raw->n = t.weight->shape[1];
+  if (Status s = check_extents(raw->n, raw->k); !s.ok()) return s;
   const int64_t group_size = config.group_size <= 0 ? raw->k : config.group_size;
   if (group_size <= 0 || raw->k % group_size != 0) return invalid("k = " + std::to_string(raw->k) + " is not a multiple of group_size");
   if (raw->n % 8 != 0) return invalid("GPTQ n must be a multiple of 8");
@@ -122,7 +137,8 @@ constexpr int kAwqSlotOf[8] = {0, 4, 1, 5, 2, 6, 3, 7};  // the inverse permutat
 Status extract_awq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
   if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("AWQ qweight must be 2-D");
   raw->k = t.weight->shape[0];
-  raw->n = t.weight->shape[1] * 8;
+  raw->n = unpacked_extent(t.weight->shape[1], 8);
+  if (Status s = check_extents(raw->n, raw->k); !s.ok()) return s;
   const int64_t group_size = config.group_size <= 0 ? raw->k : config.group_size;
   if (group_size <= 0 || raw->k % group_size != 0) return invalid("k = " + std::to_string(raw->k) + " is not a multiple of group_size");
   raw->group_size = group_size;
@@ -164,7 +180,8 @@ Status extract_awq(const CheckpointTensors& t, const CheckpointConfig& config, R
 Status extract_compressed_tensors(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
   if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("compressed-tensors weight_packed must be 2-D");
   raw->n = t.n > 0 ? t.n : t.weight->shape[0];
-  raw->k = t.k > 0 ? t.k : t.weight->shape[1] * 8;
+  raw->k = t.k > 0 ? t.k : unpacked_extent(t.weight->shape[1], 8);
+  if (Status s = check_extents(raw->n, raw->k); !s.ok()) return s;
   const int64_t group_size = config.group_size <= 0 ? raw->k : config.group_size;
   if (group_size <= 0 || raw->k % group_size != 0) {
     return invalid("k = " + std::to_string(raw->k) + " is not a multiple of group_size");
@@ -181,8 +198,15 @@ Status extract_compressed_tensors(const CheckpointTensors& t, const CheckpointCo
   raw->scales.resize(size_t(raw->groups * n));
   for (int64_t r = 0; r < n; ++r)
     for (int64_t g = 0; g < raw->groups; ++g) raw->scales[size_t(g * n + r)] = float_at(*t.scales, r * raw->groups + g);
+  if (t.zeros == nullptr && !config.symmetric) {
+    return invalid(t.weight->name + ": the config says asymmetric but the layer has no weight_zero_point");
+  }
   if (t.zeros != nullptr) {
     raw->zeros.resize(size_t(raw->groups * n));
+    if (t.zeros->dtype != TensorDtype::kI8 && t.zeros->dtype != TensorDtype::kI32) {
+      return invalid(t.zeros->name + ": expected I32 (packed) or I8 (before compressed-tensors 0.9.4), got " +
+                     to_string(t.zeros->dtype));
+    }
     if (t.zeros->dtype == TensorDtype::kI8) {  // before compressed-tensors 0.9.4: unpacked, signed
       if (Status s = expect_shape(t.zeros, "weight_zero_point", TensorDtype::kI8, {n, raw->groups}); !s.ok()) return s;
       for (int64_t r = 0; r < n; ++r)
@@ -230,7 +254,21 @@ const char* to_string(CheckpointFormat format) {
 
 Status find_checkpoint_tensors(const SafetensorsFile& file, CheckpointFormat format, const std::string& prefix,
                                CheckpointTensors* out) {
+  return find_checkpoint_tensors(std::vector<const SafetensorsFile*>{&file}, format, prefix, out);
+}
+
+Status find_checkpoint_tensors(const std::vector<const SafetensorsFile*>& shards, CheckpointFormat format,
+                               const std::string& prefix, CheckpointTensors* out) {
   if (out == nullptr) return invalid("null output");
+  // A name in whichever shard holds it.
+  struct {
+    const std::vector<const SafetensorsFile*>& shards;
+    const TensorView* find(const std::string& name) const {
+      for (const SafetensorsFile* shard : shards)
+        if (const TensorView* t = shard->find(name); t != nullptr) return t;
+      return nullptr;
+    }
+  } file{shards};
   CheckpointTensors t;
   if (format == CheckpointFormat::kCompressedTensors) {
     t.weight = file.find(prefix + "weight_packed");
@@ -280,9 +318,13 @@ Status decode_checkpoint_layer(CheckpointFormat format, const CheckpointTensors&
   }
   if (!status.ok()) return status;
   const int64_t n = raw.n, k = raw.k;
-  if (n <= 0 || k <= 0 || n > (1 << 30) || k > (1 << 30)) return invalid("implausible layer shape");
 
-  // Act-order: sort the columns by group (stable) when g_idx is not already i / group_size.
+  // Act-order: sort the columns by group (stable) when g_idx is not already i / group_size. The
+  // config and the tensors must agree: act-order needs a g_idx, and a g_idx that reorders columns
+  // means act-order (decoding it as column order would give wrong weights).
+  if (config.act_order && tensors.g_idx == nullptr) {
+    return invalid(tensors.weight->name + ": the config says act-order but the layer has no g_idx");
+  }
   std::vector<int32_t> permutation(static_cast<size_t>(k));
   std::iota(permutation.begin(), permutation.end(), 0);
   bool trivial = true;
@@ -290,6 +332,9 @@ Status decode_checkpoint_layer(CheckpointFormat format, const CheckpointTensors&
     const int32_t g = raw.group_of[size_t(c)];
     if (g < 0 || g >= raw.groups) return invalid("g_idx[" + std::to_string(c) + "] = " + std::to_string(g) + " outside [0, groups)");
     trivial &= g == c / raw.group_size;
+  }
+  if (!trivial && !config.act_order) {
+    return invalid(tensors.weight->name + ": g_idx reorders the columns but the config says no act-order");
   }
   if (!trivial) {
     std::stable_sort(permutation.begin(), permutation.end(),
@@ -312,8 +357,11 @@ Status decode_checkpoint_layer(CheckpointFormat format, const CheckpointTensors&
     for (int64_t c = 0; c < k; ++c) q.codes[size_t(r * k + c)] = raw.codes[size_t(r * k + permutation[size_t(c)])];
   q.scales.resize(raw.scales.size());
   for (size_t i = 0; i < raw.scales.size(); ++i) {
-    if (!std::isfinite(raw.scales[i])) return invalid("scale " + std::to_string(i) + " is not finite");
     q.scales[i] = float_to_element(config.element, raw.scales[i]);
+    if (!std::isfinite(element_to_float(config.element, q.scales[i]))) {
+      return invalid("scale " + std::to_string(i) + " (" + std::to_string(raw.scales[i]) + ") is not finite in " +
+                     to_string(config.element));
+    }
   }
   // Symmetric checkpoints whose zero points are all 8 (GPTQ sym stores 7 in v1) run scale-only.
   const bool all_eight = std::all_of(raw.zeros.begin(), raw.zeros.end(), [](float z) { return z == 8.0f; });
@@ -348,15 +396,20 @@ std::vector<uint8_t> as_bytes(const std::vector<T>& values) {
 
 }  // namespace
 
-Status import_checkpoint_tensors(const SafetensorsFile& checkpoint, CheckpointFormat format,
+Status import_checkpoint_tensors(const std::vector<const SafetensorsFile*>& shards, CheckpointFormat format,
                                  const CheckpointConfig& config, std::vector<TensorData>* tensors,
                                  ImportResult* result, void (*progress)(int done, int total)) {
   if (tensors == nullptr) return invalid("null output");
   const std::string suffix = weight_suffix(format);
+  // A layer is a tensor named P + suffix with P empty or ending in '.' (so "foo_qweight" is not one).
   std::vector<std::string> prefixes;
-  for (const TensorView& t : checkpoint.tensors()) {
-    if (t.name.size() > suffix.size() && t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      prefixes.push_back(t.name.substr(0, t.name.size() - suffix.size()));
+  for (const SafetensorsFile* shard : shards) {
+    for (const TensorView& t : shard->tensors()) {
+      if (t.name.size() < suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        continue;
+      }
+      const std::string prefix = t.name.substr(0, t.name.size() - suffix.size());
+      if (prefix.empty() || prefix.back() == '.') prefixes.push_back(prefix);
     }
   }
   std::sort(prefixes.begin(), prefixes.end());  // none: a shard of embeddings, norms, lm_head, copied through
@@ -365,10 +418,10 @@ Status import_checkpoint_tensors(const SafetensorsFile& checkpoint, CheckpointFo
   std::set<std::string> consumed;
   int done = 0;
   for (const std::string& prefix : prefixes) {
-    CheckpointTensors tensors;
-    if (Status s = find_checkpoint_tensors(checkpoint, format, prefix, &tensors); !s.ok()) return s;
+    CheckpointTensors layer_tensors;
+    if (Status s = find_checkpoint_tensors(shards, format, prefix, &layer_tensors); !s.ok()) return s;
     DecodedLayer layer;
-    if (Status s = decode_checkpoint_layer(format, tensors, config, &layer); !s.ok()) {
+    if (Status s = decode_checkpoint_layer(format, layer_tensors, config, &layer); !s.ok()) {
       return Status(s.code(), s.message() + " (layer '" + prefix + "')");
     }
     const QuantizedWeights& q = layer.weights;
@@ -385,10 +438,12 @@ Status import_checkpoint_tensors(const SafetensorsFile& checkpoint, CheckpointFo
     if (progress != nullptr) progress(++done, int(prefixes.size()));
   }
   int copied = 0;
-  for (const TensorView& t : checkpoint.tensors()) {
-    if (consumed.count(t.name)) continue;
-    out.push_back({t.name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.bytes)});
-    ++copied;
+  for (const SafetensorsFile* shard : shards) {
+    for (const TensorView& t : shard->tensors()) {
+      if (consumed.count(t.name)) continue;
+      out.push_back({t.name, t.dtype, t.shape, std::vector<uint8_t>(t.data, t.data + t.bytes)});
+      ++copied;
+    }
   }
   if (result != nullptr) {
     result->layers += int(prefixes.size());
@@ -410,7 +465,7 @@ Status import_checkpoint(const SafetensorsFile& checkpoint, CheckpointFormat for
   if (container == nullptr) return invalid("null output");
   std::vector<TensorData> tensors;
   ImportResult counts;
-  if (Status s = import_checkpoint_tensors(checkpoint, format, config, &tensors, &counts, progress); !s.ok()) return s;
+  if (Status s = import_checkpoint_tensors({&checkpoint}, format, config, &tensors, &counts, progress); !s.ok()) return s;
   if (counts.layers == 0) {
     return invalid(std::string("no ") + to_string(format) + " layer (no tensor named *" + weight_suffix(format) + ")");
   }
@@ -437,8 +492,9 @@ Status read_checkpoint_config(const std::string& json_text, CheckpointFormat* fo
   auto read_int = [&](const nlohmann::json& object, std::initializer_list<const char*> keys, int* value) {
     for (const char* key : keys) {
       if (!object.contains(key) || object[key].is_null()) continue;
-      if (!object[key].is_number_integer()) {
-        status = invalid(std::string("config: '") + key + "' is not an integer");
+      if (!object[key].is_number_integer() || object[key].get<long long>() < std::numeric_limits<int>::min() ||
+          object[key].get<long long>() > std::numeric_limits<int>::max()) {
+        status = invalid(std::string("config: '") + key + "' is not an int");
         return;
       }
       *value = object[key].get<int>();

@@ -238,6 +238,9 @@ Status write_safetensors(const std::vector<TensorData>& tensors, const std::map<
     uint64_t elements = 1;
     for (int64_t extent : t.shape) {
       if (extent < 0) return invalid("tensor '" + t.name + "': negative extent");
+      if (extent != 0 && elements > std::numeric_limits<uint64_t>::max() / 8 / static_cast<uint64_t>(extent)) {
+        return invalid("tensor '" + t.name + "': shape overflows");
+      }
       elements *= static_cast<uint64_t>(extent);
     }
     if (elements * dtype_bytes(t.dtype) != t.bytes.size()) {
@@ -246,7 +249,12 @@ Status write_safetensors(const std::vector<TensorData>& tensors, const std::map<
     header[t.name] = {{"dtype", to_string(t.dtype)}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
     offset += t.bytes.size();
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception& error) {  // a name or metadata value that is not UTF-8
+    return invalid(std::string("cannot write the header: ") + error.what());
+  }
   // Pad the header with spaces to a multiple of 8 bytes, as the reference writer does, so that the
   // data starts 8-byte aligned in the file.
   text.append((8 - text.size() % 8) % 8, ' ');
