@@ -418,6 +418,17 @@ TEST(Checkpoint, ImportWritesAContainerThatLoadsBack) {
   }
   PackedLayer none;
   W4A16_EXPECT_CODE(load_packed_layer(container, "model.layers.1.", &none), StatusCode::kInvalidArgument);
+  {
+    SCOPED_TRACE("a k_permutation that is not a permutation");
+    std::vector<uint8_t> corrupt = container_bytes;
+    const TensorView* perm = container.find("model.layers.0.mlp.up_proj.w4a16.k_permutation");
+    ASSERT_NE(perm, nullptr);
+    const size_t offset = size_t(perm->data - container_bytes.data());
+    std::memcpy(corrupt.data() + offset + 4, corrupt.data() + offset, 4);  // entry 1 repeats entry 0
+    SafetensorsFile bad;
+    W4A16_ASSERT_OK(SafetensorsFile::parse(corrupt.data(), corrupt.size(), &bad));
+    W4A16_EXPECT_CODE(load_packed_layer(bad, "model.layers.0.mlp.up_proj.", &none), StatusCode::kInvalidArgument);
+  }
   W4A16_EXPECT_CODE(load_packed_layer(checkpoint, "model.layers.0.mlp.up_proj.", &none), StatusCode::kInvalidArgument);
   // A file without any layer of the format is an error, not an empty container.
   std::vector<uint8_t> ignored;

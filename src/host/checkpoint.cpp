@@ -612,8 +612,21 @@ Status load_packed_layer(const SafetensorsFile& container, const std::string& pr
   if (layer.zeros != nullptr) {
     if (Status s = expect_shape(layer.zeros, "zeros", scale_dtype, {groups, n}); !s.ok()) return s;
   }
+  if (n % 16 != 0 || k % 64 != 0 || !check_group_size(int(k), int(k / groups)).ok()) {
+    return invalid(layer.packed->name + ": n = " + std::to_string(n) + ", k = " + std::to_string(k) + ", group " +
+                   std::to_string(k / groups) + " is not a shape the kernels take");
+  }
   if (layer.k_permutation != nullptr) {
     if (Status s = expect_shape(layer.k_permutation, "k_permutation", TensorDtype::kI32, {k}); !s.ok()) return s;
+    // A permutation of [0, k): whoever gathers A's columns with it must stay inside A.
+    std::vector<bool> seen(static_cast<size_t>(k), false);
+    for (int64_t c = 0; c < k; ++c) {
+      const int32_t source = int32_t(word_at(*layer.k_permutation, c));
+      if (source < 0 || source >= k || seen[size_t(source)]) {
+        return invalid(layer.k_permutation->name + " is not a permutation of [0, k)");
+      }
+      seen[size_t(source)] = true;
+    }
   }
   layer.n = int(n);
   layer.k = int(k);
