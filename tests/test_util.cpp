@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "w4a16/reference.h"
+#include "host/parallel.h"
 
 namespace w4a16 {
 
@@ -137,14 +138,7 @@ std::vector<double> reference_magnitude(const std::vector<uint16_t>& a, int m, c
       }
     }
   };
-  const int threads = std::clamp(int(std::thread::hardware_concurrency()), 1, 32);
-  std::vector<std::thread> pool;
-  const int chunk = (n + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    const int begin = t * chunk, end = std::min(n, begin + chunk);
-    if (begin < end) pool.emplace_back(work, begin, end);
-  }
-  for (auto& thread : pool) thread.join();
+  parallel_ranges(n, work);
   return out;
 }
 

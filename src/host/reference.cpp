@@ -3,6 +3,7 @@
 #include <string>
 #include <thread>
 
+#include "host/parallel.h"
 #include "w4a16/reference.h"
 
 namespace w4a16 {
@@ -56,14 +57,7 @@ Status reference_gemm(const uint16_t* a, int m, const QuantizedWeights& weights,
       }
     }
   };
-  const int threads = std::clamp(int(std::thread::hardware_concurrency()), 1, 32);
-  std::vector<std::thread> pool;
-  const int chunk = (n + threads - 1) / threads;
-  for (int t = 0; t < threads; ++t) {
-    const int begin = t * chunk, end = std::min(n, begin + chunk);
-    if (begin < end) pool.emplace_back(work, begin, end);
-  }
-  for (auto& thread : pool) thread.join();
+  parallel_ranges(n, work);
   return Status::success();
 }
 
