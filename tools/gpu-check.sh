@@ -49,32 +49,26 @@ if [ "$tests_flag" = ON ]; then
     # (MEMCHECK_FILTER='*' runs it all). racecheck: our kernels only, every config in every format
     # on two shapes; cuBLAS's own kernels trip racecheck's heuristics and are not ours to fix. The
     # two run side by side.
-    compute-sanitizer --tool memcheck --error-exitcode 9 "$BUILD/tests/w4a16_gpu_tests" \
-      --gtest_filter="${MEMCHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*EveryConfig*_large:*BitIdentical*:*Invalid*:*Graph*:*Programmatic*:*DefaultConfig*n1040_k320*}" \
-      >"$LOGS/memcheck.log" 2>&1 &
-    memcheck=$!
-    W4A16_TEST_FAMILY=multistage,warp_specialized,streaming compute-sanitizer --tool racecheck --error-exitcode 9 \
-      "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${RACECHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*}" \
-      >"$LOGS/racecheck.log" 2>&1 &
-    racecheck=$!
-    # initcheck (reads of uninitialized device memory) and synccheck (barrier misuse) over every
-    # config in every format on one shape, our kernels only, alongside.
-    W4A16_TEST_FAMILY=multistage,warp_specialized,streaming compute-sanitizer --tool initcheck --error-exitcode 9 \
-      "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${INITCHECK_FILTER:-*EveryConfig*m17_*}" \
-      >"$LOGS/initcheck.log" 2>&1 &
-    initcheck=$!
-    W4A16_TEST_FAMILY=multistage,warp_specialized,streaming compute-sanitizer --tool synccheck --error-exitcode 9 \
-      "$BUILD/tests/w4a16_gpu_tests" --gtest_filter="${SYNCCHECK_FILTER:-*EveryConfig*m17_*}" \
-      >"$LOGS/synccheck.log" 2>&1 &
-    synccheck=$!
-    wait $memcheck
-    record "compute-sanitizer memcheck" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/memcheck.log" | tail -n 1)"
-    wait $racecheck
-    record "compute-sanitizer racecheck (ms, ws, st)" "rc=$?: $(grep -E "RACECHECK SUMMARY" "$LOGS/racecheck.log" | tail -n 1)"
-    wait $initcheck
-    record "compute-sanitizer initcheck (ms, ws, st)" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/initcheck.log" | tail -n 1)"
-    wait $synccheck
-    record "compute-sanitizer synccheck (ms, ws, st)" "rc=$?: $(grep -E 'ERROR SUMMARY' "$LOGS/synccheck.log" | tail -n 1)"
+    # One compute-sanitizer tool over a test filter, in the background; FAMILIES (optional)
+    # restricts the every-config loops to those families.
+    declare -A pids
+    sanitize() {  # tool filter [families]
+      W4A16_TEST_FAMILY="${3:-}" compute-sanitizer --tool "$1" --error-exitcode 9 "$BUILD/tests/w4a16_gpu_tests" \
+        --gtest_filter="$2" >"$LOGS/$1.log" 2>&1 &
+      pids[$1]=$!
+    }
+    ours=multistage,warp_specialized,streaming
+    sanitize memcheck "${MEMCHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*EveryConfig*_large:*BitIdentical*:*Invalid*:*Graph*:*Programmatic*:*DefaultConfig*n1040_k320*}"
+    sanitize racecheck "${RACECHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*}" "$ours"
+    # initcheck (reads of uninitialized device memory) and synccheck (barrier misuse): every
+    # config in every format on one shape, our kernels only.
+    sanitize initcheck "${INITCHECK_FILTER:-*EveryConfig*m17_*}" "$ours"
+    sanitize synccheck "${SYNCCHECK_FILTER:-*EveryConfig*m17_*}" "$ours"
+    for tool in memcheck racecheck initcheck synccheck; do
+      wait "${pids[$tool]}"
+      rc=$?
+      record "compute-sanitizer $tool" "rc=$rc: $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$LOGS/$tool.log" | tail -n 1)"
+    done
   fi
 fi
 

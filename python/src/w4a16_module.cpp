@@ -38,9 +38,11 @@ nb::ndarray<nb::numpy, T> to_numpy(const std::vector<T>& values, std::vector<siz
   return nb::ndarray<nb::numpy, T>(copy->data(), shape.size(), shape.data(), owner);
 }
 
-template <class T>
-std::vector<T> to_vector(const nb::ndarray<const T, nb::c_contig, nb::device::cpu>& array) {
-  return std::vector<T>(array.data(), array.data() + array.size());
+template <class Array>
+std::vector<size_t> shape_of(const Array& array) {
+  std::vector<size_t> shape(array.ndim());
+  for (size_t d = 0; d < shape.size(); ++d) shape[d] = array.shape(d);
+  return shape;
 }
 
 using Codes = nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
@@ -130,18 +132,14 @@ NB_MODULE(_w4a16, m) {
     const w4a16::ElementType element = element_of(dtype);
     std::vector<uint16_t> bits(values.size());
     for (size_t i = 0; i < bits.size(); ++i) bits[i] = w4a16::float_to_element(element, values.data()[i]);
-    std::vector<size_t> shape(values.ndim());
-    for (size_t d = 0; d < shape.size(); ++d) shape[d] = values.shape(d);
-    return to_numpy(bits, shape);
+    return to_numpy(bits, shape_of(values));
   }, nb::arg("values"), nb::arg("dtype"), "float32 -> uint16 bits of fp16 or bf16 (round to nearest even).");
 
   m.def("element_values", [](nb::ndarray<const uint16_t, nb::c_contig, nb::device::cpu> bits, const std::string& dtype) {
     const w4a16::ElementType element = element_of(dtype);
     std::vector<float> values(bits.size());
     for (size_t i = 0; i < values.size(); ++i) values[i] = w4a16::element_to_float(element, bits.data()[i]);
-    std::vector<size_t> shape(bits.ndim());
-    for (size_t d = 0; d < shape.size(); ++d) shape[d] = bits.shape(d);
-    return to_numpy(values, shape);
+    return to_numpy(values, shape_of(bits));
   }, nb::arg("bits"), nb::arg("dtype"), "uint16 bits of fp16 or bf16 -> float32.");
 
   m.def("import_checkpoint", [](const std::string& path, const std::string& out_path, const std::string& format,

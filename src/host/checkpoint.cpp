@@ -131,8 +131,8 @@ Status extract_gptq(const CheckpointTensors& t, const CheckpointConfig& config, 
 //   qzeros  int32 [G, n/8]: the same packing; zero points stored as is.
 //   scales  [G, n]; groups are contiguous (no g_idx).
 //   w[j][i] = scales[i / g][j] * (q(i, j) - z(i / g, j)).
-constexpr int kAwqOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-constexpr int kAwqSlotOf[8] = {0, 4, 1, 5, 2, 6, 3, 7};  // the inverse permutation of kAwqOrder
+// The inverse permutation of kOrder = {0, 2, 4, 6, 1, 3, 5, 7} (the packer's order_map).
+constexpr int kAwqSlotOf[8] = {0, 4, 1, 5, 2, 6, 3, 7};
 
 Status extract_awq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
   if (t.weight == nullptr || t.weight->shape.size() != 2) return invalid("AWQ qweight must be 2-D");
@@ -160,7 +160,6 @@ Status extract_awq(const CheckpointTensors& t, const CheckpointConfig& config, R
     }
   raw->group_of.resize(size_t(k));
   for (int64_t i = 0; i < k; ++i) raw->group_of[size_t(i)] = int32_t(i / group_size);
-  (void)kAwqOrder;
   return Status::success();
 }
 
