@@ -17,6 +17,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -54,6 +56,7 @@ struct BenchOptions {
   std::string dtype = "fp16";
   bool zeros = false;
   bool formats = false;  // every format side by side (run_formats)
+  bool act_order = false;  // time each config with a random k_permutation, and without it right before
 };
 
 const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -287,6 +290,7 @@ void check_bench_options(const BenchOptions& options) {
   if (options.formats && (options.zeros || options.dtype != "fp16")) {
     throw CliError("--formats times every format; it takes no --dtype or --zeros");
   }
+  if (options.formats && options.act_order) throw CliError("--formats takes no --act-order");
 }
 
 int run_bench(const BenchOptions& options) {
@@ -373,6 +377,14 @@ int run_bench(const BenchOptions& options) {
     }
     DeviceBuffer a(size_t(max_m) * k * 2), c(size_t(max_m) * n * 2);
     fill_random_elements(element, a.get(), size_t(max_m) * k, -1, 1, 400);
+    // --act-order: one random permutation of k, as a GPTQ desc_act checkpoint's import makes.
+    DeviceBuffer permutation(options.act_order ? size_t(k) * 4 : 0);
+    if (options.act_order) {
+      std::vector<int32_t> host(k);
+      std::iota(host.begin(), host.end(), 0);
+      std::shuffle(host.begin(), host.end(), std::mt19937(600));
+      check_cuda(cudaMemcpy(permutation.get(), host.data(), host.size() * 4, cudaMemcpyHostToDevice), "upload");
+    }
     check_cuda(cudaDeviceSynchronize(), "fill");
 
     DeviceBuffer sink(sizeof(unsigned));
@@ -425,27 +437,32 @@ int run_bench(const BenchOptions& options) {
       // timing follows the previous shape's cuBLAS run, and after a compute-heavy one the SM
       // clock takes a while to come back (time_graph); timing cuBLAS first put every w4a16 timing
       // of m >= 256 right behind a dense GEMM and cost them 5-15% (bench/NOTES.md, entry 17).
-      std::vector<Timing> w4_timings;
+      std::vector<Timing> w4_timings, plain_timings;
       for (size_t c = 0; c < configs.size(); ++c) {
         const KernelConfig& config = configs[c];
-        const size_t need = runner.workspace_bytes(m, n, k, config);
-        if (workspace.bytes() < need) workspace = DeviceBuffer(need);
-        check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
-        w4_timings.push_back(time_graph(
-            [&](int i) {
-              args.packed_weights = packed[i % w4_copies].get();
-              args.scales = scales_of(i);
-              args.zeros = zeros_of(i);
-              check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
-            },
-            std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream,
-            // The first shape of a layer follows the ceilings or the previous layer's largest m,
-            // both compute-heavy: give the clock time to recover (see time_graph). One second was
-            // not enough after the previous layer's m = 4096: the first decode shape ran 1.4-2.6%
-            // slower than the same kernel at m = 2 right after it (H100, 1x28672x8192 46.8 vs
-            // 45.6 us); 1 s vs 3 s: 46.5 vs 45.8 us, 1x8192x28672 45.1 vs 44.6 (bench/NOTES.md,
-            // entry 22).
-            shape_index == 0 && c == 0 ? kSettleAfterComputeMs : 25));
+        // With --act-order: the same config without the permutation first (the cost's baseline,
+        // in the same clock state), then with it, which the table reports.
+        for (const bool permuted : options.act_order ? std::vector<bool>{false, true} : std::vector<bool>{false}) {
+          args.k_permutation = permuted ? permutation.get<int32_t>() : nullptr;
+          const size_t need = runner.workspace_bytes(args, config);
+          if (workspace.bytes() < need) workspace = DeviceBuffer(need);
+          check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
+          (options.act_order && !permuted ? plain_timings : w4_timings).push_back(time_graph(
+              [&](int i) {
+                args.packed_weights = packed[i % w4_copies].get();
+                args.scales = scales_of(i);
+                args.zeros = zeros_of(i);
+                check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
+              },
+              std::max(iterations_for(roofline_us), w4_copies), options.repeats, stream,
+              // The first shape of a layer follows the ceilings or the previous layer's largest m,
+              // both compute-heavy: give the clock time to recover (see time_graph). One second was
+              // not enough after the previous layer's m = 4096: the first decode shape ran 1.4-2.6%
+              // slower than the same kernel at m = 2 right after it (H100, 1x28672x8192 46.8 vs
+              // 45.6 us); 1 s vs 3 s: 46.5 vs 45.8 us, 1x8192x28672 45.1 vs 44.6 (bench/NOTES.md,
+              // entry 22).
+              shape_index == 0 && c == 0 && !permuted ? kSettleAfterComputeMs : 25));
+        }
       }
       const Timing dense_timing = time_graph(
           [&](int i) {
@@ -478,6 +495,11 @@ int run_bench(const BenchOptions& options) {
                     bytes / (w4.median_us * 1e3), roofline_us, 100 * efficiency, read_floor.median_us,
                     100 * read_floor.median_us / w4.median_us, dense_timing.median_us,
                     100 * cublas_roofline_us / dense_timing.median_us, speedup);
+        if (options.act_order) {
+          std::printf("# act-order %dx%dx%d %s: without the permutation %.1f us, with it %.1f us (%+.1f%%)\n", m, n,
+                      k, config.name().c_str(), plain_timings[c].median_us, w4.median_us,
+                      100.0 * (w4.median_us / plain_timings[c].median_us - 1.0));
+        }
         std::fflush(stdout);
         results.push_back({{"m", m},
                            {"n", n},
@@ -504,6 +526,10 @@ int run_bench(const BenchOptions& options) {
                            {"cublas_roofline_us", cublas_roofline_us},
                            {"cublas_efficiency", cublas_roofline_us / dense_timing.median_us},
                            {"speedup_vs_cublas", speedup}});
+        if (options.act_order) {
+          results.back()["act_order"] = true;
+          results.back()["without_act_order_us"] = plain_timings[c].median_us;
+        }
       }
     }
   }
@@ -682,6 +708,8 @@ void register_bench(CLI::App& app, int* exit_code) {
       ->check(CLI::IsMember({"auto", "always", "off"}));
   command->add_option("--dtype", options->dtype, "activation type: fp16 or bf16")->check(CLI::IsMember({"fp16", "bf16"}));
   command->add_flag("--zeros", options->zeros, "weights with zero points (w = s * (q - z))");
+  command->add_flag("--act-order", options->act_order,
+                    "weights in act-order (a random k_permutation); also times each config without it, right before");
   command->add_flag("--formats", options->formats,
                     "time every format (fp16, bf16, with and without zero points) side by side at fp16's default "
                     "configs; its default shapes are m 1..4096 on 4096x4096, 28672x8192, 8192x28672");

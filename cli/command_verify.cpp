@@ -1,7 +1,10 @@
-// w4a16 verify: one GEMM on random data, checked against the CPU reference (double accumulation).
+// w4a16 verify: one GEMM on random data, checked against the CPU reference (double accumulation);
+// with --checkpoint, the layers of an imported container (w4a16 import) on random activations.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -9,7 +12,9 @@
 #include "cli/cli_support.h"
 #include "cli/commands.h"
 #include "cli/test_data.h"
+#include "w4a16/checkpoint.h"
 #include "w4a16/reference.h"
+#include "w4a16/safetensors.h"
 #include "w4a16/runner.h"
 
 namespace w4a16::cli {
@@ -26,9 +31,166 @@ struct VerifyOptions {
   uint64_t seed = 0;
   int sample_rows = 16;
   double tolerance = 0.0;  // 0: per type (fp16 2e-3; bf16, 3 fewer mantissa bits, 1.6e-2)
+  std::string checkpoint;  // an imported container: verify its layers instead of random weights
+  std::string layer;       // with --checkpoint: one layer's name prefix (default: every layer)
 };
 
+double tolerance_for(const VerifyOptions& options, ElementType element) {
+  return options.tolerance > 0.0 ? options.tolerance : element == ElementType::kBFloat16 ? 1.6e-2 : 2e-3;
+}
+
+// C (downloaded, bits of `element`) against the reference over `a_reference` (A as the weights'
+// k order sees it): every element finite, and the relative Frobenius error of all rows, or of a
+// sample (first, last, random) when the CPU reference would take too long. Prints two lines.
+bool matches_reference(const std::vector<uint16_t>& out, const std::vector<uint16_t>& a_reference, int m,
+                       const QuantizedWeights& weights, const uint16_t* bias, float alpha, double tolerance,
+                       int sample_rows, uint64_t seed) {
+  const int n = weights.n, k = weights.k;
+  const ElementType element = weights.element;
+  size_t non_finite = 0;
+  for (uint16_t x : out) non_finite += !std::isfinite(element_to_float(element, x));
+  std::vector<int> rows;
+  const bool sample = double(m) * n * k > 4e9 && m > sample_rows;
+  if (sample) {
+    std::mt19937 pick{static_cast<uint32_t>(seed)};
+    rows = {0, m - 1};
+    while (int(rows.size()) < sample_rows) rows.push_back(int(pick() % uint32_t(m)));
+  }
+  const auto begin = std::chrono::steady_clock::now();
+  std::vector<double> reference;
+  check_status(reference_gemm(a_reference.data(), m, weights, bias, alpha, rows, &reference), "reference_gemm");
+  const double reference_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const int checked_rows = sample ? int(rows.size()) : m;
+  double max_abs = 0.0, error_squares = 0.0, reference_squares = 0.0;
+  for (int r = 0; r < checked_rows; ++r) {
+    const int row = sample ? rows[r] : r;
+    for (int col = 0; col < n; ++col) {
+      const double got = element_to_float(element, out[size_t(row) * n + col]);
+      const double want = reference[size_t(r) * n + col];
+      const double error = std::fabs(got - want);
+      max_abs = std::isfinite(error) ? std::max(max_abs, error) : INFINITY;
+      error_squares += error * error;
+      reference_squares += want * want;
+    }
+  }
+  const double relative = std::sqrt(error_squares / std::max(reference_squares, 1e-300));
+  const bool pass = non_finite == 0 && std::isfinite(relative) && relative <= tolerance;
+  std::printf("checked %d of %d rows (reference %.1f s); non-finite outputs: %zu\n", checked_rows, m,
+              reference_seconds, non_finite);
+  std::printf("max abs error %.3e   relative error (Frobenius) %.3e   tolerance %.1e   %s\n", max_abs, relative,
+              tolerance, pass ? "PASS" : "FAIL");
+  return pass;
+}
+
+// The layers of an imported container (every P with a P + "w4a16.packed" tensor, or --layer),
+// each run on random activations at --m with the default config (or --config), its k_permutation
+// applied, against the reference over the unpacked codes.
+int run_verify_checkpoint(const VerifyOptions& options) {
+  if (options.m < 1) throw CliError("--m " + std::to_string(options.m) + ": must be at least 1");
+  KernelConfig forced;
+  if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
+    throw CliError("--config " + options.config + ": not a config name (w4a16 info lists them)");
+  }
+  SafetensorsFile container;
+  check_status(SafetensorsFile::open(options.checkpoint, &container), ("--checkpoint " + options.checkpoint).c_str());
+  const std::string suffix = "w4a16.packed";
+  std::vector<std::string> prefixes;
+  for (const TensorView& tensor : container.tensors()) {
+    const std::string& name = tensor.name;
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string prefix = name.substr(0, name.size() - suffix.size());
+      if (options.layer.empty() || prefix == options.layer) prefixes.push_back(prefix);
+    }
+  }
+  if (prefixes.empty()) {
+    throw CliError("--checkpoint " + options.checkpoint + ": " +
+                   (options.layer.empty() ? std::string("holds no imported layer (w4a16 import makes them)")
+                                          : "has no layer '" + options.layer + "' (a name prefix such as "
+                                                                               "'model.layers.0.mlp.up_proj.')"));
+  }
+  std::vector<PackedLayer> layers(prefixes.size());
+  for (size_t i = 0; i < prefixes.size(); ++i) {
+    check_status(load_packed_layer(container, prefixes[i], &layers[i]), ("layer " + prefixes[i]).c_str());
+  }
+  if (!require_gpu("verify")) return 2;
+  GemmRunner runner;
+  check_status(runner.status(), "runner");
+  const uint64_t seed = options.seed != 0 ? options.seed : std::random_device{}();
+  int failures = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const PackedLayer& layer = layers[i];
+    const int m = options.m, n = layer.n, k = layer.k;
+    QuantizedWeights weights;
+    weights.n = n;
+    weights.k = k;
+    weights.group_size = layer.group_size;
+    weights.element = layer.format.element;
+    check_status(unpack_weights(layer.packed->data, n, k, &weights.codes), "unpack_weights");
+    auto bits_of = [](const TensorView* view) {
+      std::vector<uint16_t> bits(view != nullptr ? view->bytes / 2 : 0);
+      if (view != nullptr) std::memcpy(bits.data(), view->data, view->bytes);
+      return bits;
+    };
+    weights.scales = bits_of(layer.scales);
+    weights.zeros = bits_of(layer.zeros);
+    std::vector<int32_t> permutation(layer.k_permutation != nullptr ? k : 0);
+    if (layer.k_permutation != nullptr) std::memcpy(permutation.data(), layer.k_permutation->data, size_t(k) * 4);
+
+    std::mt19937_64 rng(seed + i);
+    std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+    std::vector<uint16_t> a(size_t(m) * k), a_reference;
+    for (uint16_t& x : a) x = float_to_element(weights.element, uniform(rng));
+    if (permutation.empty()) {
+      a_reference = a;
+    } else {
+      a_reference.resize(a.size());
+      for (int r = 0; r < m; ++r)
+        for (int j = 0; j < k; ++j) a_reference[size_t(r) * k + j] = a[size_t(r) * k + permutation[j]];
+    }
+    const Format format = weights.format();
+    const KernelConfig config = options.config.empty() ? runner.default_config(m, n, k, layer.group_size, format) : forced;
+    std::printf("layer %s: n=%d k=%d group=%d format=%s act-order=%s m=%d config=%s seed=%llu\n", prefixes[i].c_str(),
+                n, k, layer.group_size, format_name(format), permutation.empty() ? "no" : "yes", m,
+                config.name().c_str(), static_cast<unsigned long long>(seed + i));
+
+    DeviceBuffer d_a(a.size() * 2), packed(layer.packed->bytes), scales(layer.scales->bytes),
+        zeros(layer.zeros != nullptr ? layer.zeros->bytes : 0), d_permutation(permutation.size() * 4),
+        c(size_t(m) * n * 2);
+    d_a.upload(a.data(), d_a.bytes());
+    packed.upload(layer.packed->data, packed.bytes());
+    scales.upload(layer.scales->data, scales.bytes());
+    if (layer.zeros != nullptr) zeros.upload(layer.zeros->data, zeros.bytes());
+    if (!permutation.empty()) d_permutation.upload(permutation.data(), d_permutation.bytes());
+    check_cuda(cudaMemset(c.get(), 0xFF, c.bytes()), "cudaMemset");  // NaN poison
+    GemmArguments args;
+    args.a = d_a.get();
+    args.packed_weights = packed.get();
+    args.scales = scales.get();
+    args.zeros = layer.zeros != nullptr ? zeros.get() : nullptr;
+    args.k_permutation = permutation.empty() ? nullptr : d_permutation.get<int32_t>();
+    args.element = weights.element;
+    args.c = c.get();
+    args.m = m;
+    args.n = n;
+    args.k = k;
+    args.group_size = layer.group_size;
+    DeviceBuffer workspace(runner.workspace_bytes(args, config));
+    check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), nullptr), "gemm");
+    check_cuda(cudaDeviceSynchronize(), "gemm execution");
+    std::vector<uint16_t> out(size_t(m) * n);
+    check_cuda(cudaMemcpy(out.data(), c.get(), c.bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+    if (!matches_reference(out, a_reference, m, weights, nullptr, 1.0f, tolerance_for(options, weights.element),
+                           options.sample_rows, seed + i)) {
+      ++failures;
+    }
+  }
+  std::printf("%zu layers, %d failed: %s\n", layers.size(), failures, failures == 0 ? "PASS" : "FAIL");
+  return failures == 0 ? 0 : 1;
+}
+
 int run_verify(const VerifyOptions& options) {
+  if (!options.checkpoint.empty()) return run_verify_checkpoint(options);
+  if (!options.layer.empty()) throw CliError("--layer needs --checkpoint");
   // Every argument first, then the GPU: a mistake is answered as such on any machine.
   const int m = options.m, n = options.n, k = options.k;
   check_problem_options(m, n, k, options.group);
@@ -80,44 +242,8 @@ int run_verify(const VerifyOptions& options) {
   std::vector<uint16_t> out(size_t(m) * n);
   check_cuda(cudaMemcpy(out.data(), c.get(), c.bytes(), cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
 
-  // Every element must be finite (written); the value check uses all rows when the CPU can afford
-  // it and a sample (first, last, random) otherwise.
-  size_t non_finite = 0;
-  for (uint16_t x : out) non_finite += !std::isfinite(element_to_float(format.element, x));
-  std::vector<int> rows;
-  const bool sample = double(m) * n * k > 4e9 && m > options.sample_rows;
-  if (sample) {
-    std::mt19937 pick{static_cast<uint32_t>(seed)};
-    rows = {0, m - 1};
-    while (int(rows.size()) < options.sample_rows) rows.push_back(int(pick() % uint32_t(m)));
-  }
-  const auto begin = std::chrono::steady_clock::now();
-  std::vector<double> reference;
-  check_status(reference_gemm(problem.a.data(), m, problem.weights, options.bias ? problem.bias.data() : nullptr,
-                              options.alpha, rows, &reference),
-               "reference_gemm");
-  const double reference_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
-  const int checked_rows = sample ? int(rows.size()) : m;
-  double max_abs = 0.0, error_squares = 0.0, reference_squares = 0.0;
-  for (int r = 0; r < checked_rows; ++r) {
-    const int row = sample ? rows[r] : r;
-    for (int col = 0; col < n; ++col) {
-      const double got = element_to_float(format.element, out[size_t(row) * n + col]);
-      const double want = reference[size_t(r) * n + col];
-      const double error = std::fabs(got - want);
-      max_abs = std::isfinite(error) ? std::max(max_abs, error) : INFINITY;
-      error_squares += error * error;
-      reference_squares += want * want;
-    }
-  }
-  const double relative = std::sqrt(error_squares / std::max(reference_squares, 1e-300));
-  const double tolerance =
-      options.tolerance > 0.0 ? options.tolerance : format.element == ElementType::kBFloat16 ? 1.6e-2 : 2e-3;
-  const bool pass = non_finite == 0 && std::isfinite(relative) && relative <= tolerance;
-  std::printf("checked %d of %d rows (reference %.1f s); non-finite outputs: %zu\n", checked_rows, m,
-              reference_seconds, non_finite);
-  std::printf("max abs error %.3e   relative error (Frobenius) %.3e   tolerance %.1e   %s\n", max_abs, relative,
-              tolerance, pass ? "PASS" : "FAIL");
+  const bool pass = matches_reference(out, problem.a, m, problem.weights, options.bias ? problem.bias.data() : nullptr,
+                                      options.alpha, tolerance_for(options, format.element), options.sample_rows, seed);
   return pass ? 0 : 1;
 }
 
@@ -138,6 +264,9 @@ void register_verify(CLI::App& app, int* exit_code) {
   command->add_option("--seed", options->seed, "random seed (0: fresh)");
   command->add_option("--tolerance", options->tolerance,
                       "max relative (Frobenius) error (default: 2e-3 for fp16, 1.6e-2 for bf16)");
+  command->add_option("--checkpoint", options->checkpoint,
+                      "an imported container (w4a16 import): verify its layers on random activations at --m");
+  command->add_option("--layer", options->layer, "with --checkpoint: only this layer (its name prefix)");
   command->callback([options, exit_code] { *exit_code = run_verify(*options); });
 }
 

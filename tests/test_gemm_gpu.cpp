@@ -8,6 +8,8 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <thread>
 #include <set>
 #include <string>
 #include <utility>
@@ -858,6 +860,213 @@ TEST_F(Gpu, ProgrammaticLaunchSeesInputsThePreviousKernelWrote) {
   W4A16_RANDOM(rng);
   ASSERT_NO_FATAL_FAILURE(check_inputs_written_by_previous_kernel(pdl_runner, stream_, rng, 1024));
   ASSERT_NO_FATAL_FAILURE(check_inputs_written_by_previous_kernel(pdl_runner, stream_, rng, 256));
+}
+
+
+// =============================================================================================
+// Act-order (GemmArguments::k_permutation): A's columns gathered into the weights' k order, on
+// every family and format, against the reference over the host-permuted A; the workspace the
+// gather needs is counted and enforced.
+
+class ActOrder : public Gpu, public ::testing::WithParamInterface<Format> {};
+
+TEST_P(ActOrder, MatchesThePermutedReference) {
+  W4A16_RANDOM(rng);
+  const int n = 272, k = 1088, group = 64;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w, GetParam()));
+  std::vector<int32_t> permutation(k);
+  for (int j = 0; j < k; ++j) permutation[j] = j;
+  std::shuffle(permutation.begin(), permutation.end(), rng.engine());
+  DeviceArray<int32_t> d_permutation;
+  ASSERT_NO_FATAL_FAILURE(d_permutation.upload(permutation));
+
+  for (int m : {1, 17, 300}) {
+    Problem p;
+    ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p));
+    GemmArguments args = p.arguments(w);
+    args.k_permutation = d_permutation.get();
+    std::vector<uint16_t> permuted(size_t(m) * k);
+    for (int r = 0; r < m; ++r)
+      for (int j = 0; j < k; ++j) permuted[size_t(r) * k + j] = p.a[size_t(r) * k + permutation[j]];
+    std::vector<double> reference;
+    W4A16_ASSERT_OK(reference_gemm(permuted.data(), m, w.q, p.bias.data(), p.alpha, {}, &reference));
+    const std::vector<double> magnitude = test::reference_magnitude(permuted, m, w.q, p.alpha, {});
+
+    std::vector<KernelConfig> configs = one_config_per_family(runner(), m, n, k, group);
+    for (const KernelConfig& config : runner().configs())
+      if (config.family == KernelFamily::kDequantCublas) configs.push_back(config);
+    for (const KernelConfig& config : configs) {
+      if (!test::family_selected(config.family)) continue;
+      SCOPED_TRACE(describe(m, w, p, config) + ", act-order");
+      const size_t needed = runner().workspace_bytes(args, config);
+      EXPECT_GE(needed, runner().workspace_bytes(m, n, k, config) + size_t(m) * k * 2);
+      DeviceArray<uint8_t> workspace;
+      ASSERT_NO_FATAL_FAILURE(workspace.allocate(needed));
+      // Without room for the gathered A the call is refused.
+      W4A16_EXPECT_CODE(runner().check(args, config, workspace.get(), needed - 256), StatusCode::kWorkspaceTooSmall);
+      std::vector<uint16_t> c;
+      ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &c));
+      EXPECT_TRUE(test::all_finite(w.format.element, c, m, n));
+      EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, {}, reference, magnitude));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, ActOrder, ::testing::ValuesIn(kAllFormats),
+                         [](const ::testing::TestParamInfo<Format>& info) { return format_tag(info.param); });
+
+// =============================================================================================
+// Concurrency (runner.h): gemm() may be called from several host threads at once, each on its own
+// stream, workspace and output, and two runners may work side by side. Every thread's results must
+// equal the serial ones bit for bit, over every family (cuBLAS's shared handle included) and format.
+
+struct ConcurrentJob {
+  Weights w;
+  Problem p;
+  KernelConfig config;
+  std::vector<uint16_t> serial;  // C from a lone, serial call
+};
+
+// One job per (format, family config): a 33 x 1040 x 2048 problem, the fused families with and
+// without split-K, and dequant_cublas.
+void make_concurrent_jobs(Random& rng, const GemmRunner& runner, std::vector<std::unique_ptr<ConcurrentJob>>* jobs) {
+  const int m = 33, n = 1040, k = 2048, group = 128;
+  for (const Format& format : kAllFormats) {
+    std::vector<KernelConfig> configs = one_config_per_family(runner, m, n, k, group);
+    for (const KernelConfig& config : runner.configs())
+      if (config.family == KernelFamily::kDequantCublas) configs.push_back(config);
+    for (const KernelConfig& config : configs) {
+      auto job = std::make_unique<ConcurrentJob>();
+      ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &job->w, format));
+      ASSERT_NO_FATAL_FAILURE(make_problem(rng, job->w, m, /*use_bias=*/true, rng.alpha(), &job->p));
+      job->config = config;
+      jobs->push_back(std::move(job));
+    }
+  }
+}
+
+// Runs every job `rounds` times on `stream` (starting at job `first`, so threads interleave
+// different kernels), each into its own C, and downloads the last round's results. Returns the
+// first failure as text (gtest's ASSERTs do not cross threads).
+std::string run_jobs(const GemmRunner& runner, const std::vector<std::unique_ptr<ConcurrentJob>>& jobs, size_t first,
+                     int rounds, std::vector<std::vector<uint16_t>>* results) {
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) return "cudaStreamCreate failed";
+  std::string failure;
+  std::vector<void*> outputs(jobs.size(), nullptr), workspaces(jobs.size(), nullptr);
+  std::vector<size_t> workspace_sizes(jobs.size(), 0);
+  for (size_t j = 0; j < jobs.size() && failure.empty(); ++j) {
+    const GemmArguments args = jobs[j]->p.arguments(jobs[j]->w);
+    workspace_sizes[j] = runner.workspace_bytes(args, jobs[j]->config);
+    if (cudaMalloc(&outputs[j], size_t(args.m) * args.n * 2) != cudaSuccess ||
+        (workspace_sizes[j] > 0 && cudaMalloc(&workspaces[j], workspace_sizes[j]) != cudaSuccess)) {
+      failure = "cudaMalloc failed";
+    }
+  }
+  for (int round = 0; round < rounds && failure.empty(); ++round) {
+    for (size_t i = 0; i < jobs.size() && failure.empty(); ++i) {
+      const size_t j = (first + i) % jobs.size();
+      GemmArguments args = jobs[j]->p.arguments(jobs[j]->w);
+      args.c = outputs[j];
+      if (cudaMemsetAsync(outputs[j], 0xFF, size_t(args.m) * args.n * 2, stream) != cudaSuccess) failure = "memset";
+      const Status status = runner.gemm(args, jobs[j]->config, workspaces[j], workspace_sizes[j], stream);
+      if (!status.ok()) failure = jobs[j]->config.name() + ": " + status.to_string();
+    }
+  }
+  if (cudaStreamSynchronize(stream) != cudaSuccess && failure.empty()) failure = "a kernel failed";
+  results->assign(jobs.size(), {});
+  for (size_t j = 0; j < jobs.size() && failure.empty(); ++j) {
+    const GemmArguments args = jobs[j]->p.arguments(jobs[j]->w);
+    (*results)[j].resize(size_t(args.m) * args.n);
+    if (cudaMemcpy((*results)[j].data(), outputs[j], (*results)[j].size() * 2, cudaMemcpyDeviceToHost) != cudaSuccess)
+      failure = "download failed";
+  }
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    cudaFree(outputs[j]);
+    if (workspaces[j] != nullptr) cudaFree(workspaces[j]);
+  }
+  cudaStreamDestroy(stream);
+  return failure;
+}
+
+void expect_serial_results(const std::vector<std::unique_ptr<ConcurrentJob>>& jobs,
+                           const std::vector<std::vector<uint16_t>>& results, int thread) {
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    EXPECT_TRUE(results[j] == jobs[j]->serial)
+        << "thread " << thread << ", " << format_name(jobs[j]->w.format) << ", config " << jobs[j]->config.name()
+        << ": differs from the serial result";
+  }
+}
+
+class Concurrency : public Gpu {
+ protected:
+  void make_jobs(Random& rng) {
+    ASSERT_NO_FATAL_FAILURE(make_concurrent_jobs(rng, runner(), &jobs_));
+    for (auto& job : jobs_) {
+      SCOPED_TRACE(describe(job->p.m, job->w, job->p, job->config));
+      DeviceArray<uint8_t> workspace;
+      ASSERT_NO_FATAL_FAILURE(workspace.allocate(runner().workspace_bytes(job->p.arguments(job->w), job->config)));
+      ASSERT_NO_FATAL_FAILURE(run(job->p.arguments(job->w), &job->config, workspace, job->p.out, &job->serial));
+      const Expected e = expected(job->w, job->p, {});
+      EXPECT_TRUE(test::matches_reference(job->w.format.element, job->serial, job->p.m, job->w.n, e.rows, e.reference,
+                                          e.magnitude));
+    }
+  }
+  std::vector<std::unique_ptr<ConcurrentJob>> jobs_;
+  static constexpr int kThreads = 4;
+  static constexpr int kRounds = 8;
+};
+
+TEST_F(Concurrency, OneRunnerFromSeveralThreadsAtOnce) {
+  W4A16_RANDOM(rng);
+  ASSERT_NO_FATAL_FAILURE(make_jobs(rng));
+  std::vector<std::vector<std::vector<uint16_t>>> results(kThreads);
+  std::vector<std::string> failures(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      // The current device is per host thread; the runner's is device 0 here as on the main thread.
+      if (cudaSetDevice(runner().device()) != cudaSuccess) {
+        failures[t] = "cudaSetDevice failed";
+        return;
+      }
+      failures[t] = run_jobs(runner(), jobs_, size_t(t) * jobs_.size() / kThreads, kRounds, &results[t]);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_EQ(failures[t], "") << "thread " << t;
+    expect_serial_results(jobs_, results[t], t);
+  }
+}
+
+TEST_F(Concurrency, TwoRunnersOnTwoThreads) {
+  W4A16_RANDOM(rng);
+  ASSERT_NO_FATAL_FAILURE(make_jobs(rng));
+  constexpr int kRunners = 2;
+  std::vector<std::vector<std::vector<uint16_t>>> results(kRunners);
+  std::vector<std::string> failures(kRunners);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kRunners; ++t) {
+    threads.emplace_back([&, t] {
+      if (cudaSetDevice(runner().device()) != cudaSuccess) {
+        failures[t] = "cudaSetDevice failed";
+        return;
+      }
+      GemmRunner own;  // constructed on this thread
+      if (!own.status().ok()) {
+        failures[t] = own.status().to_string();
+        return;
+      }
+      failures[t] = run_jobs(own, jobs_, size_t(t) * jobs_.size() / kRunners, kRounds, &results[t]);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int t = 0; t < kRunners; ++t) {
+    ASSERT_EQ(failures[t], "") << "runner " << t;
+    expect_serial_results(jobs_, results[t], t);
+  }
 }
 
 }  // namespace

@@ -38,7 +38,8 @@ StatusCode expected_code(const Case& c) {
                         a.group_size > 0 && a.k % a.group_size == 0;
   if (!group_ok) return StatusCode::kUnsupportedGroupSize;
   if (std::isnan(a.alpha) || std::isinf(a.alpha)) return StatusCode::kInvalidArgument;
-  for (const void* p : {a.a, a.packed_weights, a.scales, a.zeros, a.bias, static_cast<const void*>(a.c)}) {
+  for (const void* p : {a.a, a.packed_weights, a.scales, a.zeros, a.bias, static_cast<const void*>(a.c),
+                        static_cast<const void*>(a.k_permutation)}) {
     if (reinterpret_cast<uintptr_t>(p) & 15) return StatusCode::kMisalignedPointer;
   }
   const bool fused = c.config.family != KernelFamily::kDequantCublas;
@@ -52,6 +53,8 @@ StatusCode expected_code(const Case& c) {
   double needed = 0;
   if (!fused) needed = std::ceil(2.0 * a.n * a.k / 256) * 256 + 32.0 * 1024 * 1024;
   else if (c.config.split_k > 1) needed = 4.0 * c.config.split_k * a.m * double(a.n);
+  // Act-order: the gathered copy of A (256-byte rounded) in front of the rest.
+  if (a.k_permutation) needed += std::ceil(2.0 * a.m * a.k / 256) * 256;
   if (needed > 0) {
     if (c.workspace == 0 || double(c.workspace_bytes) < needed) return StatusCode::kWorkspaceTooSmall;
     if (c.workspace % 256) return StatusCode::kMisalignedPointer;
@@ -62,7 +65,8 @@ StatusCode expected_code(const Case& c) {
   };
   const double m = a.m, n = a.n, k = a.k, groups = k / a.group_size;
   const std::vector<std::pair<const void*, double>> inputs = {
-      {a.a, 2 * m * k}, {a.packed_weights, n * k / 2}, {a.scales, 2 * groups * n}, {a.zeros, 2 * groups * n}, {a.bias, 2 * n}};
+      {a.a, 2 * m * k},  {a.packed_weights, n * k / 2}, {a.scales, 2 * groups * n}, {a.zeros, 2 * groups * n},
+      {a.bias, 2 * n}, {a.k_permutation, 4 * k}};
   auto overlaps = [&](const void* p, double bytes, const void* q, double q_bytes) {
     if (!p || !q || bytes == 0 || q_bytes == 0) return false;
     const auto x = range(p, bytes), y = range(q, q_bytes);
@@ -131,9 +135,10 @@ Case valid_case(Random& rng, const std::vector<KernelConfig>& configs) {
   a.zeros = rng.coin() ? place() : nullptr;
   a.bias = rng.coin() ? place() : nullptr;
   a.c = place();
+  a.k_permutation = rng.coin() ? static_cast<const int32_t*>(place()) : nullptr;
   c.config = configs[size_t(rng.uniform_int(0, int(configs.size()) - 1))];
   if (c.config.fused() && c.config.split_k * 64 > a.k) c.config.split_k = 1;
-  const size_t needed = required_workspace_bytes(a.m, a.n, a.k, c.config);
+  const size_t needed = required_workspace_bytes(a, c.config);
   c.workspace = needed > 0 ? reinterpret_cast<uintptr_t>(place()) : 0;
   c.workspace_bytes = needed + size_t(rng.uniform_int(0, 1024));
   return c;
@@ -145,7 +150,7 @@ void break_a_rule(Random& rng, Case* c) {
   auto shift = [](const void* p, long long bytes) {
     return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + bytes);
   };
-  switch (rng.uniform_int(0, 17)) {
+  switch (rng.uniform_int(0, 19)) {
     case 0: a.element = static_cast<ElementType>(rng.uniform_int(2, 255)); break;
     case 1: {
       const int which = rng.uniform_int(0, 3);
@@ -175,6 +180,13 @@ void break_a_rule(Random& rng, Case* c) {
       if (c->config.family == KernelFamily::kDequantCublas) c->config = some_configs()[2];
       a.k = 64 * rng.uniform_int(1, 15);
       a.group_size = a.k;
+      break;
+    case 18:  // a misaligned permutation, or one added where the workspace has no room for the gather
+      if (a.k_permutation) a.k_permutation = static_cast<const int32_t*>(shift(a.k_permutation, 4 * rng.uniform_int(1, 3)));
+      else a.k_permutation = static_cast<const int32_t*>(shift(a.a, std::int64_t(1) << 39));
+      break;
+    case 19:  // C over the permutation
+      if (a.k_permutation) a.c = const_cast<void*>(shift(a.k_permutation, -256));
       break;
   }
 }

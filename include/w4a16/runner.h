@@ -13,9 +13,14 @@
 //
 // The runner works on the caller's stream and memory. gemm() allocates nothing, never synchronizes
 // and does no host work proportional to the problem, so it can be captured in a CUDA graph.
-// One runner per device; like a cuBLAS handle, do not call one runner from two host threads at once.
+// One runner per device. Threads: gemm(), check(), workspace_bytes(), default_config(),
+// heuristic_config() and configs() may be called from several host threads at once (each thread
+// with its own stream, workspace and C, and the runner's device current); profile(),
+// load_tuning() and set_programmatic_launch() change the runner and must not overlap any other
+// call on it. Several runners (on one device or many) are independent.
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -86,6 +91,11 @@ struct GemmArguments {
   float alpha = 1.0f;
   ElementType element = ElementType::kFloat16;  // the type of a, scales, zeros, bias and c
   const void* zeros = nullptr;                  // optional zero points: QuantOp::kScaleAndZeros
+  // Optional act-order permutation (GPTQ desc_act; checkpoint import writes it): int32 [k], a
+  // permutation of [0, k), 16-byte aligned. Column j of the packed weights multiplies column
+  // k_permutation[j] of A, i.e. C = A[:, k_permutation] * dequant(W)^T. Null: the identity. The
+  // values are not checked on the device (load_packed_layer checks them once, on the host).
+  const int32_t* k_permutation = nullptr;
 
   QuantOp quant() const { return zeros != nullptr ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly; }
   Format format() const { return {element, quant()}; }
@@ -127,6 +137,11 @@ class GemmRunner {
   size_t workspace_bytes(int m, int n, int k, const KernelConfig& config) const;
   // Workspace bytes the default config needs.
   size_t workspace_bytes(int m, int n, int k, int group_size, Format format = {}) const;
+  // The same for a whole call: these also count what a k_permutation needs (the fused kernels
+  // gather A's permuted columns into the workspace). Prefer these when the weights may be
+  // act-order.
+  size_t workspace_bytes(const GemmArguments& args, const KernelConfig& config) const;
+  size_t workspace_bytes(const GemmArguments& args) const;
 
   // Validates everything (pointers, alignment, shapes, group, workspace, arch) before launching.
   Status gemm(const GemmArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) const;

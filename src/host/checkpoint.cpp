@@ -82,8 +82,15 @@ struct RawLayer {
 // ---------------------------------------------------------------------------------------------
 // GPTQ (AutoGPTQ, GPTQModel).
 //   qweight int32 [k/8, n]: packed along k; q(i, j) = (qweight[i/8][j] >> 4 (i % 8)) & 0xF.
-//   qzeros  int32 [G, n/8]: packed along n; z(g, j) = (qzeros[g][j/8] >> 4 (j % 8)) & 0xF, and v1
-//           checkpoints store z - 1 (the packer subtracts one; gptq_v2 stores z).
+//   qzeros  int32 [G, n/8]: packed along n; gptq_v2 stores z: z(g, j) = (qzeros[g][j/8] >> 4 (j % 8)) & 0xF.
+//           v1 checkpoints store z - 1, and the one is added back to the whole word: z(g, j) =
+//           ((qzeros[g][j/8] + 0x11111111) mod 2^32 >> 4 (j % 8)) & 0xF. GPTQModel writes v1 by
+//           subtracting 0x11111111 from each word (utils/model.py convert_gptq_v2_to_v1_format_module,
+//           as AutoAWQ's packing_utils.unpack_reorder_pack does for exllama), so a zero point of 0
+//           borrows from the nibble above; its loader adds 0x11111111 back to the word
+//           (convert_gptq_v1_to_v2_format_module), which undoes the borrow. Where no nibble holds 15
+//           (z = 16, which no 4-bit quantizer makes), this is one added to each nibble, as AutoGPTQ's
+//           QuantLinear reads it.
 //   scales  [G, n]; g_idx int32 [k]: the group of input column i (i / group_size without act-order).
 //   w[j][i] = scales[g][j] * (q(i, j) - z(g, j)), g = g_idx[i].
 Status extract_gptq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {
@@ -106,12 +113,12 @@ Status extract_gptq(const CheckpointTensors& t, const CheckpointConfig& config, 
       raw->codes[size_t(j * k + i)] = uint8_t((word_at(*t.weight, (i / 8) * n + j) >> (4 * (i % 8))) & 0xF);
   raw->scales.resize(size_t(raw->groups * n));
   raw->zeros.resize(size_t(raw->groups * n));
-  const int offset = config.gptq_v2 ? 0 : 1;
+  const uint32_t v1_offset = config.gptq_v2 ? 0u : 0x11111111u;  // unsigned: the sum wraps mod 2^32
   for (int64_t g = 0; g < raw->groups; ++g)
     for (int64_t j = 0; j < n; ++j) {
       raw->scales[size_t(g * n + j)] = float_at(*t.scales, g * n + j);
-      const int stored = int((word_at(*t.zeros, g * (n / 8) + j / 8) >> (4 * (j % 8))) & 0xF);
-      raw->zeros[size_t(g * n + j)] = float(stored + offset);  // v1: 15 + 1 = 16 is a valid zero point too
+      const uint32_t word = word_at(*t.zeros, g * (n / 8) + j / 8) + v1_offset;
+      raw->zeros[size_t(g * n + j)] = float((word >> (4 * (j % 8))) & 0xF);
     }
   raw->group_of.resize(size_t(k));
   if (t.g_idx != nullptr) {

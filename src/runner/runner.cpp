@@ -7,10 +7,12 @@
 #include <fstream>
 #include <sstream>
 #include <limits>
+#include <mutex>
 #include <string>
 
 #include <cublas_v2.h>
 
+#include "kernels/act_order/gather_columns.h"
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "kernels/fused/params.h"
 #include "runner/compiled_config.h"
@@ -23,6 +25,12 @@ namespace w4a16 {
 
 struct GemmRunner::Impl {
   cublasHandle_t cublas = nullptr;
+  // cuBLAS's handle carries a stream and a workspace between calls (cublasSetStream,
+  // cublasSetWorkspace, then cublasGemmEx), so concurrent gemm() calls take turns on it. Held only
+  // while enqueuing: microseconds, no device wait.
+  std::mutex cublas_mutex;
+  int gather_arch = 0;           // act_order::compiled_arch(): programmatic launch needs >= 90
+  int gather_shared_limit = 0;   // act_order::prepare(): shared memory for staging a row of A
   // Which compiled kernel serves each fused config in each format, and the virtual arch its body
   // was compiled from (programmatic launch is only safe where griddepcontrol.wait is compiled in:
   // >= 90).
@@ -118,6 +126,9 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     }
   }
 
+  impl_->gather_arch = act_order::compiled_arch();
+  impl_->gather_shared_limit = act_order::prepare();
+
   // dequant_cublas: any device the dequantize kernel was built for.
   if (dequant_cublas::probe_kernel() == cudaSuccess) {
     if (cublasStatus_t error = cublasCreate(&impl_->cublas); error != CUBLAS_STATUS_SUCCESS) {
@@ -159,6 +170,14 @@ size_t GemmRunner::workspace_bytes(int m, int n, int k, int group_size, Format f
   return workspace_bytes(m, n, k, default_config(m, n, k, group_size, format));
 }
 
+size_t GemmRunner::workspace_bytes(const GemmArguments& args, const KernelConfig& config) const {
+  return required_workspace_bytes(args, config);
+}
+
+size_t GemmRunner::workspace_bytes(const GemmArguments& args) const {
+  return workspace_bytes(args, default_config(args.m, args.n, args.k, args.group_size, args.format()));
+}
+
 Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                          size_t workspace_size) const {
   if (!status_.ok()) return status_;
@@ -192,9 +211,24 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
                         cudaStream_t stream) const {
   if (Status s = check(args, config, workspace, workspace_size); !s.ok()) return s;
 
+  // Act-order: A's columns gathered into the packed weights' k order at the front of the
+  // workspace; the family's own workspace follows (required_workspace_bytes).
+  const void* a = args.a;
+  uint8_t* family_workspace = static_cast<uint8_t*>(workspace);
+  if (args.k_permutation != nullptr) {
+    const bool programmatic = programmatic_launch() != ProgrammaticLaunch::kOff && impl_->gather_arch >= 90;
+    if (cudaError_t error = act_order::gather_columns(args.a, args.k_permutation, workspace, args.m, args.k, stream,
+                                                      programmatic, impl_->gather_shared_limit);
+        error != cudaSuccess) {
+      return cuda_status(error, "act-order gather launch");
+    }
+    a = workspace;
+    family_workspace += act_order::gathered_bytes(args.m, args.k);
+  }
+
   if (config.family == KernelFamily::kDequantCublas) {
     dequant_cublas::Params params;
-    params.a = args.a;
+    params.a = a;
     params.packed_weights = args.packed_weights;
     params.scales = args.scales;
     params.zeros = args.zeros;
@@ -206,18 +240,19 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     params.k = args.k;
     params.group_size = args.group_size;
     params.alpha = args.alpha;
-    return dequant_cublas::run(params, impl_->cublas, workspace, stream);
+    const std::lock_guard<std::mutex> lock(impl_->cublas_mutex);
+    return dequant_cublas::run(params, impl_->cublas, family_workspace, stream);
   }
 
   const Impl::FusedEntry* entry = impl_->find(config, args.format());
   fused::Params params;
-  params.a = args.a;
+  params.a = a;
   params.packed_weights = args.packed_weights;
   params.scales = args.scales;
   params.zeros = args.zeros;
   params.bias = args.bias;
   params.c = args.c;
-  params.partials = static_cast<float*>(workspace);
+  params.partials = reinterpret_cast<float*>(family_workspace);
   params.m = args.m;
   params.n = args.n;
   params.k = args.k;
@@ -237,6 +272,7 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
                                      (mode == ProgrammaticLaunch::kWhereItHelps && overlap.programmatic_helps));
   params.launch_dependents_at_entry = overlap.launch_dependents_at_entry && mode != ProgrammaticLaunch::kOff;
   params.programmatic = programmatic;
+  params.warm_l2_before_wait = programmatic && args.k_permutation != nullptr;
   if (cudaError_t error = entry->kernel.launch(params, stream, programmatic); error != cudaSuccess) {
     return cuda_status(error, (std::string(to_string(config.family)) + " launch").c_str());
   }

@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "kernels/act_order/gather_columns.h"
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "w4a16/quantize.h"
 
@@ -51,6 +52,16 @@ size_t required_workspace_bytes(int m, int n, int k, const KernelConfig& config)
   return bytes;
 }
 
+size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& config) {
+  const size_t family = required_workspace_bytes(args.m, args.n, args.k, config);
+  if (args.k_permutation == nullptr || args.m <= 0 || args.k <= 0) return family;
+  size_t total = 0;
+  if (__builtin_add_overflow(act_order::gathered_bytes(args.m, args.k), family, &total)) {
+    return std::numeric_limits<size_t>::max();
+  }
+  return total;
+}
+
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_size) {
   if (args.element != ElementType::kFloat16 && args.element != ElementType::kBFloat16) {
@@ -74,7 +85,8 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
     const void* pointer;
     const char* name;
   } pointers[] = {{args.a, "a"},       {args.packed_weights, "packed_weights"}, {args.scales, "scales"},
-                  {args.zeros, "zeros"}, {args.bias, "bias"},                     {args.c, "c"}};
+                  {args.zeros, "zeros"}, {args.bias, "bias"},                     {args.c, "c"},
+                  {args.k_permutation, "k_permutation"}};
   for (const auto& p : pointers) {
     if (p.pointer != nullptr && !aligned(p.pointer, kPointerAlignment)) {
       return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
@@ -94,7 +106,7 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
                                                       " k-blocks");
     }
   }
-  const size_t required = required_workspace_bytes(args.m, args.n, args.k, config);
+  const size_t required = required_workspace_bytes(args, config);
   if (required > 0) {
     if (workspace == nullptr || workspace_size < required) {
       return Status(StatusCode::kWorkspaceTooSmall,
@@ -112,7 +124,8 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
                            {"packed_weights", at(args.packed_weights), n * k / 2},
                            {"scales", at(args.scales), 2 * groups * n},
                            {"zeros", at(args.zeros), 2 * groups * n},
-                           {"bias", at(args.bias), 2 * n}};
+                           {"bias", at(args.bias), 2 * n},
+                           {"k_permutation", at(args.k_permutation), 4 * k}};
   const Region c{"c", at(args.c), 2 * m * n};
   const Region scratch{"workspace", at(workspace), required};
   for (const Region& output : {c, scratch}) {

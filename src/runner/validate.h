@@ -14,6 +14,9 @@ namespace w4a16 {
 // Workspace bytes `config` needs for (m, n, k): split-K partials, or dequant_cublas's dense
 // weights plus cuBLAS's slice; saturates at SIZE_MAX instead of wrapping.
 size_t required_workspace_bytes(int m, int n, int k, const KernelConfig& config);
+// The same for a whole call: with a k_permutation, the gathered copy of A comes first
+// (act_order::gathered_bytes) and the family's own workspace after it.
+size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& config);
 
 // In this order (the first rule broken is the one reported):
 //   element type known                                    kInvalidArgument
@@ -22,16 +25,17 @@ size_t required_workspace_bytes(int m, int n, int k, const KernelConfig& config)
 //   n % 16 == 0, k % 64 == 0                              kUnsupportedShape
 //   group in {32, 64, 128, k}, dividing k                 kUnsupportedGroupSize
 //   alpha finite                                          kInvalidArgument
-//   a, packed_weights, scales, zeros, bias, c 16-byte aligned          kMisalignedPointer
+//   a, packed_weights, scales, zeros, bias, c, k_permutation 16-byte aligned  kMisalignedPointer
 //   fused configs: at most 2^31 - 1 output tiles          kUnsupportedShape
 //   fused configs: split_k <= k / 64                      kInvalidArgument
-//   workspace of required_workspace_bytes, non-null       kWorkspaceTooSmall
+//   workspace of required_workspace_bytes(args), non-null kWorkspaceTooSmall
 //   ... and 256-byte aligned                              kMisalignedPointer
-//   C overlaps no input (a, packed_weights, scales, zeros, bias) and not the workspace; the
+//   C overlaps no input (a, packed_weights, scales, zeros, bias, k_permutation) and not the workspace; the
 //   workspace overlaps no input                           kInvalidArgument
 // Inputs may alias each other (they are only read). Sizes: a m*k, c m*n, scales and zeros
-// (k/group)*n, bias n elements of 2 bytes; packed n*k/2 bytes; the workspace's first
-// required_workspace_bytes bytes.
+// (k/group)*n, bias n elements of 2 bytes; packed n*k/2 bytes; k_permutation 4*k bytes; the
+// workspace's first required_workspace_bytes(args) bytes. The permutation's values are not checked
+// here (that would be O(k) host work on device memory): load_packed_layer checks them once.
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_bytes);
 

@@ -36,6 +36,11 @@ struct Params {
   // with their first weights before waiting for the previous kernel. Without PDL there is nothing
   // to overlap, and the prefetch only delayed the copies (bench/NOTES.md, entry 20).
   bool programmatic = false;
+  // Streaming tiles only: the runner's act-order gather runs just before this kernel, which was
+  // launched behind it programmatically, so each warp warms L2 with its first kWarmKBlocks
+  // k-blocks of weights while the gather runs (streaming/mainloop.cuh). Without such a kernel in
+  // front, the same prefetch delayed the warps' own first copies (bench/NOTES.md, entry 20).
+  bool warm_l2_before_wait = false;
 };
 
 // A compiled tile as the host sees it: its family (which mainloop) and its shape (Tile<...>).

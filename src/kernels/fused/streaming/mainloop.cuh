@@ -284,9 +284,20 @@ struct StreamingMainloop {
 
     // Prologue. Nothing is read before waiting for the previous kernel in the stream
     // (programmatic dependent launch). Unlike the other families, no L2 prefetch of the weights
-    // either: a bulk prefetch ahead of the warp's own first copies delayed them (same-binary A/B
-    // on H100, bench/NOTES.md entry 20: 1x4096x4096 5.3 us without, 5.7 with; 16x11008x4096 15.0
-    // vs 16.1).
+    // either, as a rule: a bulk prefetch ahead of the warp's own first copies delayed them
+    // (same-binary A/B on H100, bench/NOTES.md entry 20: 1x4096x4096 5.3 us without, 5.7 with;
+    // 16x11008x4096 15.0 vs 16.1). The exception is an act-order call, where the gather kernel in
+    // front leaves a few microseconds of idle HBM: lane f then asks L2 for fragment f's first
+    // kWarmKBlocks k-blocks (one contiguous run of the packed layout), which the copies after the
+    // wait find there. 8 k-blocks (4 KB per fragment, 8-17 MB over a full decode grid) is about
+    // what HBM delivers during the gather (~2-4 us at 4.5 TB/s), and well inside L2.
+    if (params.warm_l2_before_wait && lane < kFragmentsN && first_row_block + lane < params.n / layout::kTileRows &&
+        count > 0) {
+      constexpr int kWarmKBlocks = 8;
+      ptx::prefetch_l2_bulk(static_cast<const uint8_t*>(params.packed_weights) + (first_row_block + lane) * fragment_stride +
+                                static_cast<long long>(begin) * layout::kTileBytes,
+                            static_cast<uint32_t>(min(count, kWarmKBlocks)) * layout::kTileBytes);
+    }
     ptx::grid_dependency_wait();
     #pragma unroll
     for (int s = 0; s < kStages - 1; ++s) {
