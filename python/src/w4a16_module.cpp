@@ -1,20 +1,33 @@
-// The Python extension (nanobind): w4a16's host tools on NumPy arrays. Plain bindings over the C++
-// API (include/w4a16/); every failing Status becomes a ValueError carrying its message. 16-bit
-// element arrays (scales, zero points, activations) cross as uint16 bit patterns, since NumPy has
-// no bfloat16; python/w4a16/__init__.py adds the float16 conveniences.
+// The Python extension (nanobind): w4a16's host tools on NumPy arrays, and the GPU runner on raw
+// device pointers. Plain bindings over the C++ API (include/w4a16/); every failing Status becomes
+// a ValueError carrying its message. 16-bit element arrays (scales, zero points, activations)
+// cross as uint16 bit patterns, since NumPy has no bfloat16; python/w4a16/__init__.py adds the
+// float16 conveniences.
+//
+// The runner takes device pointers and a stream as Python ints, so the extension never compiles
+// against PyTorch (or any array library): python/w4a16/torch.py passes tensor.data_ptr() and the
+// handle of PyTorch's current stream, and one build serves every PyTorch version.
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
+#include <optional>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include "w4a16/checkpoint.h"
 #include "w4a16/quantize.h"
 #include "w4a16/reference.h"
+#include "w4a16/runner.h"
+#include "w4a16/safetensors.h"
 
 namespace nb = nanobind;
 
@@ -48,10 +61,144 @@ std::vector<size_t> shape_of(const Array& array) {
 using Codes = nb::ndarray<const uint8_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 using Bits2D = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
+// ---------------------------------------------------------------------------------------------
+// The runner.
+
+// GemmRunner for Python. GemmRunner's const methods (gemm, workspace_bytes, default_config, ...)
+// may run on several threads at once, but profile(), load_tuning() and set_programmatic_launch()
+// change it and must not overlap anything (include/w4a16/runner.h). Python threads share objects
+// freely and the GPU calls below run with the GIL released, so the binding states that contract
+// as a reader-writer lock: the const calls take it shared, the three mutators exclusive.
+// Uncontended it costs tens of nanoseconds, nothing next to a launch. Lock order: the GIL is
+// released before the lock is taken, and nothing holding the lock needs the GIL, so the two
+// cannot deadlock.
+struct Runner {
+  Runner() {
+    // No GPU, no kernel for it, cuBLAS failing: nothing this object could do would work.
+    if (!runner.status().ok()) throw std::runtime_error(runner.status().to_string());
+  }
+  w4a16::GemmRunner runner;
+  std::shared_mutex mutex;
+};
+
+// A pointer argument: a Python int (tensor.data_ptr(), 0 for none).
+template <class T = void>
+T* pointer(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+// One call's GemmArguments from the Python arguments; the format follows from `dtype` and whether
+// `zeros` is set, exactly as in C++.
+w4a16::GemmArguments arguments_of(uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
+                                  uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k,
+                                  int group_size, float alpha, const std::string& dtype) {
+  w4a16::GemmArguments args;
+  args.a = pointer<const void>(a);
+  args.packed_weights = pointer<const void>(packed_weights);
+  args.scales = pointer<const void>(scales);
+  args.zeros = pointer<const void>(zeros);
+  args.bias = pointer<const void>(bias);
+  args.c = pointer(c);
+  args.k_permutation = pointer<const int32_t>(k_permutation);
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.group_size = group_size;
+  args.alpha = alpha;
+  args.element = element_of(dtype);
+  return args;
+}
+
+w4a16::KernelConfig config_named(const std::string& name) {
+  w4a16::KernelConfig config;
+  if (!w4a16::parse_kernel_config(name, &config)) {
+    throw nb::value_error(("config '" + name + "' is not a config name (Runner.configs() lists this GPU's)").c_str());
+  }
+  return config;
+}
+
+std::vector<std::string> names_of(const std::vector<w4a16::KernelConfig>& configs) {
+  std::vector<std::string> names;
+  names.reserve(configs.size());
+  for (const auto& config : configs) names.push_back(config.name());
+  return names;
+}
+
+// The CLI's names for the launch modes (w4a16 bench --pdl).
+const char* launch_mode_name(w4a16::GemmRunner::ProgrammaticLaunch mode) {
+  switch (mode) {
+    case w4a16::GemmRunner::ProgrammaticLaunch::kOff: return "off";
+    case w4a16::GemmRunner::ProgrammaticLaunch::kWhereItHelps: return "auto";
+    case w4a16::GemmRunner::ProgrammaticLaunch::kAlways: return "always";
+  }
+  return "?";
+}
+
+// The Python signature every pointer-level runner call starts with (gemm, workspace_bytes,
+// profile): one list, so the three cannot drift apart.
+#define W4A16_GEMM_ARGUMENT_NAMES                                                                         \
+  nb::arg("a"), nb::arg("packed_weights"), nb::arg("scales"), nb::arg("zeros"), nb::arg("bias"), nb::arg("c"), \
+      nb::arg("k_permutation"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("group_size"),             \
+      nb::arg("alpha"), nb::arg("dtype")
+
+// ---------------------------------------------------------------------------------------------
+// One layer of a w4a16 container, copied out of the mapped file (PackedLayer's views die with the
+// file, and the caller wants arrays it can upload).
+struct HostPackedLayer {
+  int n = 0, k = 0, group_size = 0;
+  w4a16::ElementType element = w4a16::ElementType::kFloat16;
+  std::vector<uint8_t> packed;          // [n, k / 2]: pack_weights() output
+  std::vector<uint16_t> scales;         // [k / group, n] bits of element
+  std::vector<uint16_t> zeros;          // the same, or empty (symmetric)
+  std::vector<int32_t> k_permutation;   // [k], or empty (the checkpoint's own column order)
+  std::vector<uint16_t> bias;           // [n] bits of element, or empty
+};
+
+template <class T>
+std::vector<T> copy_of(const w4a16::TensorView& view) {
+  std::vector<T> out(view.bytes / sizeof(T));
+  std::memcpy(out.data(), view.data, out.size() * sizeof(T));  // the mapping promises no alignment
+  return out;
+}
+
+// The layer's bias, when the container has one: `prefix` + "bias", which the importer copies
+// through from the checkpoint unchanged (so it may be fp32, or the other 16-bit type). Returned
+// as bits of the layer's element type, rounded to nearest even where it was wider.
+std::vector<uint16_t> bias_of(const w4a16::SafetensorsFile& file, const std::string& prefix, int n,
+                              w4a16::ElementType element) {
+  const w4a16::TensorView* view = file.find(prefix + "bias");
+  if (view == nullptr) return {};
+  if (view->elements() != n || view->shape.size() != 1) {
+    throw nb::value_error((view->name + ": a bias of " + std::to_string(n) + " elements expected").c_str());
+  }
+  std::vector<uint16_t> bits(static_cast<size_t>(n));
+  switch (view->dtype) {
+    case w4a16::TensorDtype::kF32: {
+      const std::vector<float> values = copy_of<float>(*view);
+      for (int i = 0; i < n; ++i) bits[size_t(i)] = w4a16::float_to_element(element, values[size_t(i)]);
+      return bits;
+    }
+    case w4a16::TensorDtype::kF16:
+    case w4a16::TensorDtype::kBF16: {
+      const w4a16::ElementType stored =
+          view->dtype == w4a16::TensorDtype::kF16 ? w4a16::ElementType::kFloat16 : w4a16::ElementType::kBFloat16;
+      const std::vector<uint16_t> values = copy_of<uint16_t>(*view);
+      if (stored == element) return values;
+      for (int i = 0; i < n; ++i)
+        bits[size_t(i)] = w4a16::float_to_element(element, w4a16::element_to_float(stored, values[size_t(i)]));
+      return bits;
+    }
+    default:
+      throw nb::value_error((view->name + ": bias of dtype " + w4a16::to_string(view->dtype) +
+                             ", expected F32, F16 or BF16")
+                                .c_str());
+  }
+}
+
 }  // namespace
 
 NB_MODULE(_w4a16, m) {
-  m.doc() = "w4a16 host tools: quantize, pack, unpack, CPU reference";
+  m.doc() = "w4a16: host tools (quantize, pack, unpack, CPU reference, checkpoints) and the GPU runner";
 
   nb::class_<w4a16::QuantizedWeights>(m, "QuantizedWeights",
                                       "Weights of one linear layer: w = s * (q - z), z = 8 without zero points")
@@ -173,4 +320,154 @@ NB_MODULE(_w4a16, m) {
   }, nb::arg("path"), nb::arg("out_path"), nb::arg("format"), nb::arg("group_size") = 128, nb::arg("symmetric") = false,
         nb::arg("act_order") = false, nb::arg("gptq_v2") = false, nb::arg("dtype") = "fp16",
         "Convert one checkpoint .safetensors file into a w4a16 container; returns the number of layers.");
+
+  nb::class_<HostPackedLayer>(m, "PackedLayer", "One layer of a w4a16 container, as host arrays ready to upload")
+      .def_ro("n", &HostPackedLayer::n)
+      .def_ro("k", &HostPackedLayer::k)
+      .def_ro("group_size", &HostPackedLayer::group_size)
+      .def_prop_ro("dtype", [](const HostPackedLayer& l) { return std::string(w4a16::to_string(l.element)); })
+      .def_prop_ro("has_zeros", [](const HostPackedLayer& l) { return !l.zeros.empty(); })
+      .def_prop_ro("packed", [](const HostPackedLayer& l) -> nb::object {
+        return nb::cast(to_numpy(l.packed, {size_t(l.n), size_t(l.k / 2)}));
+      }, "[n, k / 2] uint8: the packed weights (pack's output)")
+      .def_prop_ro("scale_bits", [](const HostPackedLayer& l) -> nb::object {
+        return nb::cast(to_numpy(l.scales, {size_t(l.k / l.group_size), size_t(l.n)}));
+      }, "[k / group, n] uint16: bits of dtype")
+      .def_prop_ro("zero_bits", [](const HostPackedLayer& l) -> nb::object {
+        if (l.zeros.empty()) return nb::none();
+        return nb::cast(to_numpy(l.zeros, {size_t(l.k / l.group_size), size_t(l.n)}));
+      }, "[k / group, n] uint16 bits of dtype, or None (symmetric)")
+      .def_prop_ro("k_permutation", [](const HostPackedLayer& l) -> nb::object {
+        if (l.k_permutation.empty()) return nb::none();
+        return nb::cast(to_numpy(l.k_permutation, {size_t(l.k)}));
+      }, "[k] int32 (act-order: packed column j multiplies A's column k_permutation[j]), or None")
+      .def_prop_ro("bias_bits", [](const HostPackedLayer& l) -> nb::object {
+        if (l.bias.empty()) return nb::none();
+        return nb::cast(to_numpy(l.bias, {size_t(l.n)}));
+      }, "[n] uint16 bits of dtype (the checkpoint's prefix + 'bias', converted), or None");
+
+  m.def("load_packed_layer", [](const std::string& path, const std::string& prefix) {
+    w4a16::SafetensorsFile file;
+    throw_if_failed(w4a16::SafetensorsFile::open(path, &file));
+    w4a16::PackedLayer layer;
+    throw_if_failed(w4a16::load_packed_layer(file, prefix, &layer));
+    HostPackedLayer out;
+    out.n = layer.n;
+    out.k = layer.k;
+    out.group_size = layer.group_size;
+    out.element = layer.format.element;
+    out.packed = copy_of<uint8_t>(*layer.packed);
+    out.scales = copy_of<uint16_t>(*layer.scales);
+    if (layer.zeros != nullptr) out.zeros = copy_of<uint16_t>(*layer.zeros);
+    if (layer.k_permutation != nullptr) out.k_permutation = copy_of<int32_t>(*layer.k_permutation);
+    out.bias = bias_of(file, prefix, layer.n, layer.format.element);
+    return out;
+  }, nb::arg("path"), nb::arg("prefix"),
+        "One layer of a w4a16 container (import_checkpoint's output), e.g. prefix 'model.layers.0.mlp.up_proj.'.");
+
+  // -------------------------------------------------------------------------------------------
+  nb::class_<Runner>(m, "Runner",
+                     "The GEMM runner of the current CUDA device, on raw device pointers (ints, 0 = none) and a "
+                     "stream handle (int). C = alpha * A * dequant(W)^T (+ bias); see include/w4a16/runner.h.")
+      .def(nb::init<>(), "Binds the current CUDA device; RuntimeError when it cannot (no GPU, no kernel for it).")
+      .def_prop_ro("device", [](const Runner& r) { return r.runner.device(); })
+      .def_prop_ro("sm_version", [](const Runner& r) { return r.runner.sm_version(); }, "e.g. 90")
+      .def_prop_ro("sm_count", [](const Runner& r) { return r.runner.sm_count(); })
+      .def("configs", [](const Runner& r) { return names_of(r.runner.configs()); },
+           "Names of every config this device has a kernel for.")
+      .def("heuristic_config", [](Runner& r, int m, int n, int k) {
+        std::shared_lock<std::shared_mutex> lock(r.mutex);
+        return r.runner.heuristic_config(m, n, k).name();
+      }, nb::arg("m"), nb::arg("n"), nb::arg("k"), "The tile-size table's choice (no profiled results).")
+      .def("default_config", [](Runner& r, int m, int n, int k, int group_size, const std::string& dtype, bool zeros) {
+        const w4a16::Format format{element_of(dtype),
+                                   zeros ? w4a16::QuantOp::kScaleAndZeros : w4a16::QuantOp::kScaleOnly};
+        std::shared_lock<std::shared_mutex> lock(r.mutex);
+        return r.runner.default_config(m, n, k, group_size, format).name();
+      }, nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("group_size") = 128, nb::arg("dtype") = "fp16",
+           nb::arg("zeros") = false, "The config gemm() uses without one: the profiled best, else the heuristic.")
+      .def("workspace_bytes", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
+                                 uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k,
+                                 int group_size, float alpha, const std::string& dtype,
+                                 const std::optional<std::string>& config) {
+        const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
+                                                       k, group_size, alpha, dtype);
+        const std::optional<w4a16::KernelConfig> forced =
+            config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
+        std::shared_lock<std::shared_mutex> lock(r.mutex);
+        return forced ? r.runner.workspace_bytes(args, *forced) : r.runner.workspace_bytes(args);
+      }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("config") = nb::none(),
+           "Workspace bytes gemm() with these arguments needs (with `config`, or the default config).")
+      .def("gemm", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
+                      uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k, int group_size,
+                      float alpha, const std::string& dtype, uintptr_t workspace, size_t workspace_bytes,
+                      uintptr_t stream, const std::optional<std::string>& config) {
+        const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
+                                                       k, group_size, alpha, dtype);
+        const std::optional<w4a16::KernelConfig> forced =
+            config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
+        w4a16::Status status;
+        {
+          // Only enqueues work (no sync, no allocation): other Python threads may run meanwhile.
+          nb::gil_scoped_release release;
+          std::shared_lock<std::shared_mutex> lock(r.mutex);
+          status = forced ? r.runner.gemm(args, *forced, pointer(workspace), workspace_bytes,
+                                          pointer<CUstream_st>(stream))
+                          : r.runner.gemm(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream));
+        }
+        throw_if_failed(status);
+      }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("stream"),
+           nb::arg("config") = nb::none(),
+           "Enqueue C = alpha * A * dequant(W)^T (+ bias) on `stream`; graph-capturable. ValueError on bad arguments.")
+      .def("profile", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
+                         uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k, int group_size,
+                         float alpha, const std::string& dtype, uintptr_t workspace, size_t workspace_bytes,
+                         uintptr_t stream, int iterations, int repeats) {
+        const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
+                                                       k, group_size, alpha, dtype);
+        w4a16::ProfileResult result;
+        w4a16::Status status;
+        {
+          nb::gil_scoped_release release;  // synchronizes the stream many times
+          std::unique_lock<std::shared_mutex> lock(r.mutex);
+          status = r.runner.profile(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream), &result,
+                                    iterations, repeats);
+        }
+        throw_if_failed(status);
+        nb::dict timings, skipped, out;
+        for (const auto& [config, microseconds] : result.timings) timings[config.name().c_str()] = microseconds;
+        for (const auto& [config, reason] : result.skipped) skipped[config.name().c_str()] = reason;
+        out["best"] = result.best.name();
+        out["best_us"] = result.best_microseconds;
+        out["timings"] = timings;
+        out["skipped"] = skipped;
+        return out;
+      }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("stream"),
+           nb::arg("iterations") = 20, nb::arg("repeats") = 5,
+           "Time every config whose workspace fits and make the fastest the default for this problem's m bucket, "
+           "n, k, group and format. Synchronizes `stream`; writes C. Returns {'best', 'best_us', 'timings': "
+           "{name: us}, 'skipped': {name: why}}.")
+      .def("save_tuning", [](Runner& r, const std::string& path) {
+        std::shared_lock<std::shared_mutex> lock(r.mutex);
+        throw_if_failed(r.runner.save_tuning(path));
+      }, nb::arg("path"), "Write the profiled defaults as JSON (keyed by device name, SM count, library version).")
+      .def("load_tuning", [](Runner& r, const std::string& path) {
+        std::unique_lock<std::shared_mutex> lock(r.mutex);
+        throw_if_failed(r.runner.load_tuning(path));
+      }, nb::arg("path"), "Read save_tuning's file; rejects another device's or version's.")
+      .def_prop_ro("programmatic_launch", [](const Runner& r) {
+        return std::string(launch_mode_name(r.runner.programmatic_launch()));
+      }, "The launch mode in effect: 'auto', 'always' or 'off' (always 'off' before sm_90)")
+      .def("set_programmatic_launch", [](Runner& r, const std::string& mode) {
+        using Mode = w4a16::GemmRunner::ProgrammaticLaunch;
+        Mode value;
+        if (mode == "auto") value = Mode::kWhereItHelps;
+        else if (mode == "always") value = Mode::kAlways;
+        else if (mode == "off") value = Mode::kOff;
+        else throw nb::value_error(("mode must be 'auto', 'always' or 'off', got '" + mode + "'").c_str());
+        std::unique_lock<std::shared_mutex> lock(r.mutex);
+        r.runner.set_programmatic_launch(value);
+      }, nb::arg("mode"), "Programmatic dependent launch (sm_90+): 'auto' (the default), 'always' or 'off'.");
 }
+
+#undef W4A16_GEMM_ARGUMENT_NAMES

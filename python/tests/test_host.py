@@ -1,25 +1,10 @@
 """CPU tests of the Python extension: the host tools against NumPy statements of their definitions."""
 
-import os
-
 import numpy as np
 import pytest
 
 import w4a16
-
-SEED = int(os.environ.get("W4A16_TEST_SEED", np.random.SeedSequence().entropy % (1 << 32)))
-
-
-@pytest.fixture
-def rng():
-    print(f"random seed {SEED} (replay with W4A16_TEST_SEED={SEED})")
-    return np.random.default_rng(SEED)
-
-
-def random_weights(rng, n, k):
-    # Per-(row, 32 columns) magnitudes, as the C++ tests draw them.
-    magnitude = np.exp2(rng.uniform(-3, 1, size=(n, k // 32))).repeat(32, axis=1)
-    return (rng.uniform(-1, 1, size=(n, k)) * magnitude).astype(np.float32)
+from helpers import random_weights, write_container
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
@@ -91,3 +76,45 @@ def test_bad_arguments_raise_value_errors(rng):
         w4a16.reference_gemm(np.zeros((2, 64), dtype=np.uint16), q)
     with pytest.raises(ValueError, match="cannot open"):
         w4a16.import_checkpoint("/nonexistent.safetensors", "/tmp/out.safetensors", "gptq")
+
+
+def test_runner_constructs_or_names_the_missing_device():
+    # CI has no GPU: the runner must say so (RuntimeError) instead of failing later or crashing.
+    try:
+        runner = w4a16.Runner()
+    except RuntimeError as error:
+        assert "no device" in str(error) or "unsupported architecture" in str(error)
+        return
+    assert runner.sm_version > 0 and runner.sm_count > 0 and runner.configs()
+    assert runner.default_config(1, 4096, 4096) in runner.configs()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_load_packed_layer_returns_the_containers_arrays(rng, tmp_path, dtype):
+    n, k, group = 32, 256, 64
+    q = w4a16.quantize(random_weights(rng, n, k), group_size=group, dtype=dtype, zeros=True)
+    packed = w4a16.pack(q.codes).reshape(n, k // 2)
+    permutation = rng.permutation(k).astype(np.int32)
+    bias = rng.uniform(-1, 1, size=n).astype(np.float32)  # fp32, as a checkpoint may store it
+    prefix = "model.layers.0.mlp.up_proj."
+    path = tmp_path / "container.safetensors"
+    write_container(path, {
+        prefix: {"packed": packed, "scale_bits": q.scale_bits, "zero_bits": q.zero_bits,
+                 "k_permutation": permutation, "bias": bias},
+        "model.layers.0.mlp.down_proj.": {"packed": packed, "scale_bits": q.scale_bits},
+    }, dtype)
+
+    layer = w4a16.load_packed_layer(str(path), prefix)
+    assert (layer.n, layer.k, layer.group_size, layer.dtype, layer.has_zeros) == (n, k, group, dtype, True)
+    np.testing.assert_array_equal(layer.packed, packed)
+    np.testing.assert_array_equal(layer.scale_bits, q.scale_bits)
+    np.testing.assert_array_equal(layer.zero_bits, q.zero_bits)
+    np.testing.assert_array_equal(layer.k_permutation, permutation)
+    np.testing.assert_array_equal(layer.bias_bits, w4a16.to_bits(bias, dtype))  # converted to the layer's type
+
+    plain = w4a16.load_packed_layer(str(path), "model.layers.0.mlp.down_proj.")
+    assert plain.zero_bits is None and plain.k_permutation is None and plain.bias_bits is None
+    with pytest.raises(ValueError, match="no packed layer 'model.layers.0.mlp.gate_proj.'"):
+        w4a16.load_packed_layer(str(path), "model.layers.0.mlp.gate_proj.")
+    with pytest.raises(ValueError, match="cannot open"):
+        w4a16.load_packed_layer(str(tmp_path / "missing.safetensors"), prefix)

@@ -1,17 +1,24 @@
-"""w4a16: 16-bit activations x INT4 weights GEMM, host tools from Python.
+"""w4a16: 16-bit activations x INT4 weights GEMM, from Python.
 
-The extension `_w4a16` binds the C++ library's host side (quantize, pack, unpack, the float64 CPU
-reference, checkpoint import). 16-bit element arrays cross as uint16 bit patterns (NumPy has no
-bfloat16); `to_bits` / `from_bits` convert. The GPU runner and the PyTorch op come next.
+The extension `_w4a16` binds the C++ library: its host side on NumPy arrays (quantize, pack,
+unpack, the float64 CPU reference, checkpoint import, load_packed_layer) and the GPU runner
+(`Runner`) on raw device pointers and stream handles. 16-bit element arrays cross as uint16 bit
+patterns (NumPy has no bfloat16); `to_bits` / `from_bits` convert.
+
+PyTorch users want `w4a16.torch` (the op `torch.ops.w4a16.gemm` and `W4A16Linear`); it is imported
+explicitly, so this package works without PyTorch installed.
 """
 
 import numpy as np
 
 from ._w4a16 import (  # noqa: F401  (re-exported)
+    PackedLayer,
     QuantizedWeights,
+    Runner,
     element_bits,
     element_values,
     import_checkpoint,
+    load_packed_layer,
     pack,
     quantize,
     reference_gemm,
@@ -19,11 +26,14 @@ from ._w4a16 import (  # noqa: F401  (re-exported)
 )
 
 __all__ = [
+    "PackedLayer",
     "QuantizedWeights",
+    "Runner",
     "element_bits",
     "element_values",
     "from_bits",
     "import_checkpoint",
+    "load_packed_layer",
     "pack",
     "quantize",
     "reference_gemm",

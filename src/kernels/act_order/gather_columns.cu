@@ -15,18 +15,22 @@ constexpr int kColumnsPerThread = 8;  // one 16-byte store of the gathered row
 // the grid would be too small to stream A at bandwidth, and the direct kernel's latency is lower.
 constexpr int kStagedMinRows = 64;
 
-// The two kernels share this order: the GEMM behind may launch now (it reads `gathered` only
-// after its own griddepcontrol.wait, which waits for this whole grid), and A and the permutation
-// are read only after our own wait (they may be the previous kernel's output).
+// The two kernels share this order. A and the permutation are read only after our own wait (they
+// may be the previous kernel's output). Only then may the GEMM behind us launch (it reads
+// `gathered` after its own griddepcontrol.wait, which waits for this whole grid): triggering at
+// entry instead let it launch while the kernel before us was still running, and its early blocks
+// (and their L2 warm-up of weights, meant to fill the gather's few microseconds) then competed
+// with that kernel: act-order cost +7% at 1x8192x28672 that way, against +2.5% with no
+// programmatic launch at all (bench/NOTES.md, entry 24).
 __device__ __forceinline__ void enter() {
-  ptx::launch_dependent_grids();
   ptx::grid_dependency_wait();
+  ptx::launch_dependent_grids();
 }
 
-// Eight gathered columns of one row from `source` (global or shared), packed for one 16-byte store.
-__device__ __forceinline__ uint4 gather8(const uint16_t* source, const int32_t* k_permutation, int column) {
-  const int4 first = *reinterpret_cast<const int4*>(k_permutation + column);
-  const int4 second = *reinterpret_cast<const int4*>(k_permutation + column + 4);
+// Eight gathered columns of one row from `source` (global or shared), packed for one 16-byte
+// store; `order` holds the eight source columns (two 16-byte loads of the permutation).
+__device__ __forceinline__ uint4 gather8(const uint16_t* source, const int4 (&order)[2]) {
+  const int4 first = order[0], second = order[1];
   const int from[kColumnsPerThread] = {first.x, first.y, first.z, first.w, second.x, second.y, second.z, second.w};
   uint32_t packed[kColumnsPerThread / 2];
   #pragma unroll
@@ -49,30 +53,63 @@ __global__ void __launch_bounds__(kThreads) gather_direct_kernel(const uint16_t*
        chunk += static_cast<long long>(gridDim.x) * kThreads) {
     const long long row = chunk / chunks_per_row;
     const int column = static_cast<int>(chunk % chunks_per_row) * kColumnsPerThread;
-    *reinterpret_cast<uint4*>(gathered + row * k + column) = gather8(a + row * k, k_permutation, column);
+    const int4 order[2] = {*reinterpret_cast<const int4*>(k_permutation + column),
+                           *reinterpret_cast<const int4*>(k_permutation + column + 4)};
+    *reinterpret_cast<uint4*>(gathered + row * k + column) = gather8(a + row * k, order);
   }
 }
 
 // Many rows: a block per row at a time copies the row into shared memory with 16-byte loads, then
-// gathers from there; every global access is a coalesced 16-byte one, so the pass runs at
-// memory bandwidth (the direct kernel's scattered 2-byte loads each cost a sector: measured 76 us
-// instead of ~5 for 256 x 28672, bench/NOTES.md entry 24). The random shared-memory reads cost
-// some bank conflicts, far cheaper than the sectors.
-__global__ void __launch_bounds__(kThreads) gather_staged_kernel(const uint16_t* __restrict__ a,
-                                                                 const int32_t* __restrict__ k_permutation,
-                                                                 uint16_t* __restrict__ gathered, int m, int k) {
+// gathers from there; every global access is a coalesced 16-byte one (the direct kernel's
+// scattered 2-byte loads each cost a sector: measured 76 us for 256 x 28672, bench/NOTES.md entry
+// 24). The random shared-memory reads cost some bank conflicts, far cheaper than the sectors.
+//
+// Each phase issues kBatch independent loads per thread before using any (a plain loop waited
+// out one memory latency per 16-byte chunk: 14 round trips per phase for a 28672-wide row), so a
+// 512-thread block moves a row of up to 512 x 4 x 8 = 16384 columns per round trip.
+constexpr int kStagedThreads = 512;
+constexpr int kBatch = 4;
+__global__ void __launch_bounds__(kStagedThreads) gather_staged_kernel(const uint16_t* __restrict__ a,
+                                                                       const int32_t* __restrict__ k_permutation,
+                                                                       uint16_t* __restrict__ gathered, int m, int k) {
   extern __shared__ uint4 staged_row[];  // k 16-bit elements
   enter();
   const int chunks = k / kColumnsPerThread;
+  const uint16_t* row_elements = reinterpret_cast<const uint16_t*>(staged_row);
   for (long long row = blockIdx.x; row < m; row += gridDim.x) {
     const uint4* source = reinterpret_cast<const uint4*>(a + row * k);
-    for (int c = threadIdx.x; c < chunks; c += kThreads) staged_row[c] = source[c];
+    for (int first = threadIdx.x; first < chunks; first += kStagedThreads * kBatch) {
+      uint4 loaded[kBatch];
+      #pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int c = first + b * kStagedThreads;
+        if (c < chunks) loaded[b] = source[c];
+      }
+      #pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int c = first + b * kStagedThreads;
+        if (c < chunks) staged_row[c] = loaded[b];
+      }
+    }
     __syncthreads();
-    const uint16_t* row_elements = reinterpret_cast<const uint16_t*>(staged_row);
     uint16_t* destination = gathered + row * k;
-    for (int c = threadIdx.x; c < chunks; c += kThreads) {
-      *reinterpret_cast<uint4*>(destination + c * kColumnsPerThread) =
-          gather8(row_elements, k_permutation, c * kColumnsPerThread);
+    for (int first = threadIdx.x; first < chunks; first += kStagedThreads * kBatch) {
+      int4 order[kBatch][2];
+      #pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int c = first + b * kStagedThreads;
+        if (c < chunks) {
+          order[b][0] = *reinterpret_cast<const int4*>(k_permutation + c * kColumnsPerThread);
+          order[b][1] = *reinterpret_cast<const int4*>(k_permutation + c * kColumnsPerThread + 4);
+        }
+      }
+      #pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int c = first + b * kStagedThreads;
+        if (c < chunks) {
+          *reinterpret_cast<uint4*>(destination + c * kColumnsPerThread) = gather8(row_elements, order[b]);
+        }
+      }
     }
     __syncthreads();  // the next row overwrites the stage
   }
@@ -93,7 +130,7 @@ cudaError_t gather_columns(const void* a, const int32_t* k_permutation, void* ga
   if (m >= kStagedMinRows && row_bytes <= size_t(shared_limit)) {
     // Rows are independent; a few waves' worth of blocks, grid-stride beyond.
     const int blocks = std::min(m, 4096);
-    return launch_kernel(gather_staged_kernel, dim3(blocks), dim3(kThreads), row_bytes, stream, programmatic, source,
+    return launch_kernel(gather_staged_kernel, dim3(blocks), dim3(kStagedThreads), row_bytes, stream, programmatic, source,
                          k_permutation, destination, m, k);
   }
   const long long chunks = static_cast<long long>(m) * (k / kColumnsPerThread);

@@ -1,0 +1,374 @@
+"""PyTorch integration: the op `torch.ops.w4a16.gemm`, the layer `W4A16Linear`, the tuning cache.
+
+Import it explicitly (`import w4a16.torch`); `import w4a16` alone never imports PyTorch. The
+extension is not compiled against PyTorch: this module hands it raw device pointers
+(`tensor.data_ptr()`) and PyTorch's current stream as ints, so one build serves every PyTorch
+version.
+
+    y = torch.ops.w4a16.gemm(x, packed, scales, zeros, bias, k_permutation, group_size, alpha)
+      = alpha * x @ dequant(W).T (+ bias),  dequant(W)[i, j] = s * (q - z)  (z = 8 without zeros)
+
+The op allocates nothing outside PyTorch's caching allocator (its output and the runner's
+workspace), never synchronizes, and runs on `torch.cuda.current_stream()`, so it can be captured
+in a CUDA graph and traced by `torch.compile(fullgraph=True)` (its fake implementation gives the
+output's shape). Make the first call on a device before any capture: it creates that device's
+runner (cuBLAS handle, kernel attributes), which capture would forbid. Inference only: the op has
+no autograd formula.
+"""
+
+import atexit
+import math
+import os
+import threading
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from . import _w4a16
+
+__all__ = [
+    "W4A16Linear",
+    "dequantize",
+    "gemm",
+    "load_tuning",
+    "profile",
+    "runner",
+    "save_tuning",
+]
+
+# The activation types the kernels take, by the extension's names for them.
+_DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+
+# ---------------------------------------------------------------------------------------------
+# One runner per device, created on first use. The lock only guards creation (two threads must not
+# both build one); a lookup of an existing runner is a dict read, atomic under the GIL. The bound
+# Runner serializes its own calls, so threads may share it.
+_runners: Dict[int, "_w4a16.Runner"] = {}
+_runners_lock = threading.Lock()
+# Drop the runners before the interpreter tears the extension down: they hold a cuBLAS handle and
+# kernel state best released while CUDA is still up, and nanobind reports instances still alive at
+# its own shutdown as leaks.
+atexit.register(_runners.clear)
+
+
+def _device_index(device) -> int:
+    if device is None:
+        return torch.cuda.current_device()
+    if isinstance(device, int):
+        return device
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise ValueError(f"device: {device} is not a CUDA device")
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+def runner(device=None) -> "_w4a16.Runner":
+    """The cached `w4a16.Runner` of a CUDA device (default: the current one)."""
+    index = _device_index(device)
+    found = _runners.get(index)
+    if found is not None:
+        return found
+    with _runners_lock:
+        found = _runners.get(index)
+        if found is None:
+            # The runner binds the current device (and checks it on every call).
+            with torch.cuda.device(index):
+                found = _w4a16.Runner()
+            _runners[index] = found
+    return found
+
+
+# PyTorch's current stream of a device as a raw handle, without building a torch.cuda.Stream per
+# call (what Inductor's generated code calls too); the public route where that is missing.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+if _raw_stream is None:  # pragma: no cover - older or future PyTorch
+
+    def _raw_stream(index):
+        return torch.cuda.current_stream(index).cuda_stream
+
+
+# ---------------------------------------------------------------------------------------------
+# The op.
+
+
+def _fail(argument: str, value, rule: str):
+    raise ValueError(f"w4a16::gemm: {argument} {value}; {rule}")
+
+
+def _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size):
+    """The op's rules on its tensors; returns (n, k).
+
+    Shared by the CUDA implementation and the fake one, so `torch.compile` reports a mistake
+    while it traces, with the same message. The rules the runner checks itself (n % 16, k % 64,
+    the supported group sizes, 16-byte alignment, a finite alpha) come back from it as ValueErrors
+    with its message; this function only checks what the op needs to read the shapes: n is
+    scales' second dimension, k is a's last.
+    """
+    if a.dtype not in _DTYPE_NAMES:
+        _fail("a", f"has dtype {a.dtype}", "expected torch.float16 or torch.bfloat16")
+    if a.device.type != "cuda":
+        _fail("a", f"is on {a.device}", "expected a CUDA tensor")
+    if a.dim() < 1:
+        _fail("a", "is a 0-d tensor", "expected [..., k]")
+    k = a.shape[-1]
+    if k == 0:
+        _fail("a", f"has shape {list(a.shape)}", "expected a positive last dimension k")
+    if group_size <= 0 or k % group_size != 0:
+        _fail("group_size", f"is {group_size}", f"expected a positive divisor of k = {k} (a's last dimension)")
+    if scales.dim() != 2 or scales.shape[0] != k // group_size:
+        _fail("scales", f"has shape {list(scales.shape)}",
+              f"expected [k / group_size, n] = [{k // group_size}, n] (k = {k}, group_size = {group_size})")
+    n = scales.shape[1]
+    if packed.dtype != torch.uint8:
+        _fail("packed", f"has dtype {packed.dtype}", "expected torch.uint8 (w4a16.pack's output)")
+    if packed.numel() != n * k // 2:
+        _fail("packed", f"has {packed.numel()} bytes", f"expected n * k / 2 = {n * k // 2} (n = {n}, k = {k})")
+    tensors = [("a", a), ("packed", packed), ("scales", scales)]
+    for name, tensor in (("zeros", zeros), ("bias", bias)):
+        if tensor is None:
+            continue
+        expected = [k // group_size, n] if name == "zeros" else [n]
+        if list(tensor.shape) != expected:
+            _fail(name, f"has shape {list(tensor.shape)}", f"expected {expected} (n = {n}, k = {k})")
+        tensors.append((name, tensor))
+    for name, tensor in (("scales", scales), ("zeros", zeros), ("bias", bias)):
+        if tensor is not None and tensor.dtype != a.dtype:
+            _fail(name, f"has dtype {tensor.dtype}", f"expected a's dtype {a.dtype}")
+    if k_permutation is not None:
+        if k_permutation.dtype != torch.int32:
+            _fail("k_permutation", f"has dtype {k_permutation.dtype}", "expected torch.int32")
+        if list(k_permutation.shape) != [k]:
+            _fail("k_permutation", f"has shape {list(k_permutation.shape)}", f"expected [k] = [{k}]")
+        tensors.append(("k_permutation", k_permutation))
+    for name, tensor in tensors:
+        if tensor.device != a.device:
+            _fail(name, f"is on {tensor.device}", f"expected a's device {a.device} (all on one device)")
+        if not tensor.is_contiguous():
+            _fail(name, f"has strides {list(tensor.stride())} for shape {list(tensor.shape)}",
+                  "expected a contiguous tensor")
+    return n, k
+
+
+def _pointer(tensor: Optional[torch.Tensor]) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+@torch.library.custom_op("w4a16::gemm", mutates_args=())
+def gemm(
+    a: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    k_permutation: Optional[torch.Tensor] = None,
+    group_size: int = 128,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """alpha * a @ dequant(W).T (+ bias) for a [..., k] in fp16 or bf16; returns [..., n].
+
+    packed: uint8, n * k / 2 bytes (w4a16.pack); scales and zeros: [k / group_size, n] in a's
+    dtype (zeros None: symmetric, z = 8); bias: [n] or None; k_permutation: int32 [k] or None
+    (act-order: packed column j multiplies a's column k_permutation[j]). All contiguous, on one
+    CUDA device.
+    """
+    n, k = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size)
+    out = a.new_empty((*a.shape[:-1], n))
+    m = math.prod(a.shape[:-1])
+    if m == 0:
+        return out  # an empty batch: nothing to launch (the runner takes m >= 1)
+    index = a.device.index
+    if torch.cuda.current_device() != index:
+        with torch.cuda.device(index):
+            return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
+    return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
+
+
+def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha):
+    r = runner(a.device.index)
+    arguments = (a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias), out.data_ptr(),
+                 _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
+    # The workspace comes from the caching allocator on the current stream, so it is reused only
+    # after this call's kernels in stream order (and lives in the graph's pool under capture).
+    workspace_bytes = r.workspace_bytes(*arguments)
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device) if workspace_bytes else None
+    r.gemm(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index))
+    return out
+
+
+@gemm.register_fake
+def _(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=128, alpha=1.0):
+    n, _ = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size)
+    return a.new_empty((*a.shape[:-1], n))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning.
+
+
+def profile(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=128, alpha=1.0,
+            iterations=20, repeats=5) -> dict:
+    """Times every config on these arguments (a: [m, k]) and makes the fastest the default of this
+    device's runner for the problem's m bucket (m up to the next power of two), n, k, group and
+    format. Synchronizes; not for the hot path, nor under capture. Returns {'best', 'best_us',
+    'timings': {config: us}, 'skipped': {config: why}}."""
+    n, k = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size)
+    m = math.prod(a.shape[:-1])
+    out = a.new_empty((*a.shape[:-1], n))
+    with torch.cuda.device(a.device):
+        r = runner(a.device)
+        arguments = (a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias),
+                     out.data_ptr(), _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
+        # Room for every config: profile() skips the configs whose workspace does not fit.
+        workspace_bytes = max(r.workspace_bytes(*arguments, config=name) for name in r.configs())
+        workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device)
+        return r.profile(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index),
+                         iterations=iterations, repeats=repeats)
+
+
+def save_tuning(path) -> None:
+    """Writes the current device's profiled defaults as JSON (keyed by device name, SM count and
+    library version; entries by m bucket, n, k, group and format)."""
+    runner().save_tuning(os.fspath(path))
+
+
+def load_tuning(path) -> None:
+    """Reads save_tuning's file into the current device's runner; ValueError for another device's
+    or library version's file."""
+    runner().load_tuning(os.fspath(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer.
+
+
+def _from_bits(bits: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """uint16 bit patterns (the extension's 16-bit arrays) -> a CPU tensor of dtype."""
+    return torch.from_numpy(np.ascontiguousarray(bits).view(np.int16)).view(dtype)
+
+
+def dequantize(packed, scales, zeros=None, k_permutation=None, group_size=128) -> torch.Tensor:
+    """The float64 [n, k] weight the op multiplies by, in a's column order: dequant(W)[i, j] =
+    s * (q - z), with an act-order layer's permutation undone (the column of a that packed column
+    j multiplies is k_permutation[j]). Unpacks on the CPU (w4a16.unpack); for tests and checks."""
+    n = scales.shape[1]
+    k = packed.numel() * 2 // n
+    codes = torch.from_numpy(_w4a16.unpack(packed.detach().cpu().contiguous().view(-1).numpy(), n, k))
+    s = scales.detach().cpu().double().repeat_interleave(group_size, dim=0).T
+    z = 8.0 if zeros is None else zeros.detach().cpu().double().repeat_interleave(group_size, dim=0).T
+    w = s * (codes.double() - z)
+    if k_permutation is not None:
+        w_in_a_order = torch.empty_like(w)
+        w_in_a_order[:, k_permutation.detach().cpu().long()] = w
+        w = w_in_a_order
+    return w.to(scales.device)
+
+
+class W4A16Linear(torch.nn.Module):
+    """An inference nn.Linear with 4-bit weights: y = x @ dequant(W).T (+ bias), through the op.
+
+    Buffers (all in the state_dict; the optional ones are None, and absent from it, when unused):
+      packed         uint8 [out_features, in_features / 2]  w4a16.pack's output
+      scales         [in_features / group_size, out_features]  in the layer's dtype (fp16 or bf16)
+      zeros          like scales, or None (symmetric: z = 8)
+      bias           [out_features] in the layer's dtype, or None
+      k_permutation  int32 [in_features], or None (act-order checkpoints)
+    x must have the layer's dtype and live on its device.
+
+    Build one with `from_linear` (quantizes an nn.Linear's weight) or `from_checkpoint` (one layer of
+    a w4a16 container, `w4a16 import`'s output); the constructor alone makes a layer of the given
+    shape to `load_state_dict` into (its weights are uninitialized until then).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 128,
+                 zeros: bool = False, act_order: bool = False, dtype: torch.dtype = torch.float16, device=None):
+        super().__init__()
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"W4A16Linear: dtype {dtype} not supported; use torch.float16 or torch.bfloat16")
+        if group_size <= 0 or in_features % group_size != 0:
+            raise ValueError(f"W4A16Linear: group_size {group_size} must divide in_features = {in_features}")
+        if in_features % 2 != 0:
+            raise ValueError(f"W4A16Linear: in_features {in_features} must be even (two codes per byte)")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        groups = in_features // group_size
+        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scales", torch.empty(groups, out_features, dtype=dtype, device=device))
+        self.register_buffer("zeros", torch.empty(groups, out_features, dtype=dtype, device=device) if zeros else None)
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
+        # The identity, not uninitialized memory: the kernels read a's columns at these indices.
+        self.register_buffer("k_permutation",
+                             torch.arange(in_features, dtype=torch.int32, device=device) if act_order else None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.scales.dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # nn.Linear takes any strides; the op takes contiguous input (a no-op when it already is).
+        return torch.ops.w4a16.gemm(x.contiguous(), self.packed, self.scales, self.zeros, self.bias,
+                                    self.k_permutation, self.group_size, 1.0)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)}, zeros={self.zeros is not None}, "
+                f"bias={self.bias is not None}, act_order={self.k_permutation is not None}")
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float64 [out_features, in_features] weight this layer multiplies x by (see dequantize)."""
+        return dequantize(self.packed, self.scales, self.zeros, self.k_permutation, self.group_size)
+
+    def profile(self, m: int, iterations: int = 20, repeats: int = 5) -> dict:
+        """Tunes this layer's shape at m rows (see w4a16.torch.profile) on random activations."""
+        x = torch.empty(m, self.in_features, dtype=self.dtype, device=self.scales.device).uniform_(-1, 1)
+        return profile(x, self.packed, self.scales, self.zeros, self.bias, self.k_permutation, self.group_size,
+                       1.0, iterations=iterations, repeats=repeats)
+
+    @classmethod
+    def _from_host(cls, n, k, group_size, dtype, packed, scale_bits, zero_bits, k_permutation, bias, device):
+        """A layer from host arrays (NumPy, as the extension returns them), placed on `device`."""
+        layer = cls(k, n, bias=bias is not None, group_size=group_size, zeros=zero_bits is not None,
+                    act_order=k_permutation is not None, dtype=dtype, device=device)
+        with torch.no_grad():
+            layer.packed.copy_(torch.from_numpy(np.ascontiguousarray(packed)).view(n, k // 2))
+            layer.scales.copy_(_from_bits(scale_bits, dtype))
+            if zero_bits is not None:
+                layer.zeros.copy_(_from_bits(zero_bits, dtype))
+            if k_permutation is not None:
+                layer.k_permutation.copy_(torch.from_numpy(np.ascontiguousarray(k_permutation, dtype=np.int32)))
+            if bias is not None:
+                layer.bias.copy_(bias)
+        return layer
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, group_size: int = 128, zeros: bool = False) -> "W4A16Linear":
+        """Quantizes `linear`'s weight (round to nearest per group of `group_size` input columns,
+        symmetric or with zero points: w4a16.quantize) and packs it, on the CPU; the layer runs in
+        the weight's dtype (fp16 or bf16) on the weight's device, and keeps the bias."""
+        weight = linear.weight.detach()
+        if weight.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"W4A16Linear.from_linear: the weight's dtype is {weight.dtype}; the layer runs in its "
+                             "weight's dtype, which must be torch.float16 or torch.bfloat16 (convert the linear first)")
+        n, k = weight.shape
+        # fp16 and bf16 convert to float32 exactly, so this quantizes the stored weights themselves.
+        quantized = _w4a16.quantize(weight.cpu().float().contiguous().numpy(), group_size=group_size,
+                                    dtype=_DTYPE_NAMES[weight.dtype], zeros=zeros)
+        bias = None if linear.bias is None else linear.bias.detach().to(weight.dtype)
+        return cls._from_host(n, k, group_size, weight.dtype, _w4a16.pack(quantized.codes), quantized.scale_bits,
+                              quantized.zero_bits, None, bias, weight.device)
+
+    @classmethod
+    def from_checkpoint(cls, path, layer_name: str, device=None) -> "W4A16Linear":
+        """One layer of a w4a16 container (`w4a16 import` / `w4a16.import_checkpoint` output), e.g.
+        layer_name 'model.layers.0.mlp.up_proj' (a trailing '.' is optional): its packed weights,
+        scales, zero points, act-order permutation and the checkpoint's bias where present.
+        `device` as in nn.Linear (None: the CPU)."""
+        prefix = layer_name if layer_name.endswith(".") else layer_name + "."
+        layer = _w4a16.load_packed_layer(os.fspath(path), prefix)
+        dtype = _DTYPES[layer.dtype]
+        bias_bits = layer.bias_bits
+        bias = None if bias_bits is None else _from_bits(bias_bits, dtype)
+        return cls._from_host(layer.n, layer.k, layer.group_size, dtype, layer.packed, layer.scale_bits,
+                              layer.zero_bits, layer.k_permutation, bias, device)
