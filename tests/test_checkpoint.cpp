@@ -3,8 +3,9 @@
 // points and act-order, go through a safetensors file and come back bit-exact in our meaning
 // w = s * (q - z), act-order permutation included.
 //
-// The packers here are transcriptions of the formats' own packing loops (cited beside each);
-// fixtures written by those libraries themselves are the next step (issue 15).
+// The packers here are transcriptions of the formats' own packing loops (cited beside each), so
+// that every shape and malformed case can be generated; test_checkpoint_fixtures.cpp checks the
+// decoders against files the libraries themselves wrote (tests/fixtures/checkpoints).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-call check on a GPU machine: build, run every test (GPU tests included), compute-sanitizer
-# memcheck, racecheck, initcheck and synccheck on the GPU tests (filtered to fit one call), `w4a16 verify` on the seed's shapes, optionally the
+# memcheck, racecheck, initcheck and synccheck on the GPU tests (filtered to fit one call), `w4a16 verify` on the seed's shapes
+# and on every checkpoint fixture (imported first), optionally the
 # benchmark; the short summary table comes last. Logs go to $OUT (or build-gpu/logs).
 #
 #   tools/gpu-check.sh                 build + tests + sanitizers + verify
@@ -90,6 +91,25 @@ fi
   done
 done
 rm -f "$LOGS/verify_one.log"
+
+# Every checkpoint fixture (written by the formats' own packers), imported and verified on the
+# GPU at m = 1, 17 and 300 (issue 15's acceptance); one log line per layer run in verify.log.
+if [ "${VERIFY:-1}" = 1 ] && [ -d tests/fixtures/checkpoints ]; then
+  containers=$(mktemp -d)
+  passed=0 failed=0
+  for dir in tests/fixtures/checkpoints/*/; do
+    name=$(basename "$dir")
+    if ! "$W4A16" import --in "$dir" --out "$containers/$name.safetensors" >>"$LOGS/verify.log" 2>&1; then
+      failed=$((failed + 1)); echo "import $name FAILED" >>"$LOGS/verify.log"; continue
+    fi
+    for m in 1 17 300; do
+      if "$W4A16" verify --checkpoint "$containers/$name.safetensors" --m $m >>"$LOGS/verify.log" 2>&1; then
+        passed=$((passed + 1)); else failed=$((failed + 1)); echo "verify $name m=$m FAILED" >>"$LOGS/verify.log"; fi
+    done
+  done
+  rm -rf "$containers"
+  record "verify --checkpoint (fixtures x m 1,17,300)" "$passed passed, $failed failed"
+fi
 
 if [ -n "${BENCH:-}" ]; then
   json_args=()

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <optional>
 #include <stdexcept>
@@ -203,6 +204,45 @@ NB_MODULE(_w4a16, m) {
   nb::class_<w4a16::QuantizedWeights>(m, "QuantizedWeights",
                                       "Weights of one linear layer: w = s * (q - z), z = 8 without zero points")
       .def(nb::init<>())
+      // From arrays, e.g. a tensor-parallel shard (w4a16.sharding), so reference_gemm and
+      // dequantized() work on weights that quantize() did not make. Copies; checks every shape.
+      .def("__init__", [](w4a16::QuantizedWeights* self, Codes codes, Bits2D scale_bits, nb::object zero_bits,
+                          int group_size, const std::string& dtype) {
+        const int n = int(codes.shape(0)), k = int(codes.shape(1));
+        throw_if_failed(w4a16::check_group_size(k, group_size));
+        const auto expect_group_shape = [&](const Bits2D& bits, const char* name) {
+          if (int(bits.shape(0)) != k / group_size || int(bits.shape(1)) != n) {
+            throw nb::value_error((std::string(name) + " has shape [" + std::to_string(bits.shape(0)) + ", " +
+                                   std::to_string(bits.shape(1)) + "], expected [k / group_size, n] = [" +
+                                   std::to_string(k / group_size) + ", " + std::to_string(n) + "]")
+                                      .c_str());
+          }
+        };
+        expect_group_shape(scale_bits, "scale_bits");
+        for (size_t i = 0; i < codes.size(); ++i) {
+          if (codes.data()[i] > 15) {
+            throw nb::value_error(("codes[" + std::to_string(i / size_t(k)) + "][" + std::to_string(i % size_t(k)) +
+                                   "] = " + std::to_string(codes.data()[i]) + " outside [0, 15]")
+                                      .c_str());
+          }
+        }
+        w4a16::QuantizedWeights q;
+        q.n = n;
+        q.k = k;
+        q.group_size = group_size;
+        q.element = element_of(dtype);
+        q.codes.assign(codes.data(), codes.data() + codes.size());
+        q.scales.assign(scale_bits.data(), scale_bits.data() + scale_bits.size());
+        if (!zero_bits.is_none()) {
+          const Bits2D zeros = nb::cast<Bits2D>(zero_bits);
+          expect_group_shape(zeros, "zero_bits");
+          q.zeros.assign(zeros.data(), zeros.data() + zeros.size());
+        }
+        new (self) w4a16::QuantizedWeights(std::move(q));
+      }, nb::arg("codes"), nb::arg("scale_bits"), nb::arg("zero_bits") = nb::none(), nb::arg("group_size") = 128,
+         nb::arg("dtype") = "fp16",
+         "From arrays: codes [n, k] uint8 in [0, 15], scale_bits and zero_bits (or None) [k / group_size, n] uint16 "
+         "bits of dtype.")
       .def_ro("n", &w4a16::QuantizedWeights::n)
       .def_ro("k", &w4a16::QuantizedWeights::k)
       .def_ro("group_size", &w4a16::QuantizedWeights::group_size)

@@ -5,6 +5,9 @@ unpack, the float64 CPU reference, checkpoint import, load_packed_layer) and the
 (`Runner`) on raw device pointers and stream handles. 16-bit element arrays cross as uint16 bit
 patterns (NumPy has no bfloat16); `to_bits` / `from_bits` convert.
 
+`w4a16.sharding` splits a quantized layer's host arrays for tensor parallelism (column- and
+row-parallel shards, act-order permutations folded into the producing layers); NumPy only.
+
 PyTorch users want `w4a16.torch` (the op `torch.ops.w4a16.gemm` and `W4A16Linear`); it is imported
 explicitly, so this package works without PyTorch installed.
 """
@@ -24,6 +27,7 @@ from ._w4a16 import (  # noqa: F401  (re-exported)
     reference_gemm,
     unpack,
 )
+from . import sharding  # noqa: E402,F401  (NumPy only)
 
 __all__ = [
     "PackedLayer",
@@ -37,6 +41,7 @@ __all__ = [
     "pack",
     "quantize",
     "reference_gemm",
+    "sharding",
     "to_bits",
     "unpack",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import _w4a16
+from . import sharding as _sharding
 
 __all__ = [
     "W4A16Linear",
@@ -155,8 +156,7 @@ def _pointer(tensor: Optional[torch.Tensor]) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
-@torch.library.custom_op("w4a16::gemm", mutates_args=())
-def gemm(
+def _gemm(
     a: torch.Tensor,
     packed: torch.Tensor,
     scales: torch.Tensor,
@@ -183,6 +183,13 @@ def gemm(
         with torch.cuda.device(index):
             return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
     return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
+
+
+# The op. W4A16Linear.forward calls _gemm itself when nothing traces it (eager, or eager code
+# captured into a CUDA graph): the dispatcher's custom-op path costs tens of microseconds per
+# call in eager mode, which at decode is several times the kernel (bench/op_overhead.py).
+# torch.compile sees the op, through its fake implementation.
+gemm = torch.library.custom_op("w4a16::gemm", mutates_args=())(_gemm)
 
 
 def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha):
@@ -308,8 +315,9 @@ class W4A16Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Linear takes any strides; the op takes contiguous input (a no-op when it already is).
-        return torch.ops.w4a16.gemm(x.contiguous(), self.packed, self.scales, self.zeros, self.bias,
-                                    self.k_permutation, self.group_size, 1.0)
+        op = torch.ops.w4a16.gemm if torch.compiler.is_compiling() else _gemm
+        return op(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.k_permutation, self.group_size,
+                  1.0)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
@@ -341,6 +349,43 @@ class W4A16Linear(torch.nn.Module):
             if bias is not None:
                 layer.bias.copy_(bias)
         return layer
+
+    @classmethod
+    def from_host_layer(cls, layer, device=None) -> "W4A16Linear":
+        """A layer from host arrays: a w4a16.sharding.HostLayer (packed here), a PackedHostLayer
+        (sharding.pack_layer) or a w4a16.PackedLayer (load_packed_layer), e.g. one rank's shard."""
+        if isinstance(layer, _sharding.HostLayer):
+            layer = _sharding.pack_layer(layer)
+        dtype = _DTYPES[layer.dtype]
+        bias = None if layer.bias_bits is None else _from_bits(layer.bias_bits, dtype)
+        return cls._from_host(layer.n, layer.k, layer.group_size, dtype, layer.packed, layer.scale_bits,
+                              layer.zero_bits, layer.k_permutation, bias, device)
+
+    def to_host_layer(self) -> "_sharding.HostLayer":
+        """This layer's buffers as a w4a16.sharding.HostLayer (copied to the host, codes unpacked)."""
+
+        def bits(tensor):
+            return None if tensor is None else tensor.detach().cpu().contiguous().view(torch.int16).numpy().view(
+                np.uint16)
+
+        permutation = None if self.k_permutation is None else self.k_permutation.detach().cpu().numpy()
+        return _sharding.HostLayer.from_packed(self.packed.detach().cpu().numpy(), self.out_features,
+                                               self.in_features, bits(self.scales), bits(self.zeros), permutation,
+                                               self.group_size, _DTYPE_NAMES[self.dtype], bits(self.bias))
+
+    def shard(self, world_size: int, rank: int, mode: str = "column", device=None) -> "W4A16Linear":
+        """Rank `rank`'s tensor-parallel shard of this layer, on `device` (default: this layer's).
+
+        mode 'column': output features [rank * n / world_size, ...) (w4a16.sharding.shard_columns;
+        the input is the whole x). mode 'row': input features [rank * k / world_size, ...) of x in
+        its original order, giving a partial output to all-reduce; the bias stays on rank 0
+        (shard_rows). An act-order layer splits row-wise only after fold_permutation (on host
+        layers: to_host_layer, fold, shard, from_host_layer). ValueError for shapes that do not split."""
+        split = {"column": _sharding.shard_columns, "row": _sharding.shard_rows}.get(mode)
+        if split is None:
+            raise ValueError(f"W4A16Linear.shard: mode '{mode}'; expected 'column' or 'row'")
+        target = self.scales.device if device is None else device
+        return type(self).from_host_layer(split(self.to_host_layer(), world_size, rank), device=target)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, group_size: int = 128, zeros: bool = False) -> "W4A16Linear":

@@ -163,8 +163,8 @@ struct StreamingMainloop {
     ptx::pin(scale_row_step);
     // (Without zero points, the lanes of the zero-point array never copy, but their source is
     // still formed from the null zeros pointer: harmless on the hardware, formally undefined in
-    // C++. Pointing them into the scales instead changes the decode kernels' code; left for a
-    // session that can measure it, bench/NOTES.md entry 23.)
+    // C++. Pointing them into the scales instead changes the decode kernels' code, and measured
+    // up to 2.2% slower on the default decode table, bench/NOTES.md entry 25.)
     const Scalar* scale_source = static_cast<const Scalar*>(scale_copy_array == 0 ? params.scales : params.zeros) +
                                  static_cast<long long>((begin * layout::kTileCols) >> params.group_shift) * params.n +
                                  static_cast<long long>(scale_copy_row) * params.n + first_channel + scale_chunk * 8;
