@@ -7,9 +7,10 @@
 A layer evaluation is its seven linears (q 4096x4096, k and v 1024x4096, o 4096x4096, gate and up
 14336x4096, down 4096x14336; out x in), each on its own input (x [batch, 4096]; down reads a
 [batch, 14336] activation), with no attention or MLP math in between: what is compared is the
-GEMMs. One layer's weights are ~436 MB dense and ~218 MB in int4 (+ scales), far past the 60 MB L2,
-so back-to-back evaluations of the same layer read the weights from HBM each time, as a model
-reading its layers one after another does. Each timing is one replay of a CUDA graph of many
+GEMMs. One layer's weights are ~436 MB dense and ~112 MB in int4 with scales. Back-to-back
+evaluations of the same layer cycle through them; the dense side is 7x the H200's 60 MB L2, but
+the w4a16 side only 1.8x, so some of its reads may still hit L2 (the weights are not rotated over
+copies as `w4a16 bench` and bench/op_overhead.py do: a known limit of this benchmark's numbers). Each timing is one replay of a CUDA graph of many
 back-to-back evaluations (so no launch gaps or Python in the measurement), divided by their count;
 dense and w4a16 replays alternate, and the median of --repeats replays is reported.
 

@@ -10,8 +10,8 @@ Per shape (n x k, fp16, group 128, m = 1), per-call microseconds of:
   (c) compiled graph  a torch.compile(fullgraph=True) function calling the op, captured in a graph
   (d) op eager        N eager op calls (bound by the host: dispatcher, checks, allocation per call)
   (e) raw eager       N eager Runner.gemm calls (the binding's own host cost)
-  (f) layer eager     N eager calls of what W4A16Linear.forward runs outside torch.compile (the op's
-                      Python body without the dispatcher)
+  (f) direct eager    N eager calls of the op's Python body without the dispatcher (what
+                      W4A16Linear.forward calls in eager mode, without nn.Module's own call cost)
 A graph replays only the kernels, so (b) and (c) cost more than (a) only if the op adds device work
 (a copy, a memset) or changes the launches; the acceptance is (b) - (a) and (c) - (a) <= 2 us.
 Weights rotate over copies totalling >= 4x the L2 size so that each call reads them from HBM, as
@@ -81,7 +81,7 @@ def measure(n, k, calls, repeats, device):
         for i in range(calls):
             torch.ops.w4a16.gemm(x, packed[i % copies], scales[i % copies], None, None, None, GROUP, 1.0)
 
-    def layer_calls():
+    def direct_calls():
         for i in range(calls):
             wt._gemm(x, packed[i % copies], scales[i % copies], None, None, None, GROUP, 1.0)
 
@@ -96,7 +96,7 @@ def measure(n, k, calls, repeats, device):
     compiled_gemm(x, packed[0], scales[0])  # compile outside the capture
     torch.cuda.synchronize()
     graphs = {"raw graph": capture(raw_calls), "op graph": capture(op_calls), "compiled graph": capture(compiled_calls)}
-    eager = {"op eager": op_calls, "raw eager": raw_calls, "layer eager": layer_calls}
+    eager = {"op eager": op_calls, "raw eager": raw_calls, "direct eager": direct_calls}
     deadline = time.monotonic() + 1.0  # settle the clocks
     while time.monotonic() < deadline:
         for graph in graphs.values():

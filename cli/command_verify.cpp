@@ -12,6 +12,7 @@
 #include "cli/cli_support.h"
 #include "cli/commands.h"
 #include "cli/test_data.h"
+#include "host/parallel.h"
 #include "w4a16/checkpoint.h"
 #include "w4a16/reference.h"
 #include "w4a16/safetensors.h"
@@ -40,8 +41,13 @@ double tolerance_for(const VerifyOptions& options, ElementType element) {
 }
 
 // C (downloaded, bits of `element`) against the reference over `a_reference` (A as the weights'
-// k order sees it): every element finite, and the relative Frobenius error of all rows, or of a
-// sample (first, last, random) when the CPU reference would take too long. Prints two lines.
+// k order sees it), over all rows or a sample (first, last, random) when the CPU reference would
+// take too long. Passes when every element is finite, the relative Frobenius error is within
+// `tolerance`, and every element is within the bound the GPU tests use (tests/test_util.h,
+// error_bound): |c - ref| <= 4u (|alpha| sum_i |a_i| |s_i| (|q_i - z_i| + |z_i|) + |ref|) + 2^-14,
+// u the element type's unit roundoff (the |z| term only with zero points). The per-element bound
+// catches what a global ratio can hide: one wrong output channel of 11008 moves the Frobenius
+// error by only ~1/sqrt(11008). Prints two lines.
 bool matches_reference(const std::vector<uint16_t>& out, const std::vector<uint16_t>& a_reference, int m,
                        const QuantizedWeights& weights, const uint16_t* bias, float alpha, double tolerance,
                        int sample_rows, uint64_t seed) {
@@ -59,9 +65,36 @@ bool matches_reference(const std::vector<uint16_t>& out, const std::vector<uint1
   const auto begin = std::chrono::steady_clock::now();
   std::vector<double> reference;
   check_status(reference_gemm(a_reference.data(), m, weights, bias, alpha, rows, &reference), "reference_gemm");
-  const double reference_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   const int checked_rows = sample ? int(rows.size()) : m;
+  // The bound's magnitude per checked element: |A| of the checked rows once, then one weight row
+  // of |s| (|q - z| + |z|) terms at a time, over the CPU's threads (as the reference itself).
+  const bool zeros = !weights.zeros.empty();
+  std::vector<double> a_abs(size_t(checked_rows) * k);
+  for (int r = 0; r < checked_rows; ++r) {
+    const int row = sample ? rows[r] : r;
+    for (int i = 0; i < k; ++i) {
+      a_abs[size_t(r) * k + i] = std::fabs(double(element_to_float(element, a_reference[size_t(row) * k + i])));
+    }
+  }
+  std::vector<double> magnitude(size_t(checked_rows) * n, 0.0);
+  parallel_ranges(n, [&](int col_begin, int col_end) {
+    std::vector<double> terms(k);
+    for (int col = col_begin; col < col_end; ++col) {
+      for (int i = 0; i < k; ++i) {
+        const double s = std::fabs(double(weights.scale(col, i))), z = double(weights.zero(col, i));
+        terms[i] = s * (std::fabs(double(weights.codes[size_t(col) * k + i]) - z) + (zeros ? std::fabs(z) : 0.0));
+      }
+      for (int r = 0; r < checked_rows; ++r) {
+        double sum = 0.0;
+        for (int i = 0; i < k; ++i) sum += a_abs[size_t(r) * k + i] * terms[i];
+        magnitude[size_t(r) * n + col] = std::fabs(double(alpha)) * sum;
+      }
+    }
+  });
+  const double reference_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  const int unit_roundoff_exponent = element == ElementType::kBFloat16 ? -8 : -11;
   double max_abs = 0.0, error_squares = 0.0, reference_squares = 0.0;
+  size_t beyond_bound = 0;
   for (int r = 0; r < checked_rows; ++r) {
     const int row = sample ? rows[r] : r;
     for (int col = 0; col < n; ++col) {
@@ -71,12 +104,15 @@ bool matches_reference(const std::vector<uint16_t>& out, const std::vector<uint1
       max_abs = std::isfinite(error) ? std::max(max_abs, error) : INFINITY;
       error_squares += error * error;
       reference_squares += want * want;
+      const double bound =
+          std::ldexp(magnitude[size_t(r) * n + col] + std::fabs(want), unit_roundoff_exponent + 2) + std::ldexp(1.0, -14);
+      beyond_bound += !(error <= bound);
     }
   }
   const double relative = std::sqrt(error_squares / std::max(reference_squares, 1e-300));
-  const bool pass = non_finite == 0 && std::isfinite(relative) && relative <= tolerance;
-  std::printf("checked %d of %d rows (reference %.1f s); non-finite outputs: %zu\n", checked_rows, m,
-              reference_seconds, non_finite);
+  const bool pass = non_finite == 0 && std::isfinite(relative) && relative <= tolerance && beyond_bound == 0;
+  std::printf("checked %d of %d rows (reference %.1f s); non-finite outputs: %zu; beyond the per-element bound: %zu\n",
+              checked_rows, m, reference_seconds, non_finite, beyond_bound);
   std::printf("max abs error %.3e   relative error (Frobenius) %.3e   tolerance %.1e   %s\n", max_abs, relative,
               tolerance, pass ? "PASS" : "FAIL");
   return pass;
@@ -87,6 +123,13 @@ bool matches_reference(const std::vector<uint16_t>& out, const std::vector<uint1
 // applied, against the reference over the unpacked codes.
 int run_verify_checkpoint(const VerifyOptions& options) {
   if (options.m < 1) throw CliError("--m " + std::to_string(options.m) + ": must be at least 1");
+  // The layer defines n, k, group and format; bias and alpha are not part of the container check.
+  const VerifyOptions defaults;
+  if (options.n != defaults.n || options.k != defaults.k || options.group != defaults.group ||
+      options.dtype != defaults.dtype || options.zeros || options.bias || options.alpha != defaults.alpha) {
+    throw CliError("--checkpoint takes its shapes and format from the file: no --n, --k, --group, --dtype, --zeros, "
+                   "--bias or --alpha");
+  }
   KernelConfig forced;
   if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
     throw CliError("--config " + options.config + ": not a config name (w4a16 info lists them)");
@@ -99,7 +142,8 @@ int run_verify_checkpoint(const VerifyOptions& options) {
     const std::string& name = tensor.name;
     if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
       const std::string prefix = name.substr(0, name.size() - suffix.size());
-      if (options.layer.empty() || prefix == options.layer) prefixes.push_back(prefix);
+      // --layer names the prefix with or without its trailing dot.
+      if (options.layer.empty() || prefix == options.layer || prefix == options.layer + ".") prefixes.push_back(prefix);
     }
   }
   if (prefixes.empty()) {
@@ -175,6 +219,12 @@ int run_verify_checkpoint(const VerifyOptions& options) {
     args.k = k;
     args.group_size = layer.group_size;
     DeviceBuffer workspace(runner.workspace_bytes(args, config));
+    // A forced config that does not take this layer fails the layer, not the run.
+    if (const Status s = runner.check(args, config, workspace.get(), workspace.bytes()); !s.ok()) {
+      std::printf("config %s does not take this layer: %s\nFAIL\n", config.name().c_str(), s.to_string().c_str());
+      ++failures;
+      continue;
+    }
     check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), nullptr), "gemm");
     check_cuda(cudaDeviceSynchronize(), "gemm execution");
     std::vector<uint16_t> out(size_t(m) * n);

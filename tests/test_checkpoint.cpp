@@ -215,8 +215,9 @@ TEST(Checkpoint, GptqV1AndV2DecodeBitExact) {
         for (bool sym : {false, true}) {
           SCOPED_TRACE("n " + std::to_string(s.n) + " k " + std::to_string(s.k) + " g " + std::to_string(s.group) +
                        (v2 ? " v2" : " v1") + (act_order ? " act-order" : "") + (sym ? " sym" : " asym"));
-          // v1 stores z - 1, so a true zero point of 0 cannot be stored (GPTQModel refuses such
-          // files too): v1 layers get zero points in [1, 15].
+          // v1 stores z - 1: these transcribed packers store it per nibble, where a zero point of
+          // 0 cannot be stored (AutoGPTQ's packer corrupts the word; GPTQModel's borrows across
+          // nibbles, covered by the fixtures), so v1 layers here get zero points in [1, 15].
           const Layer l = random_layer(rng, s.n, s.k, s.group, act_order, sym ? 8 : (v2 ? 0 : 1), sym ? 8 : 15);
           CheckpointConfig config;
           config.group_size = s.group == s.k ? -1 : s.group;

@@ -868,49 +868,63 @@ TEST_F(Gpu, ProgrammaticLaunchSeesInputsThePreviousKernelWrote) {
 // every family and format, against the reference over the host-permuted A; the workspace the
 // gather needs is counted and enforced.
 
-class ActOrder : public Gpu, public ::testing::WithParamInterface<Format> {};
+class ActOrder : public Gpu, public ::testing::WithParamInterface<Format> {
+ protected:
+  // A random permutation of k, then every family at each m against the host-permuted reference.
+  void check(Random& rng, const std::vector<int>& ms, int n, int k, int group, Format format) {
+    Weights w;
+    ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w, format));
+    std::vector<int32_t> permutation(k);
+    for (int j = 0; j < k; ++j) permutation[j] = j;
+    std::shuffle(permutation.begin(), permutation.end(), rng.engine());
+    DeviceArray<int32_t> d_permutation;
+    ASSERT_NO_FATAL_FAILURE(d_permutation.upload(permutation));
 
-TEST_P(ActOrder, MatchesThePermutedReference) {
-  W4A16_RANDOM(rng);
-  const int n = 272, k = 1088, group = 64;
-  Weights w;
-  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w, GetParam()));
-  std::vector<int32_t> permutation(k);
-  for (int j = 0; j < k; ++j) permutation[j] = j;
-  std::shuffle(permutation.begin(), permutation.end(), rng.engine());
-  DeviceArray<int32_t> d_permutation;
-  ASSERT_NO_FATAL_FAILURE(d_permutation.upload(permutation));
+    for (int m : ms) {
+      Problem p;
+      ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p));
+      GemmArguments args = p.arguments(w);
+      args.k_permutation = d_permutation.get();
+      std::vector<uint16_t> permuted(size_t(m) * k);
+      for (int r = 0; r < m; ++r)
+        for (int j = 0; j < k; ++j) permuted[size_t(r) * k + j] = p.a[size_t(r) * k + permutation[j]];
+      std::vector<double> reference;
+      W4A16_ASSERT_OK(reference_gemm(permuted.data(), m, w.q, p.bias.data(), p.alpha, {}, &reference));
+      const std::vector<double> magnitude = test::reference_magnitude(permuted, m, w.q, p.alpha, {});
 
-  for (int m : {1, 17, 300}) {
-    Problem p;
-    ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p));
-    GemmArguments args = p.arguments(w);
-    args.k_permutation = d_permutation.get();
-    std::vector<uint16_t> permuted(size_t(m) * k);
-    for (int r = 0; r < m; ++r)
-      for (int j = 0; j < k; ++j) permuted[size_t(r) * k + j] = p.a[size_t(r) * k + permutation[j]];
-    std::vector<double> reference;
-    W4A16_ASSERT_OK(reference_gemm(permuted.data(), m, w.q, p.bias.data(), p.alpha, {}, &reference));
-    const std::vector<double> magnitude = test::reference_magnitude(permuted, m, w.q, p.alpha, {});
-
-    std::vector<KernelConfig> configs = one_config_per_family(runner(), m, n, k, group);
-    for (const KernelConfig& config : runner().configs())
-      if (config.family == KernelFamily::kDequantCublas) configs.push_back(config);
-    for (const KernelConfig& config : configs) {
-      if (!test::family_selected(config.family)) continue;
-      SCOPED_TRACE(describe(m, w, p, config) + ", act-order");
-      const size_t needed = runner().workspace_bytes(args, config);
-      EXPECT_GE(needed, runner().workspace_bytes(m, n, k, config) + size_t(m) * k * 2);
-      DeviceArray<uint8_t> workspace;
-      ASSERT_NO_FATAL_FAILURE(workspace.allocate(needed));
-      // Without room for the gathered A the call is refused.
-      W4A16_EXPECT_CODE(runner().check(args, config, workspace.get(), needed - 256), StatusCode::kWorkspaceTooSmall);
-      std::vector<uint16_t> c;
-      ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &c));
-      EXPECT_TRUE(test::all_finite(w.format.element, c, m, n));
-      EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, {}, reference, magnitude));
+      std::vector<KernelConfig> configs = one_config_per_family(runner(), m, n, k, group);
+      for (const KernelConfig& config : runner().configs())
+        if (config.family == KernelFamily::kDequantCublas) configs.push_back(config);
+      for (const KernelConfig& config : configs) {
+        if (!test::family_selected(config.family)) continue;
+        SCOPED_TRACE(describe(m, w, p, config) + ", act-order");
+        const size_t needed = runner().workspace_bytes(args, config);
+        EXPECT_GE(needed, runner().workspace_bytes(m, n, k, config) + size_t(m) * k * 2);
+        DeviceArray<uint8_t> workspace;
+        ASSERT_NO_FATAL_FAILURE(workspace.allocate(needed));
+        // Without room for the gathered A the call is refused.
+        W4A16_EXPECT_CODE(runner().check(args, config, workspace.get(), needed - 256), StatusCode::kWorkspaceTooSmall);
+        std::vector<uint16_t> c;
+        ASSERT_NO_FATAL_FAILURE(run(args, &config, workspace, p.out, &c));
+        EXPECT_TRUE(test::all_finite(w.format.element, c, m, n));
+        EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, {}, reference, magnitude));
+      }
     }
   }
+};
+
+// Both gather kernels (direct below 64 rows, row-staged from 64) in every format.
+TEST_P(ActOrder, MatchesThePermutedReference) {
+  W4A16_RANDOM(rng);
+  ASSERT_NO_FATAL_FAILURE(check(rng, {1, 17, 300}, 272, 1088, 64, GetParam()));
+}
+
+// The staged kernel's edges: more rows than its grid (4096 blocks, so blocks take a second row),
+// and a row past one batch of its loads (512 threads x 4 x 8 = 16384 columns).
+TEST_F(ActOrder, StagedGatherEdges) {
+  W4A16_RANDOM(rng);
+  ASSERT_NO_FATAL_FAILURE(check(rng, {4100}, 80, 256, 64, Format{}));
+  ASSERT_NO_FATAL_FAILURE(check(rng, {64}, 80, 16448, 128, Format{ElementType::kBFloat16, QuantOp::kScaleAndZeros}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, ActOrder, ::testing::ValuesIn(kAllFormats),

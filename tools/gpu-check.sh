@@ -65,11 +65,11 @@ if [ "$tests_flag" = ON ]; then
     }
     ours=multistage,warp_specialized,streaming
     sanitize memcheck "${MEMCHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*EveryConfig*_large:*BitIdentical*:*Invalid*:*Graph*:*Programmatic*:*DefaultConfig*n1040_k320*:*ActOrder*:*Concurrency*}"
-    sanitize racecheck "${RACECHECK_FILTER:-*EveryConfig*m17_*}" "$ours"
+    sanitize racecheck "${RACECHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*ActOrder*}" "$ours"
     # initcheck (reads of uninitialized device memory) and synccheck (barrier misuse): every
     # config in every format on one shape, our kernels only.
-    sanitize initcheck "${INITCHECK_FILTER:-*EveryConfig*m17_*}" "$ours"
-    sanitize synccheck "${SYNCCHECK_FILTER:-*EveryConfig*m17_*}" "$ours"
+    sanitize initcheck "${INITCHECK_FILTER:-*EveryConfig*m17_*:*ActOrder*}" "$ours"
+    sanitize synccheck "${SYNCCHECK_FILTER:-*EveryConfig*m17_*:*ActOrder*}" "$ours"
     for tool in memcheck racecheck initcheck synccheck; do
       wait "${pids[$tool]}"
       rc=$?

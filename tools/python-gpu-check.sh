@@ -23,6 +23,7 @@ PYTHON=${PYTHON:-python3}
 mkdir -p "$LOGS"
 summary=()
 record() { summary+=("$(printf '%-28s %s' "$1" "$2")"); }
+failures=0  # steps that failed: the script's exit status
 started=$(date +%s)
 
 if [ ! -d deps ] && [ -f .carry/deps.tgz ]; then tar xzf .carry/deps.tgz; fi
@@ -47,7 +48,7 @@ if "$PYTHON" -c "import torch, w4a16.torch; print('torch', torch.__version__, 'o
      >>"$LOGS/build.log" 2>&1; then
   record "import w4a16.torch" "ok: $(tail -n 1 "$LOGS/build.log")"
 else
-  record "import w4a16.torch" "FAILED (see build.log)"
+  record "import w4a16.torch" "FAILED (see build.log)"; failures=$((failures + 1))
   tail -n 20 "$LOGS/build.log"
 fi
 
@@ -56,21 +57,21 @@ step_start=$(date +%s)
 timeout "${PYTEST_SECONDS:-240}" "$PYTHON" -m pytest -v -rs -p no:cacheprovider python/tests >"$LOGS/pytest.log" 2>&1
 rc=$?
 record "pytest" "rc=$rc: $(tail -n 1 "$LOGS/pytest.log" | tr -d '=' | sed 's/^ *//') ($(( $(date +%s) - step_start )) s)"
-[ "$rc" = 0 ] || grep -E '^(FAILED|ERROR)' "$LOGS/pytest.log" | head -n 20
+[ "$rc" = 0 ] || { failures=$((failures + 1)); grep -E '^(FAILED|ERROR)' "$LOGS/pytest.log" | head -n 20; }
 
 if [ "${BENCH:-1}" != 0 ]; then
   step_start=$(date +%s)
   timeout 120 "$PYTHON" bench/op_overhead.py >"$LOGS/op_overhead.log" 2>&1
   rc=$?
   record "bench/op_overhead.py" "rc=$rc ($(( $(date +%s) - step_start )) s)"
-  [ "$rc" = 0 ] || tail -n 15 "$LOGS/op_overhead.log"  # rc 1 with a table: the 2 us limit was missed
+  [ "$rc" = 0 ] || { failures=$((failures + 1)); tail -n 15 "$LOGS/op_overhead.log"; }  # rc 1 with a table: the 2 us limit was missed
   step_start=$(date +%s)
   # shellcheck disable=SC2086  # LLAMA_ARGS is a list of options
   timeout 150 "$PYTHON" bench/llama_layer.py --json "$LOGS/llama_layer.json" --png "$LOGS/llama_layer.png" \
     ${LLAMA_ARGS:-} >"$LOGS/llama_layer.log" 2>&1
   rc=$?
   record "bench/llama_layer.py" "rc=$rc ($(( $(date +%s) - step_start )) s)"
-  [ "$rc" = 0 ] || tail -n 15 "$LOGS/llama_layer.log"
+  [ "$rc" = 0 ] || { failures=$((failures + 1)); tail -n 15 "$LOGS/llama_layer.log"; }
 fi
 
 echo
@@ -82,3 +83,4 @@ if [ "${BENCH:-1}" != 0 ]; then
   echo
   sed -n '/^Llama-3-8B decoder layer/,/^wrote/p' "$LOGS/llama_layer.log" | grep -v '^wrote'
 fi
+[ "$failures" = 0 ]

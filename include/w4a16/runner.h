@@ -151,13 +151,15 @@ class GemmRunner {
   // Times every config whose workspace fits (median of `repeats` timed runs of `iterations`
   // back-to-back calls each), records the fastest as the default for this problem (and every m
   // up to the next power of two: the result's m bucket), and returns the timings. Synchronizes
-  // `stream`; writes C. Not for the hot path.
+  // `stream`; writes C. Not for the hot path. The call is timed as given (with a k_permutation,
+  // the gather included), but the result is recorded under the same key as a call without one.
   Status profile(const GemmArguments& args, void* workspace, size_t workspace_bytes,
                  cudaStream_t stream, ProfileResult* result, int iterations = 20, int repeats = 5);
 
   // Programmatic dependent launch (PDL, sm_90+): a kernel may start while the previous kernel in
   // the stream is finishing. Before its griddepcontrol.wait it only sets up shared memory and (the
-  // multistage and warp-specialized kernels) asks L2 for its first weights; every global read and
+  // multistage and warp-specialized kernels, and the streaming ones behind an act-order gather)
+  // asks L2 for its first weights; every global read and
   // write comes after. So it is safe whatever the previous kernel writes, weights included.
   // Applies only to kernels whose binary was built for sm_90+ (a JIT-compiled sm_80 body never
   // uses it). Our kernels let their successor launch before they store C (after their mainloop,

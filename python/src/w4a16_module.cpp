@@ -82,6 +82,18 @@ struct Runner {
   std::shared_mutex mutex;
 };
 
+// Runs `work` (C++ only: it must not touch a Python object) under the runner's lock with the GIL
+// released, so that a thread waiting for the lock (profile() on another thread holds it for
+// seconds) does not hold every other Python thread up with it.
+template <class Lock, class Work>
+auto under_lock(Runner& r, Work work) {
+  nb::gil_scoped_release release;
+  Lock lock(r.mutex);
+  return work();
+}
+using SharedLock = std::shared_lock<std::shared_mutex>;
+using ExclusiveLock = std::unique_lock<std::shared_mutex>;
+
 // A pointer argument: a Python int (tensor.data_ptr(), 0 for none).
 template <class T = void>
 T* pointer(uintptr_t address) {
@@ -234,12 +246,15 @@ NB_MODULE(_w4a16, m) {
         q.codes.assign(codes.data(), codes.data() + codes.size());
         q.scales.assign(scale_bits.data(), scale_bits.data() + scale_bits.size());
         if (!zero_bits.is_none()) {
-          const Bits2D zeros = nb::cast<Bits2D>(zero_bits);
+          const Bits2D zeros = nb::cast<Bits2D>(zero_bits, /*convert=*/false);
           expect_group_shape(zeros, "zero_bits");
           q.zeros.assign(zeros.data(), zeros.data() + zeros.size());
         }
         new (self) w4a16::QuantizedWeights(std::move(q));
-      }, nb::arg("codes"), nb::arg("scale_bits"), nb::arg("zero_bits") = nb::none(), nb::arg("group_size") = 128,
+      // noconvert: an int64 code of 256 or float16 scales would otherwise be converted by value
+      // (256 wraps to 0, 0.5 becomes 0) before any check sees them.
+      }, nb::arg("codes").noconvert(), nb::arg("scale_bits").noconvert(), nb::arg("zero_bits") = nb::none(),
+         nb::arg("group_size") = 128,
          nb::arg("dtype") = "fp16",
          "From arrays: codes [n, k] uint8 in [0, 15], scale_bits and zero_bits (or None) [k / group_size, n] uint16 "
          "bits of dtype.")
@@ -416,14 +431,12 @@ NB_MODULE(_w4a16, m) {
       .def("configs", [](const Runner& r) { return names_of(r.runner.configs()); },
            "Names of every config this device has a kernel for.")
       .def("heuristic_config", [](Runner& r, int m, int n, int k) {
-        std::shared_lock<std::shared_mutex> lock(r.mutex);
-        return r.runner.heuristic_config(m, n, k).name();
+        return under_lock<SharedLock>(r, [&] { return r.runner.heuristic_config(m, n, k).name(); });
       }, nb::arg("m"), nb::arg("n"), nb::arg("k"), "The tile-size table's choice (no profiled results).")
       .def("default_config", [](Runner& r, int m, int n, int k, int group_size, const std::string& dtype, bool zeros) {
         const w4a16::Format format{element_of(dtype),
                                    zeros ? w4a16::QuantOp::kScaleAndZeros : w4a16::QuantOp::kScaleOnly};
-        std::shared_lock<std::shared_mutex> lock(r.mutex);
-        return r.runner.default_config(m, n, k, group_size, format).name();
+        return under_lock<SharedLock>(r, [&] { return r.runner.default_config(m, n, k, group_size, format).name(); });
       }, nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("group_size") = 128, nb::arg("dtype") = "fp16",
            nb::arg("zeros") = false, "The config gemm() uses without one: the profiled best, else the heuristic.")
       .def("workspace_bytes", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
@@ -434,8 +447,8 @@ NB_MODULE(_w4a16, m) {
                                                        k, group_size, alpha, dtype);
         const std::optional<w4a16::KernelConfig> forced =
             config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
-        std::shared_lock<std::shared_mutex> lock(r.mutex);
-        return forced ? r.runner.workspace_bytes(args, *forced) : r.runner.workspace_bytes(args);
+        return under_lock<SharedLock>(
+            r, [&] { return forced ? r.runner.workspace_bytes(args, *forced) : r.runner.workspace_bytes(args); });
       }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("config") = nb::none(),
            "Workspace bytes gemm() with these arguments needs (with `config`, or the default config).")
       .def("gemm", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
@@ -446,16 +459,11 @@ NB_MODULE(_w4a16, m) {
                                                        k, group_size, alpha, dtype);
         const std::optional<w4a16::KernelConfig> forced =
             config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
-        w4a16::Status status;
-        {
-          // Only enqueues work (no sync, no allocation): other Python threads may run meanwhile.
-          nb::gil_scoped_release release;
-          std::shared_lock<std::shared_mutex> lock(r.mutex);
-          status = forced ? r.runner.gemm(args, *forced, pointer(workspace), workspace_bytes,
-                                          pointer<CUstream_st>(stream))
-                          : r.runner.gemm(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream));
-        }
-        throw_if_failed(status);
+        // Only enqueues work (no sync, no allocation): other Python threads may run meanwhile.
+        throw_if_failed(under_lock<SharedLock>(r, [&] {
+          return forced ? r.runner.gemm(args, *forced, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream))
+                        : r.runner.gemm(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream));
+        }));
       }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("stream"),
            nb::arg("config") = nb::none(),
            "Enqueue C = alpha * A * dequant(W)^T (+ bias) on `stream`; graph-capturable. ValueError on bad arguments.")
@@ -466,14 +474,11 @@ NB_MODULE(_w4a16, m) {
         const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
                                                        k, group_size, alpha, dtype);
         w4a16::ProfileResult result;
-        w4a16::Status status;
-        {
-          nb::gil_scoped_release release;  // synchronizes the stream many times
-          std::unique_lock<std::shared_mutex> lock(r.mutex);
-          status = r.runner.profile(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream), &result,
-                                    iterations, repeats);
-        }
-        throw_if_failed(status);
+        // Synchronizes the stream many times: other Python threads run meanwhile.
+        throw_if_failed(under_lock<ExclusiveLock>(r, [&] {
+          return r.runner.profile(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream), &result,
+                                  iterations, repeats);
+        }));
         nb::dict timings, skipped, out;
         for (const auto& [config, microseconds] : result.timings) timings[config.name().c_str()] = microseconds;
         for (const auto& [config, reason] : result.skipped) skipped[config.name().c_str()] = reason;
@@ -488,15 +493,13 @@ NB_MODULE(_w4a16, m) {
            "n, k, group and format. Synchronizes `stream`; writes C. Returns {'best', 'best_us', 'timings': "
            "{name: us}, 'skipped': {name: why}}.")
       .def("save_tuning", [](Runner& r, const std::string& path) {
-        std::shared_lock<std::shared_mutex> lock(r.mutex);
-        throw_if_failed(r.runner.save_tuning(path));
+        throw_if_failed(under_lock<SharedLock>(r, [&] { return r.runner.save_tuning(path); }));
       }, nb::arg("path"), "Write the profiled defaults as JSON (keyed by device name, SM count, library version).")
       .def("load_tuning", [](Runner& r, const std::string& path) {
-        std::unique_lock<std::shared_mutex> lock(r.mutex);
-        throw_if_failed(r.runner.load_tuning(path));
+        throw_if_failed(under_lock<ExclusiveLock>(r, [&] { return r.runner.load_tuning(path); }));
       }, nb::arg("path"), "Read save_tuning's file; rejects another device's or version's.")
-      .def_prop_ro("programmatic_launch", [](const Runner& r) {
-        return std::string(launch_mode_name(r.runner.programmatic_launch()));
+      .def_prop_ro("programmatic_launch", [](Runner& r) {
+        return under_lock<SharedLock>(r, [&] { return std::string(launch_mode_name(r.runner.programmatic_launch())); });
       }, "The launch mode in effect: 'auto', 'always' or 'off' (always 'off' before sm_90)")
       .def("set_programmatic_launch", [](Runner& r, const std::string& mode) {
         using Mode = w4a16::GemmRunner::ProgrammaticLaunch;
@@ -505,8 +508,7 @@ NB_MODULE(_w4a16, m) {
         else if (mode == "always") value = Mode::kAlways;
         else if (mode == "off") value = Mode::kOff;
         else throw nb::value_error(("mode must be 'auto', 'always' or 'off', got '" + mode + "'").c_str());
-        std::unique_lock<std::shared_mutex> lock(r.mutex);
-        r.runner.set_programmatic_launch(value);
+        under_lock<ExclusiveLock>(r, [&] { r.runner.set_programmatic_launch(value); });
       }, nb::arg("mode"), "Programmatic dependent launch (sm_90+): 'auto' (the default), 'always' or 'off'.");
 }
 

@@ -89,9 +89,13 @@ def test_conversions_round_trip(rng, tmp_path, zeros):
     back = HostLayer.from_packed_layer(packed)
     for name in ("codes", "scale_bits", "zero_bits", "k_permutation", "bias_bits"):
         np.testing.assert_array_equal(getattr(back, name), getattr(layer, name))
+    # to_quantized() keeps w = s * (q - z) (z = 8 without zero points), written out here in float64.
+    group_of = np.arange(k) // group
+    scales = w4a16.from_bits(layer.scale_bits, "bf16").astype(np.float64)[group_of].T
+    zero_points = (w4a16.from_bits(layer.zero_bits, "bf16").astype(np.float64)[group_of].T if zeros
+                   else np.full((n, k), 8.0))
     np.testing.assert_array_equal(layer.to_quantized().dequantized(),
-                                  w4a16.QuantizedWeights(layer.codes, layer.scale_bits, layer.zero_bits, group,
-                                                         "bf16").dequantized())
+                                  scales * (layer.codes.astype(np.float64) - zero_points))
 
     # A container layer (load_packed_layer) converts the same way.
     path = tmp_path / "container.safetensors"

@@ -44,8 +44,9 @@ _DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 # ---------------------------------------------------------------------------------------------
 # One runner per device, created on first use. The lock only guards creation (two threads must not
-# both build one); a lookup of an existing runner is a dict read, atomic under the GIL. The bound
-# Runner serializes its own calls, so threads may share it.
+# both build one); a lookup of an existing runner is a dict read, atomic under the GIL. Threads may
+# share a runner: its GEMM calls run concurrently, and the binding serializes the calls that change
+# it (profile, load_tuning, set_programmatic_launch) against everything else.
 _runners: Dict[int, "_w4a16.Runner"] = {}
 _runners_lock = threading.Lock()
 # Drop the runners before the interpreter tears the extension down: they hold a cuBLAS handle and
@@ -185,10 +186,13 @@ def _gemm(
     return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
 
 
-# The op. W4A16Linear.forward calls _gemm itself when nothing traces it (eager, or eager code
-# captured into a CUDA graph): the dispatcher's custom-op path costs tens of microseconds per
-# call in eager mode, which at decode is several times the kernel (bench/op_overhead.py).
-# torch.compile sees the op, through its fake implementation.
+# The op. W4A16Linear.forward calls _gemm itself where the dispatcher has nothing to add (eager, or
+# eager code captured into a CUDA graph; a plain tensor that needs no gradient): the dispatcher's
+# custom-op path costs tens of microseconds per call in eager mode, several times the kernel at
+# decode (bench/op_overhead.py). Everything else goes through the op: torch.compile (which
+# traces its fake implementation), tensor subclasses and dispatch modes (FakeTensorMode, DTensor,
+# FlopCounter), and inputs that require grad, for which the op raises (it has no autograd
+# formula) instead of silently returning an output without a gradient.
 gemm = torch.library.custom_op("w4a16::gemm", mutates_args=())(_gemm)
 
 
@@ -196,11 +200,14 @@ def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_s
     r = runner(a.device.index)
     arguments = (a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias), out.data_ptr(),
                  _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
+    # The config is resolved once, so that the workspace fits it even if another thread's
+    # profile() or load_tuning() changes the default between the two calls below.
+    config = r.default_config(m, n, k, group_size, _DTYPE_NAMES[a.dtype], zeros is not None)
     # The workspace comes from the caching allocator on the current stream, so it is reused only
     # after this call's kernels in stream order (and lives in the graph's pool under capture).
-    workspace_bytes = r.workspace_bytes(*arguments)
+    workspace_bytes = r.workspace_bytes(*arguments, config=config)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device) if workspace_bytes else None
-    r.gemm(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index))
+    r.gemm(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index), config=config)
     return out
 
 
@@ -315,7 +322,9 @@ class W4A16Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Linear takes any strides; the op takes contiguous input (a no-op when it already is).
-        op = torch.ops.w4a16.gemm if torch.compiler.is_compiling() else _gemm
+        direct = (not torch.compiler.is_compiling() and type(x) is torch.Tensor
+                  and not (x.requires_grad and torch.is_grad_enabled()))
+        op = _gemm if direct else torch.ops.w4a16.gemm
         return op(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.k_permutation, self.group_size,
                   1.0)
 

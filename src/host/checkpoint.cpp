@@ -89,8 +89,12 @@ struct RawLayer {
 //           as AutoAWQ's packing_utils.unpack_reorder_pack does for exllama), so a zero point of 0
 //           borrows from the nibble above; its loader adds 0x11111111 back to the word
 //           (convert_gptq_v1_to_v2_format_module), which undoes the borrow. Where no nibble holds 15
-//           (z = 16, which no 4-bit quantizer makes), this is one added to each nibble, as AutoGPTQ's
-//           QuantLinear reads it.
+//           this is one added to each nibble, as AutoGPTQ's QuantLinear (and vLLM's v1 path) read
+//           it. The two readings differ only for a stored 15: GPTQModel's borrow (z = 0 here,
+//           what GPTQModel runs) or, in an AutoGPTQ file, a zero point of 0 that AutoGPTQ's own
+//           packer could not store (it ORs -1 into the word, overwriting every higher nibble too,
+//           and its reader then runs z = 16): there is no faithful reading of such a file, and
+//           this one follows the maintained producer.
 //   scales  [G, n]; g_idx int32 [k]: the group of input column i (i / group_size without act-order).
 //   w[j][i] = scales[g][j] * (q(i, j) - z(g, j)), g = g_idx[i].
 Status extract_gptq(const CheckpointTensors& t, const CheckpointConfig& config, RawLayer* raw) {

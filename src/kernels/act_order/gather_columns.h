@@ -19,8 +19,8 @@ size_t gathered_bytes(int m, int k);
 // Enqueues the gather of 16-bit elements (fp16 and bf16 alike). k % 8 == 0; a, k_permutation and
 // gathered 16-byte aligned; k_permutation a permutation of [0, k) (not checked here).
 // `programmatic`: launched with programmatic stream serialization (sm_90+ builds only, see
-// compiled_arch): the kernel waits for its predecessor before reading anything, and lets the GEMM
-// behind it launch at once (that one waits for the whole gather before it reads `gathered`).
+// compiled_arch): the kernel waits for its predecessor before reading anything, then lets the
+// GEMM behind it launch (that one waits for the whole gather before it reads `gathered`).
 // `shared_limit`: the dynamic shared memory a block of the row-staging kernel may use on this
 // device (prepare()'s result; 0: never stage).
 cudaError_t gather_columns(const void* a, const int32_t* k_permutation, void* gathered, int m, int k,
