@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <atomic>
 #include <memory>
 #include <thread>
 #include <set>
@@ -787,8 +788,12 @@ TEST_F(Gpu, ProgrammaticLaunchSeesThePreviousCallsOutput) {
 // the old data, a different valid problem, so the result would miss the reference. It also then
 // writes junk over C and the split-K workspace: a store made before the wait would be overwritten.
 // k = 256 with split-K 4 gives the warp-specialized tiles empty slices (no slot to consume).
-void check_inputs_written_by_previous_kernel(GemmRunner& pdl_runner, cudaStream_t stream, Random& rng, int k) {
-  SCOPED_TRACE("k " + std::to_string(k));
+// With `act_order`, the call also gathers A through a k_permutation: the gather too must read A only
+// after its wait, and write the gathered copy into the workspace only after the previous kernel's
+// writes (the delayed copy's junk lands there first).
+void check_inputs_written_by_previous_kernel(GemmRunner& pdl_runner, cudaStream_t stream, Random& rng, int k,
+                                             bool act_order = false) {
+  SCOPED_TRACE("k " + std::to_string(k) + (act_order ? ", act-order" : ""));
   const int m = 5, n = 2048, group = 128;
   Weights stale_weights, weights;
   ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &stale_weights));
@@ -797,20 +802,33 @@ void check_inputs_written_by_previous_kernel(GemmRunner& pdl_runner, cudaStream_
   ASSERT_NO_FATAL_FAILURE(make_problem(rng, stale_weights, m, /*use_bias=*/true, 1.0f, &stale));
   ASSERT_NO_FATAL_FAILURE(make_problem(rng, weights, m, /*use_bias=*/true, 1.0f, &problem));
   problem.bias = stale.bias;  // the bias is not rewritten: the same in both problems
-  const Expected e = expected(weights, problem, {});
+  std::vector<int32_t> permutation(k);
+  for (int j = 0; j < k; ++j) permutation[j] = j;
+  if (act_order) std::shuffle(permutation.begin(), permutation.end(), rng.engine());
+  DeviceArray<int32_t> d_permutation;
+  ASSERT_NO_FATAL_FAILURE(d_permutation.upload(permutation));
+  Expected e;
+  {
+    std::vector<uint16_t> permuted(problem.a.size());
+    for (int r = 0; r < m; ++r)
+      for (int j = 0; j < k; ++j) permuted[size_t(r) * k + j] = problem.a[size_t(r) * k + permutation[j]];
+    W4A16_ASSERT_OK(reference_gemm(permuted.data(), m, weights.q, problem.bias.data(), 1.0f, {}, &e.reference));
+    e.magnitude = test::reference_magnitude(permuted, m, weights.q, 1.0f, {});
+  }
   // The GEMM runs on the stale buffers, which the delayed copy overwrites with the fresh problem.
   GemmArguments args = problem.arguments(weights);
   args.a = stale.d_a.get();
   args.packed_weights = stale_weights.packed.get();
   args.scales = stale_weights.scales.get();
   args.bias = stale.d_bias.get();
+  if (act_order) args.k_permutation = d_permutation.get();
   std::vector<uint8_t> stale_packed;
   W4A16_ASSERT_OK(pack_weights(stale_weights.q, &stale_packed));
 
   for (const KernelConfig& config : one_config_per_family(pdl_runner, m, n, k, group)) {
     SCOPED_TRACE(config.name());
     DeviceArray<uint8_t> workspace, junk;
-    ASSERT_NO_FATAL_FAILURE(workspace.allocate(pdl_runner.workspace_bytes(m, n, k, config)));
+    ASSERT_NO_FATAL_FAILURE(workspace.allocate(pdl_runner.workspace_bytes(args, config)));
     const size_t c_bytes = size_t(m) * n * sizeof(uint16_t);
     ASSERT_NO_FATAL_FAILURE(junk.allocate(std::max(c_bytes, workspace.bytes())));
     ASSERT_NO_FATAL_FAILURE(junk.fill_bytes(0x7F, stream));  // fp16 ~6.5e4, fp32 ~3.4e38
@@ -860,6 +878,7 @@ TEST_F(Gpu, ProgrammaticLaunchSeesInputsThePreviousKernelWrote) {
   W4A16_RANDOM(rng);
   ASSERT_NO_FATAL_FAILURE(check_inputs_written_by_previous_kernel(pdl_runner, stream_, rng, 1024));
   ASSERT_NO_FATAL_FAILURE(check_inputs_written_by_previous_kernel(pdl_runner, stream_, rng, 256));
+  ASSERT_NO_FATAL_FAILURE(check_inputs_written_by_previous_kernel(pdl_runner, stream_, rng, 1024, /*act_order=*/true));
 }
 
 
@@ -963,8 +982,10 @@ void make_concurrent_jobs(Random& rng, const GemmRunner& runner, std::vector<std
 // Runs every job `rounds` times on `stream` (starting at job `first`, so threads interleave
 // different kernels), each into its own C, and downloads the last round's results. Returns the
 // first failure as text (gtest's ASSERTs do not cross threads).
+// All threads pass `gate` (a count every thread bumps, then waits to see reach `parties`) after
+// their allocations, so that their calls overlap instead of running one thread after another.
 std::string run_jobs(const GemmRunner& runner, const std::vector<std::unique_ptr<ConcurrentJob>>& jobs, size_t first,
-                     int rounds, std::vector<std::vector<uint16_t>>* results) {
+                     int rounds, std::vector<std::vector<uint16_t>>* results, std::atomic<int>* gate, int parties) {
   cudaStream_t stream = nullptr;
   if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) return "cudaStreamCreate failed";
   std::string failure;
@@ -978,6 +999,8 @@ std::string run_jobs(const GemmRunner& runner, const std::vector<std::unique_ptr
       failure = "cudaMalloc failed";
     }
   }
+  gate->fetch_add(1);
+  while (gate->load() < parties) std::this_thread::yield();
   for (int round = 0; round < rounds && failure.empty(); ++round) {
     for (size_t i = 0; i < jobs.size() && failure.empty(); ++i) {
       const size_t j = (first + i) % jobs.size();
@@ -1037,6 +1060,7 @@ TEST_F(Concurrency, OneRunnerFromSeveralThreadsAtOnce) {
   ASSERT_NO_FATAL_FAILURE(make_jobs(rng));
   std::vector<std::vector<std::vector<uint16_t>>> results(kThreads);
   std::vector<std::string> failures(kThreads);
+  std::atomic<int> gate{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
@@ -1045,11 +1069,44 @@ TEST_F(Concurrency, OneRunnerFromSeveralThreadsAtOnce) {
         failures[t] = "cudaSetDevice failed";
         return;
       }
-      failures[t] = run_jobs(runner(), jobs_, size_t(t) * jobs_.size() / kThreads, kRounds, &results[t]);
+      failures[t] =
+          run_jobs(runner(), jobs_, size_t(t) * jobs_.size() / kThreads, kRounds, &results[t], &gate, kThreads);
     });
   }
   for (auto& thread : threads) thread.join();
   for (int t = 0; t < kThreads; ++t) {
+    ASSERT_EQ(failures[t], "") << "thread " << t;
+    expect_serial_results(jobs_, results[t], t);
+  }
+}
+
+// The one piece of shared mutable state behind gemm(): the dequant_cublas path's cuBLAS handle
+// (stream and workspace set per call, under the runner's mutex). Eight threads hammer only that
+// path, released together, so that without the mutex their set-stream / set-workspace / GEMM
+// sequences would interleave and some GEMM would run on another thread's stream or workspace.
+TEST_F(Concurrency, DequantCublasCallsFromEightThreads) {
+  W4A16_RANDOM(rng);
+  ASSERT_NO_FATAL_FAILURE(make_jobs(rng));
+  jobs_.erase(std::remove_if(jobs_.begin(), jobs_.end(),
+                             [](const auto& job) { return job->config.family != KernelFamily::kDequantCublas; }),
+              jobs_.end());
+  ASSERT_FALSE(jobs_.empty());
+  constexpr int kContending = 8;
+  std::vector<std::vector<std::vector<uint16_t>>> results(kContending);
+  std::vector<std::string> failures(kContending);
+  std::atomic<int> gate{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kContending; ++t) {
+    threads.emplace_back([&, t] {
+      if (cudaSetDevice(runner().device()) != cudaSuccess) {
+        failures[t] = "cudaSetDevice failed";
+        return;
+      }
+      failures[t] = run_jobs(runner(), jobs_, size_t(t) % jobs_.size(), 40, &results[t], &gate, kContending);
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  for (int t = 0; t < kContending; ++t) {
     ASSERT_EQ(failures[t], "") << "thread " << t;
     expect_serial_results(jobs_, results[t], t);
   }
@@ -1061,6 +1118,7 @@ TEST_F(Concurrency, TwoRunnersOnTwoThreads) {
   constexpr int kRunners = 2;
   std::vector<std::vector<std::vector<uint16_t>>> results(kRunners);
   std::vector<std::string> failures(kRunners);
+  std::atomic<int> gate{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < kRunners; ++t) {
     threads.emplace_back([&, t] {
@@ -1073,7 +1131,8 @@ TEST_F(Concurrency, TwoRunnersOnTwoThreads) {
         failures[t] = own.status().to_string();
         return;
       }
-      failures[t] = run_jobs(own, jobs_, size_t(t) * jobs_.size() / kRunners, kRounds, &results[t]);
+      failures[t] =
+          run_jobs(own, jobs_, size_t(t) * jobs_.size() / kRunners, kRounds, &results[t], &gate, kRunners);
     });
   }
   for (auto& thread : threads) thread.join();

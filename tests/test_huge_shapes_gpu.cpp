@@ -27,12 +27,14 @@ struct HugeShape {
   int m, n, k, group;
   Format format;
   const char* what;  // which element count passes 2^31
+  bool act_order = false;  // a random k_permutation: the gather's 64-bit row offsets too
 };
 
 std::string name_of(const ::testing::TestParamInfo<HugeShape>& info) {
   const HugeShape& s = info.param;
   return std::string(to_string(s.format.element)) + (s.format.quant == QuantOp::kScaleAndZeros ? "_zeros" : "") +
-         "_m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k);
+         "_m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +
+         (s.act_order ? "_act_order" : "");
 }
 
 // Random codes, scales and (fractional or integer) zero points, built directly: quantize() of a
@@ -128,10 +130,17 @@ TEST_P(HugeShapes, SampledRowsMatchTheReference) {
   std::sort(rows.begin(), rows.end());
   rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
   rows.erase(std::remove_if(rows.begin(), rows.end(), [&](int r) { return r < 0 || r >= m; }), rows.end());
+  // With act-order the weights' column j multiplies A's column permutation[j].
+  std::vector<int32_t> permutation(k);
+  for (int j = 0; j < k; ++j) permutation[j] = j;
+  if (shape.act_order) std::shuffle(permutation.begin(), permutation.end(), rng.engine());
+  DeviceArray<int32_t> d_permutation;
+  ASSERT_NO_FATAL_FAILURE(d_permutation.upload(permutation));
   std::vector<uint16_t> a_rows(rows.size() * size_t(k));
   for (size_t r = 0; r < rows.size(); ++r) {
     for (int col = 0; col < k; ++col) {
-      a_rows[r * k + col] = float_to_element(element, test::hashed_value(a_seed, size_t(rows[r]) * k + col));
+      a_rows[r * k + col] =
+          float_to_element(element, test::hashed_value(a_seed, size_t(rows[r]) * k + size_t(permutation[col])));
     }
   }
   const float alpha = rng.alpha();
@@ -152,6 +161,7 @@ TEST_P(HugeShapes, SampledRowsMatchTheReference) {
   args.k = k;
   args.group_size = shape.group;
   args.alpha = alpha;
+  if (shape.act_order) args.k_permutation = d_permutation.get();
 
   std::set<KernelFamily> ran;
   for (const KernelConfig& config : one_config_per_family(runner, args)) {
@@ -202,6 +212,7 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, HugeShapes,
     ::testing::Values(HugeShape{70000, 4096, 32768, 128, kFp16, "m*k = 2.3e9"},
                       HugeShape{70000, 4096, 32768, 128, kBf16Zeros, "m*k = 2.3e9"},
+                      HugeShape{70000, 4096, 32768, 128, kFp16, "m*k = 2.3e9, act-order", true},
                       HugeShape{65536, 36864, 256, 128, kFp16, "m*n = 2.4e9"},
                       HugeShape{65536, 36864, 256, 64, kBf16Zeros, "m*n = 2.4e9"},
                       HugeShape{2, 65536, 36864, 128, kFp16, "n*k = 2.4e9"},
