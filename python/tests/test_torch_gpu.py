@@ -340,6 +340,11 @@ def test_state_dict_round_trip(rng, tmp_path):
     assert torch.equal(fresh(x), layer(x))
     with pytest.raises(RuntimeError, match="zeros"):  # a layer of another format refuses the state
         wt.W4A16Linear(1024, 512, bias=True, zeros=False, dtype=torch.bfloat16, device=CUDA).load_state_dict(state)
+    with pytest.raises(RuntimeError, match="the state holds torch.bfloat16"):  # ... and of another type
+        wt.W4A16Linear(1024, 512, bias=True, zeros=True, dtype=torch.float16, device=CUDA).load_state_dict(state)
+    # Casting the module to a type the kernels cannot run leaves its buffers in their own type;
+    # fp16 <-> bf16 converts them.
+    assert fresh.float().scales.dtype == torch.bfloat16 and fresh.to(torch.float16).scales.dtype == torch.float16
 
     # An act-order layer, filled from the op's arguments through load_state_dict.
     q = Layer(rng, 512, 1024, 128, "fp16", zeros=False, bias=False, act_order=True)
@@ -491,5 +496,9 @@ def test_layer_arguments_are_checked():
         wt.W4A16Linear(1024, 512, dtype=torch.float32)
     with pytest.raises(ValueError, match="group_size 100 must divide in_features = 1024"):
         wt.W4A16Linear(1024, 512, group_size=100)
+    with pytest.raises(ValueError, match="group_size 256; the kernels take 32, 64, 128 or in_features"):
+        wt.W4A16Linear(1024, 512, group_size=256)
+    with pytest.raises(ValueError, match="out_features 520 must be a multiple of 16 and in_features 1024 of 64"):
+        wt.W4A16Linear(1024, 520)
     with pytest.raises(ValueError, match="the weight's dtype is torch.float32"):
         wt.W4A16Linear.from_linear(torch.nn.Linear(1024, 512))

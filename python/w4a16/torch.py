@@ -302,8 +302,13 @@ class W4A16Linear(torch.nn.Module):
             raise ValueError(f"W4A16Linear: dtype {dtype} not supported; use torch.float16 or torch.bfloat16")
         if group_size <= 0 or in_features % group_size != 0:
             raise ValueError(f"W4A16Linear: group_size {group_size} must divide in_features = {in_features}")
-        if in_features % 2 != 0:
-            raise ValueError(f"W4A16Linear: in_features {in_features} must be even (two codes per byte)")
+        if group_size not in (32, 64, 128, in_features):
+            raise ValueError(f"W4A16Linear: group_size {group_size}; the kernels take 32, 64, 128 or in_features "
+                             f"({in_features})")
+        # The packed layout's tiles (include/w4a16/runner.h): said here rather than at the first call.
+        if out_features % 16 != 0 or in_features % 64 != 0:
+            raise ValueError(f"W4A16Linear: out_features {out_features} must be a multiple of 16 and in_features "
+                             f"{in_features} of 64")
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
@@ -319,6 +324,32 @@ class W4A16Linear(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.scales.dtype
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # load_state_dict would cast 16-bit values to this layer's type: bf16 scales into an fp16
+        # layer, re-rounded without a word. A layer takes state of its own type only.
+        for name in ("scales", "zeros", "bias"):
+            mine, key = getattr(self, name), prefix + name
+            if mine is not None and key in state_dict and state_dict[key].dtype != mine.dtype:
+                error_msgs.append(f"{key}: the state holds {state_dict[key].dtype}, this layer {mine.dtype} "
+                                  f"(make the layer with dtype={state_dict[key].dtype})")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def _apply(self, fn, recurse=True):
+        # Module.to / .cuda / .half / .bfloat16 / .float all come through here. Device moves and
+        # conversions between the two 16-bit types apply (a cast between fp16 and bf16 re-rounds
+        # the scales: the layer then runs in that type); a cast to another floating type would
+        # leave a layer the kernels cannot run, so this layer's buffers keep their 16-bit type,
+        # the way quantized layers stay quantized when the rest of a model is cast.
+        def keep_16_bit(tensor):
+            converted = fn(tensor)
+            if converted.is_floating_point() and converted.dtype not in _DTYPE_NAMES:
+                return converted.to(tensor.dtype)
+            return converted
+
+        return super()._apply(keep_16_bit, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # nn.Linear takes any strides; the op takes contiguous input (a no-op when it already is).
