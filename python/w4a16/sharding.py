@@ -210,7 +210,11 @@ def _copy(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
 def shard_columns(layer: HostLayer, world_size: int, rank: int) -> HostLayer:
     """Rank `rank`'s column-parallel shard: output features [rank * n / world_size, (rank + 1) *
     n / world_size), with their scales, zero points and bias. The k_permutation is kept whole: a
-    column-parallel rank sees all of x. ValueError unless n / world_size is a multiple of 16."""
+    column-parallel rank sees all of x. ValueError unless n / world_size is a multiple of 16.
+
+    The split is by output feature only: it knows nothing of attention heads. For q/k/v, pass a
+    world_size that divides the head counts (engines replicate k and v heads instead when there
+    are fewer of them than ranks; that replication is the caller's, before sharding)."""
     _check_rank("shard_columns", world_size, rank)
     n = layer.n
     if n % world_size != 0 or (n // world_size) % N_MULTIPLE != 0:
