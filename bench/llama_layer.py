@@ -28,6 +28,7 @@ import time
 import torch
 
 import w4a16.torch as wt
+from w4a16.graph_timing import capture, replay_us
 
 # (name, out_features, in_features) of one Llama-3-8B decoder layer.
 LINEARS = [
@@ -52,32 +53,6 @@ def random_w4a16(out_features, in_features, group_size, zeros, dtype, device):
         if zeros:
             layer.zeros.random_(0, 16)
     return layer
-
-
-def capture(evaluate, evaluations):
-    """A CUDA graph of `evaluations` back-to-back calls of evaluate(), warmed up first on a side
-    stream (which also creates the runner and cuBLAS's handles before the capture)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            evaluate()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(evaluations):
-            evaluate()
-    return graph
-
-
-def replay_us(graph, evaluations):
-    """One timed replay: microseconds per evaluation."""
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    stop.record()
-    stop.synchronize()
-    return start.elapsed_time(stop) * 1000.0 / evaluations
 
 
 def git_commit():

@@ -56,6 +56,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import w4a16  # noqa: E402
 import w4a16.torch as wt  # noqa: E402  (registers torch.ops.w4a16.gemm)
+from w4a16.graph_timing import capture, replay_us  # noqa: E402
 from w4a16.sharding import HostLayer, fold_permutation, permutation_from_g_idx, shard_columns, shard_rows  # noqa: E402
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -153,31 +154,6 @@ def dense_layers(shapes, dtype, device):
 def relative_error(got, expected):
     expected = expected.double()
     return ((got.double() - expected).norm() / expected.norm()).item()
-
-
-def capture(evaluate, evaluations):
-    """A CUDA graph of `evaluations` back-to-back evaluate() calls, warmed up first on a side stream
-    (which creates the W4A16 runner, cuBLAS's handles and NCCL's communicator before the capture)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            evaluate()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(evaluations):
-            evaluate()
-    return graph
-
-
-def replay_us(graph, evaluations):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    stop.record()
-    stop.synchronize()
-    return start.elapsed_time(stop) * 1000.0 / evaluations
 
 
 def time_all(functions, args, distributed=False):

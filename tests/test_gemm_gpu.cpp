@@ -982,10 +982,31 @@ void make_concurrent_jobs(Random& rng, const GemmRunner& runner, std::vector<std
 // Runs every job `rounds` times on `stream` (starting at job `first`, so threads interleave
 // different kernels), each into its own C, and downloads the last round's results. Returns the
 // first failure as text (gtest's ASSERTs do not cross threads).
-// All threads pass `gate` (a count every thread bumps, then waits to see reach `parties`) after
-// their allocations, so that their calls overlap instead of running one thread after another.
+// The start line of a concurrency test's threads: each waits at it once, after its setup, so that
+// their calls overlap instead of running one thread after another; a thread that fails before it
+// still passes it on leaving, so that no other thread waits forever.
+class StartLine {
+ public:
+  StartLine(std::atomic<int>* passed, int parties) : passed_(passed), parties_(parties) {}
+  StartLine(const StartLine&) = delete;
+  StartLine& operator=(const StartLine&) = delete;
+  ~StartLine() {
+    if (!waited_) passed_->fetch_add(1);
+  }
+  void wait() {
+    waited_ = true;
+    passed_->fetch_add(1);
+    while (passed_->load() < parties_) std::this_thread::yield();
+  }
+
+ private:
+  std::atomic<int>* passed_;
+  int parties_;
+  bool waited_ = false;
+};
+
 std::string run_jobs(const GemmRunner& runner, const std::vector<std::unique_ptr<ConcurrentJob>>& jobs, size_t first,
-                     int rounds, std::vector<std::vector<uint16_t>>* results, std::atomic<int>* gate, int parties) {
+                     int rounds, std::vector<std::vector<uint16_t>>* results, StartLine* start) {
   cudaStream_t stream = nullptr;
   if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) return "cudaStreamCreate failed";
   std::string failure;
@@ -999,8 +1020,7 @@ std::string run_jobs(const GemmRunner& runner, const std::vector<std::unique_ptr
       failure = "cudaMalloc failed";
     }
   }
-  gate->fetch_add(1);
-  while (gate->load() < parties) std::this_thread::yield();
+  start->wait();
   for (int round = 0; round < rounds && failure.empty(); ++round) {
     for (size_t i = 0; i < jobs.size() && failure.empty(); ++i) {
       const size_t j = (first + i) % jobs.size();
@@ -1050,6 +1070,29 @@ class Concurrency : public Gpu {
                                           e.magnitude));
     }
   }
+  // `count` host threads, each with the runner's device current (the current device is per
+  // thread), each running body(t, its start line, its results) -> the first failure as text (""
+  // for none); then every thread's results against the serial ones.
+  using Results = std::vector<std::vector<uint16_t>>;
+  void run_threads(int count, const std::function<std::string(int, StartLine*, Results*)>& body) {
+    std::vector<Results> results(count);
+    std::vector<std::string> failures(count);
+    std::atomic<int> passed{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < count; ++t) {
+      threads.emplace_back([&, t] {
+        StartLine start(&passed, count);
+        failures[t] = cudaSetDevice(runner().device()) != cudaSuccess ? "cudaSetDevice failed"
+                                                                       : body(t, &start, &results[t]);
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    for (int t = 0; t < count; ++t) {
+      ASSERT_EQ(failures[t], "") << "thread " << t;
+      expect_serial_results(jobs_, results[t], t);
+    }
+  }
+
   std::vector<std::unique_ptr<ConcurrentJob>> jobs_;
   static constexpr int kThreads = 4;
   static constexpr int kRounds = 8;
@@ -1058,26 +1101,9 @@ class Concurrency : public Gpu {
 TEST_F(Concurrency, OneRunnerFromSeveralThreadsAtOnce) {
   W4A16_RANDOM(rng);
   ASSERT_NO_FATAL_FAILURE(make_jobs(rng));
-  std::vector<std::vector<std::vector<uint16_t>>> results(kThreads);
-  std::vector<std::string> failures(kThreads);
-  std::atomic<int> gate{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      // The current device is per host thread; the runner's is device 0 here as on the main thread.
-      if (cudaSetDevice(runner().device()) != cudaSuccess) {
-        failures[t] = "cudaSetDevice failed";
-        return;
-      }
-      failures[t] =
-          run_jobs(runner(), jobs_, size_t(t) * jobs_.size() / kThreads, kRounds, &results[t], &gate, kThreads);
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  for (int t = 0; t < kThreads; ++t) {
-    ASSERT_EQ(failures[t], "") << "thread " << t;
-    expect_serial_results(jobs_, results[t], t);
-  }
+  ASSERT_NO_FATAL_FAILURE(run_threads(kThreads, [&](int t, StartLine* start, Results* results) {
+    return run_jobs(runner(), jobs_, size_t(t) * jobs_.size() / kThreads, kRounds, results, start);
+  }));
 }
 
 // The one piece of shared mutable state behind gemm(): the dequant_cublas path's cuBLAS handle
@@ -1092,54 +1118,20 @@ TEST_F(Concurrency, DequantCublasCallsFromEightThreads) {
               jobs_.end());
   ASSERT_FALSE(jobs_.empty());
   constexpr int kContending = 8;
-  std::vector<std::vector<std::vector<uint16_t>>> results(kContending);
-  std::vector<std::string> failures(kContending);
-  std::atomic<int> gate{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kContending; ++t) {
-    threads.emplace_back([&, t] {
-      if (cudaSetDevice(runner().device()) != cudaSuccess) {
-        failures[t] = "cudaSetDevice failed";
-        return;
-      }
-      failures[t] = run_jobs(runner(), jobs_, size_t(t) % jobs_.size(), 40, &results[t], &gate, kContending);
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  for (int t = 0; t < kContending; ++t) {
-    ASSERT_EQ(failures[t], "") << "thread " << t;
-    expect_serial_results(jobs_, results[t], t);
-  }
+  ASSERT_NO_FATAL_FAILURE(run_threads(kContending, [&](int t, StartLine* start, Results* results) {
+    return run_jobs(runner(), jobs_, size_t(t) % jobs_.size(), 40, results, start);
+  }));
 }
 
 TEST_F(Concurrency, TwoRunnersOnTwoThreads) {
   W4A16_RANDOM(rng);
   ASSERT_NO_FATAL_FAILURE(make_jobs(rng));
   constexpr int kRunners = 2;
-  std::vector<std::vector<std::vector<uint16_t>>> results(kRunners);
-  std::vector<std::string> failures(kRunners);
-  std::atomic<int> gate{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kRunners; ++t) {
-    threads.emplace_back([&, t] {
-      if (cudaSetDevice(runner().device()) != cudaSuccess) {
-        failures[t] = "cudaSetDevice failed";
-        return;
-      }
-      GemmRunner own;  // constructed on this thread
-      if (!own.status().ok()) {
-        failures[t] = own.status().to_string();
-        return;
-      }
-      failures[t] =
-          run_jobs(own, jobs_, size_t(t) * jobs_.size() / kRunners, kRounds, &results[t], &gate, kRunners);
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  for (int t = 0; t < kRunners; ++t) {
-    ASSERT_EQ(failures[t], "") << "runner " << t;
-    expect_serial_results(jobs_, results[t], t);
-  }
+  ASSERT_NO_FATAL_FAILURE(run_threads(kRunners, [&](int t, StartLine* start, Results* results) {
+    GemmRunner own;  // constructed on this thread
+    if (!own.status().ok()) return own.status().to_string();
+    return run_jobs(own, jobs_, size_t(t) * jobs_.size() / kRunners, kRounds, results, start);
+  }));
 }
 
 }  // namespace

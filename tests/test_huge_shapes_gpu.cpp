@@ -67,7 +67,7 @@ void make_weights(test::Random& rng, const HugeShape& shape, QuantizedWeights* q
 
 // For each kernel family the runner lists, one config that takes the shape: the default if it is
 // of that family, else the family's widest single-split tile (the fastest over a huge m).
-std::vector<KernelConfig> one_config_per_family(const GemmRunner& runner, const GemmArguments& args) {
+std::vector<KernelConfig> widest_config_per_family(const GemmRunner& runner, const GemmArguments& args) {
   const KernelConfig default_config = runner.default_config(args.m, args.n, args.k, args.group_size, args.format());
   std::vector<KernelConfig> picked = {default_config};
   std::set<KernelFamily> families = {default_config.family};
@@ -164,7 +164,7 @@ TEST_P(HugeShapes, SampledRowsMatchTheReference) {
   if (shape.act_order) args.k_permutation = d_permutation.get();
 
   std::set<KernelFamily> ran;
-  for (const KernelConfig& config : one_config_per_family(runner, args)) {
+  for (const KernelConfig& config : widest_config_per_family(runner, args)) {
     if (!test::family_selected(config.family)) continue;
     SCOPED_TRACE("config " + config.name());
     DeviceArray<uint8_t> workspace;

@@ -26,19 +26,9 @@ record() { summary+=("$(printf '%-28s %s' "$1" "$2")"); }
 failures=0  # steps that failed: the script's exit status
 started=$(date +%s)
 
-if [ ! -d deps ] && [ -f .carry/deps.tgz ]; then tar xzf .carry/deps.tgz; fi
-[ -d deps ] || tools/install-deps.sh
-
-# The extension only: the C++ tests and the CLI have tools/gpu-check.sh.
-if cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${ARCHS:-90a}" \
-     -DW4A16_BUILD_PYTHON=ON -DW4A16_BUILD_TESTS=OFF -DW4A16_BUILD_CLI=OFF \
-     -DPython_EXECUTABLE="$(command -v "$PYTHON")" >"$LOGS/build.log" 2>&1 &&
-   cmake --build "$BUILD" -j "$(nproc)" >>"$LOGS/build.log" 2>&1 &&
-   ls "$BUILD"/python/w4a16/_w4a16*.so >/dev/null 2>&1; then
+if tools/build-python-extension.sh "$BUILD" "$LOGS/build.log"; then
   record "build" "ok ($(( $(date +%s) - started )) s)"
 else
-  tail -n 40 "$LOGS/build.log"
-  echo "BUILD FAILED (is there a Python with headers, and nanobind in deps/python or the interpreter?)"
   exit 1
 fi
 export PYTHONPATH="$PWD/$BUILD/python${PYTHONPATH:+:$PYTHONPATH}"

@@ -196,10 +196,15 @@ def _gemm(
 gemm = torch.library.custom_op("w4a16::gemm", mutates_args=())(_gemm)
 
 
+def _runner_arguments(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha):
+    """The leading arguments of Runner.workspace_bytes / gemm / profile, in their order."""
+    return (a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias), out.data_ptr(),
+            _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
+
+
 def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha):
     r = runner(a.device.index)
-    arguments = (a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias), out.data_ptr(),
-                 _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
+    arguments = _runner_arguments(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
     # The config is resolved once, so that the workspace fits it even if another thread's
     # profile() or load_tuning() changes the default between the two calls below.
     config = r.default_config(m, n, k, group_size, _DTYPE_NAMES[a.dtype], zeros is not None)
@@ -232,8 +237,7 @@ def profile(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_
     out = a.new_empty((*a.shape[:-1], n))
     with torch.cuda.device(a.device):
         r = runner(a.device)
-        arguments = (a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias),
-                     out.data_ptr(), _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
+        arguments = _runner_arguments(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
         # Room for every config: profile() skips the configs whose workspace does not fit.
         workspace_bytes = max(r.workspace_bytes(*arguments, config=name) for name in r.configs())
         workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device)
