@@ -20,10 +20,12 @@ __global__ void fill_bytes_kernel(uint64_t* data, size_t words, uint64_t seed) {
 }
 
 template <class E>
-__global__ void fill_elements_kernel(typename E::Scalar* data, size_t count, float low, float high, uint64_t seed) {
+__global__ void fill_elements_kernel(typename E::Scalar* data, size_t count, float low, float high, bool whole,
+                                     uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < count; i += size_t(gridDim.x) * blockDim.x) {
     const float u = float(mix(seed + i * 0x9E3779B97F4A7C15ull) >> 40) / 16777216.0f;
-    data[i] = E::from_float(low + (high - low) * u);
+    // whole: low, low + 1, ..., high, equally likely.
+    data[i] = E::from_float(whole ? low + floorf((high - low + 1.0f) * u) : low + (high - low) * u);
   }
 }
 
@@ -98,9 +100,18 @@ void fill_random_bytes(void* data, size_t bytes, uint64_t seed) {
 void fill_random_elements(ElementType element, void* data, size_t count, float low, float high, uint64_t seed) {
   with_element(element, [&](auto e) {
     using E = decltype(e);
-    fill_elements_kernel<E><<<2048, 256>>>(static_cast<typename E::Scalar*>(data), count, low, high, seed);
+    fill_elements_kernel<E><<<2048, 256>>>(static_cast<typename E::Scalar*>(data), count, low, high, false, seed);
   });
   check_cuda(cudaGetLastError(), "fill_random_elements");
+}
+
+void fill_random_zero_points(ElementType element, void* data, size_t count, bool fractional, uint64_t seed) {
+  with_element(element, [&](auto e) {
+    using E = decltype(e);
+    fill_elements_kernel<E><<<2048, 256>>>(static_cast<typename E::Scalar*>(data), count, 0.0f, float(kMaxCode),
+                                           !fractional, seed);
+  });
+  check_cuda(cudaGetLastError(), "fill_random_zero_points");
 }
 
 void launch_read_probe(const void* data, size_t bytes, unsigned* sink, int sm_count, cudaStream_t stream) {

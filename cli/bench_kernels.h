@@ -15,6 +15,9 @@ namespace w4a16::cli {
 void fill_random_bytes(void* data, size_t bytes, uint64_t seed);
 // 16-bit values of `element` uniform in [low, high).
 void fill_random_elements(ElementType element, void* data, size_t count, float low, float high, uint64_t seed);
+// Zero points in [0, 15]: whole numbers (QuantOp::kScaleAndZeros), or any value (fractional: the
+// float-zeros op).
+void fill_random_zero_points(ElementType element, void* data, size_t count, bool fractional, uint64_t seed);
 
 // Reads `bytes` of `data` once with 16-byte loads across the whole GPU (the result is folded into
 // `sink` so the loads cannot be optimized away). Enqueue-only; time it with events.

@@ -55,6 +55,7 @@ struct BenchOptions {
   std::string pdl = "auto";
   std::string dtype = "fp16";
   bool zeros = false;
+  bool float_zeros = false;
   bool formats = false;  // every format side by side (run_formats)
   bool act_order = false;  // time each config with a random k_permutation, and without it right before
 };
@@ -287,9 +288,10 @@ void check_bench_options(const BenchOptions& options) {
     if (!parse_kernel_config(name, &config)) throw CliError("--config " + name + ": not a config name (w4a16 info lists them)");
   }
   if (options.formats && !options.config.empty()) throw CliError("--formats times the default configs; it takes no --config");
-  if (options.formats && (options.zeros || options.dtype != "fp16")) {
-    throw CliError("--formats times every format; it takes no --dtype or --zeros");
+  if (options.formats && (options.zeros || options.float_zeros || options.dtype != "fp16")) {
+    throw CliError("--formats times every format; it takes no --dtype, --zeros or --float-zeros");
   }
+  if (options.zeros && options.float_zeros) throw CliError("--zeros and --float-zeros: choose one");
   if (options.formats && options.act_order) throw CliError("--formats takes no --act-order");
 }
 
@@ -313,8 +315,11 @@ int run_bench(const BenchOptions& options) {
     forced.push_back(config);
   }
   const std::vector<Shape> shapes = select_shapes(options);
-  const Format format{parse_element_type(options.dtype), options.zeros ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly};
+  const Format format{parse_element_type(options.dtype), options.float_zeros ? QuantOp::kScaleAndFloatZeros
+                                                         : options.zeros     ? QuantOp::kScaleAndZeros
+                                                                             : QuantOp::kScaleOnly};
   const ElementType element = format.element;
+  const bool with_zeros = has_zeros(format.quant);
 
   cudaStream_t stream;
   check_cuda(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -353,9 +358,9 @@ int run_bench(const BenchOptions& options) {
     const std::vector<int>& ms = layer.ms;
     const int max_m = *std::max_element(ms.begin(), ms.end());
     const size_t packed_bytes = size_t(n) * k / 2;
-    // Scales and zero points: one group row each (zero points only with --zeros).
+    // Scales and zero points: one group row each (zero points only with --zeros / --float-zeros).
     const size_t scale_bytes = size_t(k / options.group) * n * 2;
-    const size_t zero_bytes = options.zeros ? scale_bytes : 0;
+    const size_t zero_bytes = with_zeros ? scale_bytes : 0;
     const size_t dense_bytes = size_t(n) * k * 2;
     const int w4_copies = copies_for(packed_bytes + scale_bytes + zero_bytes, l2);
     const int dense_copies = copies_for(dense_bytes, l2);
@@ -363,13 +368,13 @@ int run_bench(const BenchOptions& options) {
     // scales), so the read floor reads both as one range.
     std::vector<DeviceBuffer> packed, groups, dense;
     auto scales_of = [&](int i) { return groups[i % w4_copies].get(); };
-    auto zeros_of = [&](int i) { return options.zeros ? groups[i % w4_copies].get<uint8_t>() + scale_bytes : nullptr; };
+    auto zeros_of = [&](int i) { return with_zeros ? groups[i % w4_copies].get<uint8_t>() + scale_bytes : nullptr; };
     for (int i = 0; i < w4_copies; ++i) {
       packed.emplace_back(packed_bytes);
       groups.emplace_back(scale_bytes + zero_bytes);
       fill_random_bytes(packed.back().get(), packed_bytes, 100 + i);
       fill_random_elements(element, scales_of(i), scale_bytes / 2, 0.002f, 0.02f, 200 + i);
-      if (options.zeros) fill_random_elements(element, zeros_of(i), zero_bytes / 2, 0.0f, 15.0f, 500 + i);
+      if (with_zeros) fill_random_zero_points(element, zeros_of(i), zero_bytes / 2, options.float_zeros, 500 + i);
     }
     for (int i = 0; i < dense_copies; ++i) {
       dense.emplace_back(dense_bytes);
@@ -402,6 +407,7 @@ int run_bench(const BenchOptions& options) {
       args.packed_weights = packed[0].get();
       args.scales = scales_of(0);
       args.zeros = zeros_of(0);
+      args.float_zeros = format.quant == QuantOp::kScaleAndFloatZeros;
 
       // The configs to time at this shape: the forced ones, or the default (or profiled) one.
       std::vector<KernelConfig> configs = forced;
@@ -566,7 +572,7 @@ int run_bench(const BenchOptions& options) {
 // heuristics do not look at the format), timed side by side. Each layer's packed weights are shared
 // by all formats (the packed layout does not depend on the format); each format has its own scales
 // (and zero points) and activations in its type. The formats are timed in interleaved rounds
-// (fp16, fp16+zeros, bf16, bf16+zeros, then again), and each one's median over rounds is reported,
+// (fp16, fp16+zeros, fp16+float-zeros, bf16, ..., then again), and each one's median over rounds is reported,
 // so a drift of the clocks during the run affects them alike.
 int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDeviceProp& properties, int device,
                 cudaStream_t stream) {
@@ -607,8 +613,9 @@ int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDevic
       for (int i = 0; i < copies; ++i) {
         groups[e].emplace_back(2 * group_bytes);
         fill_random_elements(element, groups[e].back().get(), group_bytes / 2, 0.002f, 0.02f, 200 + i);
-        fill_random_elements(element, groups[e].back().get<uint8_t>() + group_bytes, group_bytes / 2, 0.0f, 15.0f,
-                             500 + i);
+        // Whole-number zero points (every format but the float-zeros ones reads them as such;
+        // the float ones take them too, and their kernels do not depend on the values).
+        fill_random_zero_points(element, groups[e].back().get<uint8_t>() + group_bytes, group_bytes / 2, false, 500 + i);
       }
       a[e] = DeviceBuffer(size_t(max_m) * k * 2);
       fill_random_elements(element, a[e].get(), size_t(max_m) * k, -1, 1, 400);
@@ -627,7 +634,7 @@ int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDevic
         for (size_t f = 0; f < std::size(kAllFormats); ++f) {
           const Format format = kAllFormats[f];
           const int e = format.element == ElementType::kBFloat16 ? 1 : 0;
-          const bool zeros = format.quant == QuantOp::kScaleAndZeros;
+          const bool zeros = has_zeros(format.quant);
           GemmArguments args;
           args.a = a[e].get();
           args.c = c.get();
@@ -639,6 +646,7 @@ int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDevic
           args.packed_weights = packed[0].get();
           args.scales = groups[e][0].get();
           args.zeros = zeros ? groups[e][0].get<uint8_t>() + group_bytes : nullptr;
+          args.float_zeros = format.quant == QuantOp::kScaleAndFloatZeros;
           check_status(runner.check(args, config, workspace.get(), workspace.bytes()), "bench arguments");
           const Timing t = time_graph(
               [&](int i) {
@@ -710,7 +718,8 @@ void register_bench(CLI::App& app, int* exit_code) {
                       "programmatic dependent launch on sm_90: auto (where it helps, see GemmRunner), always, off")
       ->check(CLI::IsMember({"auto", "always", "off"}));
   command->add_option("--dtype", options->dtype, "activation type: fp16 or bf16")->check(CLI::IsMember({"fp16", "bf16"}));
-  command->add_flag("--zeros", options->zeros, "weights with zero points (w = s * (q - z))");
+  command->add_flag("--zeros", options->zeros, "weights with whole-number zero points (w = s * (q - z), GPTQ/AWQ)");
+  command->add_flag("--float-zeros", options->float_zeros, "weights with fractional zero points (HQQ-style)");
   command->add_flag("--act-order", options->act_order,
                     "weights in act-order (a random k_permutation); also times each config without it, right before");
   command->add_flag("--formats", options->formats,

@@ -27,6 +27,7 @@ struct VerifyOptions {
   int m = 1, n = 4096, k = 4096, group = 128;
   std::string dtype = "fp16";
   bool zeros = false;
+  bool float_zeros = false;
   std::string config;
   bool bias = false;
   float alpha = 1.0f;
@@ -49,9 +50,10 @@ int run_verify_checkpoint(const VerifyOptions& options) {
   // The layer defines n, k, group and format; bias and alpha are not part of the container check.
   const VerifyOptions defaults;
   if (options.n != defaults.n || options.k != defaults.k || options.group != defaults.group ||
-      options.dtype != defaults.dtype || options.zeros || options.bias || options.alpha != defaults.alpha) {
+      options.dtype != defaults.dtype || options.zeros || options.float_zeros || options.bias ||
+      options.alpha != defaults.alpha) {
     throw CliError("--checkpoint takes its shapes and format from the file: no --n, --k, --group, --dtype, --zeros, "
-                   "--bias or --alpha");
+                   "--float-zeros, --bias or --alpha");
   }
   KernelConfig forced;
   if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
@@ -100,6 +102,7 @@ int run_verify_checkpoint(const VerifyOptions& options) {
     };
     weights.scales = bits_of(layer.scales);
     weights.zeros = bits_of(layer.zeros);
+    weights.float_zeros = layer.format.quant == QuantOp::kScaleAndFloatZeros;
     std::vector<int32_t> permutation(layer.k_permutation != nullptr ? k : 0);
     if (layer.k_permutation != nullptr) std::memcpy(permutation.data(), layer.k_permutation->data, size_t(k) * 4);
 
@@ -134,6 +137,7 @@ int run_verify_checkpoint(const VerifyOptions& options) {
     args.packed_weights = packed.get();
     args.scales = scales.get();
     args.zeros = layer.zeros != nullptr ? zeros.get() : nullptr;
+    args.float_zeros = weights.float_zeros;
     args.k_permutation = permutation.empty() ? nullptr : d_permutation.get<int32_t>();
     args.element = weights.element;
     args.c = c.get();
@@ -173,8 +177,11 @@ int run_verify(const VerifyOptions& options) {
   if (!options.config.empty() && !parse_kernel_config(options.config, &forced)) {
     throw CliError("--config " + options.config + ": not a config name (w4a16 info lists them)");
   }
-  const Format format{parse_element_type(options.dtype),
-                      options.zeros ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly};
+  if (options.zeros && options.float_zeros) throw CliError("--zeros and --float-zeros: choose one");
+  const Format format{parse_element_type(options.dtype), options.float_zeros ? QuantOp::kScaleAndFloatZeros
+                                                         : options.zeros     ? QuantOp::kScaleAndZeros
+                                                                             : QuantOp::kScaleOnly};
+  const bool with_zeros = has_zeros(format.quant);
   if (!require_gpu("verify")) return 2;
   GemmRunner runner;
   check_status(runner.status(), "runner");
@@ -190,7 +197,7 @@ int run_verify(const VerifyOptions& options) {
   a.upload(problem.a.data(), a.bytes());
   packed.upload(problem.packed.data(), packed.bytes());
   scales.upload(problem.weights.scales.data(), scales.bytes());
-  if (options.zeros) zeros.upload(problem.weights.zeros.data(), zeros.bytes());
+  if (with_zeros) zeros.upload(problem.weights.zeros.data(), zeros.bytes());
   if (options.bias) bias.upload(problem.bias.data(), bias.bytes());
   // Poison: 0xFFFF is a NaN in fp16 and bf16, so any element the kernel fails to write fails the check.
   check_cuda(cudaMemset(c.get(), 0xFF, c.bytes()), "cudaMemset");
@@ -200,7 +207,8 @@ int run_verify(const VerifyOptions& options) {
   args.a = a.get();
   args.packed_weights = packed.get();
   args.scales = scales.get();
-  args.zeros = options.zeros ? zeros.get() : nullptr;
+  args.zeros = with_zeros ? zeros.get() : nullptr;
+  args.float_zeros = format.quant == QuantOp::kScaleAndFloatZeros;
   args.element = format.element;
   args.bias = options.bias ? bias.get() : nullptr;
   args.c = c.get();
@@ -230,7 +238,8 @@ void register_verify(CLI::App& app, int* exit_code) {
   command->add_option("--k", options->k, "input channels (a multiple of 64)");
   command->add_option("--group", options->group, "quantization group size (32, 64, 128 or k)");
   command->add_option("--dtype", options->dtype, "activation type: fp16 or bf16")->check(CLI::IsMember({"fp16", "bf16"}));
-  command->add_flag("--zeros", options->zeros, "asymmetric weights with zero points (w = s * (q - z))");
+  command->add_flag("--zeros", options->zeros, "asymmetric weights with whole-number zero points (w = s * (q - z))");
+  command->add_flag("--float-zeros", options->float_zeros, "asymmetric weights with fractional zero points (HQQ-style)");
   command->add_option("--config", options->config, "force a kernel config by name (see info)");
   command->add_flag("--bias", options->bias, "add a random bias");
   command->add_option("--alpha", options->alpha, "output scale");

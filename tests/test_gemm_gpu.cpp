@@ -40,11 +40,12 @@ struct Weights {
   Format format;
   QuantizedWeights q;
   DeviceArray<uint8_t> packed;
-  DeviceArray<uint16_t> scales, zeros;  // zeros: QuantOp::kScaleAndZeros only
+  DeviceArray<uint16_t> scales, zeros;  // zeros: the zero-point ops only
 };
 
-// With zero points, a third of them get a fractional part (HQQ-style zero points; quantize()
-// itself only makes integer ones), so both kinds are covered.
+// A third of the zero points change: with float zero points (kScaleAndFloatZeros) they get a
+// fractional part (HQQ-style; quantize() itself only makes whole ones), so the path that serves
+// fractions is tested on them; with kScaleAndZeros they become another whole number in 0..15.
 void make_weights(Random& rng, int n, int k, int group, Weights* w, Format format = {}) {
   w->n = n;
   w->k = k;
@@ -53,8 +54,12 @@ void make_weights(Random& rng, int n, int k, int group, Weights* w, Format forma
   const std::vector<float> host = rng.weights(n, k);
   W4A16_ASSERT_OK(quantize(host.data(), n, k, QuantizeOptions{group, format.element, format.quant}, &w->q));
   for (uint16_t& zero : w->q.zeros) {
-    if (rng.uniform_int(0, 2) == 0) {
+    if (rng.uniform_int(0, 2) != 0) continue;
+    if (format.quant == QuantOp::kScaleAndFloatZeros) {
       zero = float_to_element(format.element, element_to_float(format.element, zero) + 0.25f * rng.uniform_int(1, 3));
+    } else {
+      // quantize() centres z near 8 on these weights; the unpack offsets must hold for every code.
+      zero = float_to_element(format.element, float(rng.uniform_int(0, kMaxCode)));
     }
   }
   std::vector<uint8_t> packed;
@@ -115,7 +120,8 @@ struct Problem {
     args.a = d_a.get();
     args.packed_weights = w.packed.get();
     args.scales = w.scales.get();
-    args.zeros = w.format.quant == QuantOp::kScaleAndZeros ? w.zeros.get() : nullptr;
+    args.zeros = has_zeros(w.format.quant) ? w.zeros.get() : nullptr;
+    args.float_zeros = w.format.quant == QuantOp::kScaleAndFloatZeros;
     args.element = w.format.element;
     args.bias = use_bias ? d_bias.get() : nullptr;
     args.c = out.c();
@@ -263,9 +269,12 @@ struct Shape {
   Format format;
 };
 
-// A test name's format part: fp16, fp16_zeros, bf16, bf16_zeros.
+// A test name's format part: fp16, fp16_zeros, fp16_float_zeros, bf16, bf16_zeros, bf16_float_zeros.
 std::string format_tag(const Format& format) {
-  return std::string(to_string(format.element)) + (format.quant == QuantOp::kScaleAndZeros ? "_zeros" : "");
+  const char* quant = format.quant == QuantOp::kScaleAndZeros        ? "_zeros"
+                      : format.quant == QuantOp::kScaleAndFloatZeros ? "_float_zeros"
+                                                                     : "";
+  return std::string(to_string(format.element)) + quant;
 }
 
 std::vector<Shape> default_config_shapes() {

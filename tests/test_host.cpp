@@ -58,7 +58,7 @@ TEST_P(QuantizeFormats, ScalesZerosCodesAndRoundingFollowTheDefinition) {
   const int n = 37, k = 512;
   const QuantizeCase param = GetParam();
   const int group = param.group == 0 ? k : param.group;
-  const bool zeros = param.quant == QuantOp::kScaleAndZeros;
+  const bool zeros = has_zeros(param.quant);
   std::vector<float> w = rng.weights(n, k);
   // One all-zero group, one group whose largest magnitude is negative, one group of positive
   // weights only (its zero point is 0) and one of negative weights only (zero point 15).
@@ -179,6 +179,8 @@ INSTANTIATE_TEST_SUITE_P(Formats, QuantizeFormats, ::testing::ValuesIn(quantize_
                            std::string name = info.param.group == 0 ? std::string("per_channel")
                                                                     : "g" + std::to_string(info.param.group);
                            name += std::string("_") + to_string(info.param.element) + "_" + to_string(info.param.quant);
+                           for (char& c : name)
+                             if (c == '-') c = '_';
                            return name;
                          });
 
@@ -322,11 +324,41 @@ TEST(Quantize, RejectsBadArguments) {
                     StatusCode::kInvalidArgument);
 }
 
+// kScaleAndZeros' zero points are whole numbers 0..15; check_integer_zeros names the first that is
+// not, in either element type.
+TEST(Quantize, CheckIntegerZerosNamesTheFirstFractionalOrOutOfRange) {
+  W4A16_RANDOM(rng);
+  for (ElementType element : {ElementType::kFloat16, ElementType::kBFloat16}) {
+    std::vector<uint16_t> zeros(300);
+    for (auto& z : zeros) z = float_to_element(element, float(rng.uniform_int(0, kMaxCode)));
+    W4A16_EXPECT_OK(check_integer_zeros(zeros.data(), zeros.size(), element));
+    const int at = rng.uniform_int(0, 299);
+    for (float bad : {0.5f, 7.25f, -1.0f, 16.0f, std::numeric_limits<float>::quiet_NaN()}) {
+      std::vector<uint16_t> broken = zeros;
+      broken[size_t(at)] = float_to_element(element, bad);
+      const Status s = check_integer_zeros(broken.data(), broken.size(), element);
+      EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad;
+      EXPECT_NE(s.message().find("zero point " + std::to_string(at) + " "), std::string::npos) << s.message();
+    }
+  }
+  // Whatever quantize() makes passes, for either zero-point op, and the op is kept.
+  const std::vector<float> w = rng.weights(32, 256);
+  for (QuantOp op : {QuantOp::kScaleAndZeros, QuantOp::kScaleAndFloatZeros}) {
+    QuantizedWeights q;
+    W4A16_ASSERT_OK(quantize(w.data(), 32, 256, QuantizeOptions{64, ElementType::kBFloat16, op}, &q));
+    EXPECT_EQ(q.quant(), op);
+    W4A16_EXPECT_OK(check_integer_zeros(q.zeros.data(), q.zeros.size(), q.element));
+  }
+}
+
 TEST(Format, NamesAndConversions) {
   EXPECT_STREQ(format_name({ElementType::kFloat16, QuantOp::kScaleOnly}), "fp16");
   EXPECT_STREQ(format_name({ElementType::kFloat16, QuantOp::kScaleAndZeros}), "fp16+zeros");
   EXPECT_STREQ(format_name({ElementType::kBFloat16, QuantOp::kScaleOnly}), "bf16");
   EXPECT_STREQ(format_name({ElementType::kBFloat16, QuantOp::kScaleAndZeros}), "bf16+zeros");
+  EXPECT_STREQ(format_name({ElementType::kFloat16, QuantOp::kScaleAndFloatZeros}), "fp16+float-zeros");
+  EXPECT_STREQ(format_name({ElementType::kBFloat16, QuantOp::kScaleAndFloatZeros}), "bf16+float-zeros");
+  EXPECT_STREQ(format_name({ElementType::kFloat16, static_cast<QuantOp>(7)}), "unknown");
   // Round to nearest even; integers up to 256 are exact in both types.
   for (ElementType element : {ElementType::kFloat16, ElementType::kBFloat16}) {
     for (int i = -256; i <= 256; ++i) EXPECT_EQ(element_to_float(element, float_to_element(element, float(i))), float(i));
@@ -573,7 +605,7 @@ TEST(Reference, MatchesNaiveTripleLoop) {
     const std::vector<float> w = rng.weights(s.n, s.k);
     QuantizedWeights q;
     W4A16_ASSERT_OK(quantize(w.data(), s.n, s.k, QuantizeOptions{s.group, format.element, format.quant}, &q));
-    if (format.quant == QuantOp::kScaleAndZeros) {
+    if (format.quant == QuantOp::kScaleAndFloatZeros) {
       // Fractional zero points (HQQ-style) are part of the definition too.
       for (auto& z : q.zeros) z = float_to_element(format.element, element_to_float(format.element, z) + 0.375f);
     }

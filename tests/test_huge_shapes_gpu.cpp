@@ -32,7 +32,10 @@ struct HugeShape {
 
 std::string name_of(const ::testing::TestParamInfo<HugeShape>& info) {
   const HugeShape& s = info.param;
-  return std::string(to_string(s.format.element)) + (s.format.quant == QuantOp::kScaleAndZeros ? "_zeros" : "") +
+  const char* quant = s.format.quant == QuantOp::kScaleAndZeros        ? "_zeros"
+                      : s.format.quant == QuantOp::kScaleAndFloatZeros ? "_float_zeros"
+                                                                       : "";
+  return std::string(to_string(s.format.element)) + quant +
          "_m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +
          (s.act_order ? "_act_order" : "");
 }
@@ -57,10 +60,14 @@ void make_weights(test::Random& rng, const HugeShape& shape, QuantizedWeights* q
   });
   const size_t groups = size_t(shape.k / shape.group) * shape.n;
   q->scales = rng.elements(shape.format.element, groups, 0.002f, 0.02f);
-  if (shape.format.quant == QuantOp::kScaleAndZeros) {
+  if (has_zeros(shape.format.quant)) {
+    // Whole numbers for kScaleAndZeros, a quarter-step fraction on most for the float op.
+    const int fraction_steps = shape.format.quant == QuantOp::kScaleAndFloatZeros ? 3 : 0;
     q->zeros.resize(groups);
+    q->float_zeros = fraction_steps > 0;
     for (uint16_t& zero : q->zeros) {
-      zero = float_to_element(shape.format.element, float(rng.uniform_int(0, 15)) + 0.25f * rng.uniform_int(0, 3));
+      zero = float_to_element(shape.format.element,
+                              float(rng.uniform_int(0, 15)) + 0.25f * rng.uniform_int(0, fraction_steps));
     }
   }
 }
@@ -153,6 +160,7 @@ TEST_P(HugeShapes, SampledRowsMatchTheReference) {
   args.packed_weights = d_packed.get();
   args.scales = d_scales.get();
   args.zeros = q.zeros.empty() ? nullptr : d_zeros.get();
+  args.float_zeros = q.float_zeros;
   args.bias = d_bias.get();
   args.c = d_c.get();
   args.element = element;
@@ -207,11 +215,12 @@ TEST_P(HugeShapes, SampledRowsMatchTheReference) {
 
 constexpr Format kFp16{ElementType::kFloat16, QuantOp::kScaleOnly};
 constexpr Format kBf16Zeros{ElementType::kBFloat16, QuantOp::kScaleAndZeros};
+constexpr Format kBf16FloatZeros{ElementType::kBFloat16, QuantOp::kScaleAndFloatZeros};
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, HugeShapes,
     ::testing::Values(HugeShape{70000, 4096, 32768, 128, kFp16, "m*k = 2.3e9"},
-                      HugeShape{70000, 4096, 32768, 128, kBf16Zeros, "m*k = 2.3e9"},
+                      HugeShape{70000, 4096, 32768, 128, kBf16FloatZeros, "m*k = 2.3e9"},
                       HugeShape{70000, 4096, 32768, 128, kFp16, "m*k = 2.3e9, act-order", true},
                       HugeShape{65536, 36864, 256, 128, kFp16, "m*n = 2.4e9"},
                       HugeShape{65536, 36864, 256, 64, kBf16Zeros, "m*n = 2.4e9"},

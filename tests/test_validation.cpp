@@ -38,6 +38,7 @@ StatusCode expected_code(const Case& c) {
                         a.group_size > 0 && a.k % a.group_size == 0;
   if (!group_ok) return StatusCode::kUnsupportedGroupSize;
   if (std::isnan(a.alpha) || std::isinf(a.alpha)) return StatusCode::kInvalidArgument;
+  if (a.float_zeros && !a.zeros) return StatusCode::kInvalidArgument;
   for (const void* p : {a.a, a.packed_weights, a.scales, a.zeros, a.bias, static_cast<const void*>(a.c),
                         static_cast<const void*>(a.k_permutation)}) {
     if (reinterpret_cast<uintptr_t>(p) & 15) return StatusCode::kMisalignedPointer;
@@ -133,6 +134,7 @@ Case valid_case(Random& rng, const std::vector<KernelConfig>& configs) {
   a.packed_weights = place();
   a.scales = place();
   a.zeros = rng.coin() ? place() : nullptr;
+  a.float_zeros = a.zeros && rng.coin();
   a.bias = rng.coin() ? place() : nullptr;
   a.c = place();
   a.k_permutation = rng.coin() ? static_cast<const int32_t*>(place()) : nullptr;
@@ -150,7 +152,7 @@ void break_a_rule(Random& rng, Case* c) {
   auto shift = [](const void* p, long long bytes) {
     return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + bytes);
   };
-  switch (rng.uniform_int(0, 19)) {
+  switch (rng.uniform_int(0, 20)) {
     case 0: a.element = static_cast<ElementType>(rng.uniform_int(2, 255)); break;
     case 1: {
       const int which = rng.uniform_int(0, 3);
@@ -187,6 +189,10 @@ void break_a_rule(Random& rng, Case* c) {
       break;
     case 19:  // C over the permutation
       if (a.k_permutation) a.c = const_cast<void*>(shift(a.k_permutation, -256));
+      break;
+    case 20:  // float_zeros without zero points
+      a.zeros = nullptr;
+      a.float_zeros = true;
       break;
   }
 }

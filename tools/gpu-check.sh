@@ -84,7 +84,7 @@ fi
 : >"$LOGS/verify.log"
 [ "${VERIFY:-1}" = 1 ] && for shape in "1 4096 4096" "1 11008 4096" "32 4096 4096" "128 4096 4096" "4096 28672 8192"; do
   set -- $shape
-  for format in "--dtype fp16" "--dtype bf16 --zeros"; do
+  for format in "--dtype fp16" "--dtype bf16 --zeros" "--dtype fp16 --float-zeros"; do
     if "$W4A16" verify --m $1 --n $2 --k $3 --group 128 $format >"$LOGS/verify_one.log" 2>&1; then r=PASS; else r=FAIL; fi
     cat "$LOGS/verify_one.log" >>"$LOGS/verify.log"
     record "verify ${1}x${2}x${3} g128 ${format//--/}" "$r $(grep -oE 'relative error \(Frobenius\) [0-9.e+-]+' "$LOGS/verify_one.log")"

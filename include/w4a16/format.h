@@ -3,8 +3,16 @@
 // (the weight type is always 4-bit here):
 //   ElementType  what A, C, bias, scales and zero points are stored as: fp16 or bf16;
 //   QuantOp      how a stored 4-bit code q (0..15) becomes a weight:
-//                  kScaleOnly      w = s * (q - 8)   (symmetric: the zero point is the constant 8)
-//                  kScaleAndZeros  w = s * (q - z)   (z per group and channel, e.g. AWQ, GPTQ)
+//                  kScaleOnly           w = s * (q - 8)  (symmetric: the zero point is the constant 8)
+//                  kScaleAndZeros       w = s * (q - z)  (z per group and channel, a whole number
+//                                                          0..15: GPTQ, AWQ, compressed-tensors,
+//                                                          quantize())
+//                  kScaleAndFloatZeros  w = s * (q - z)  (z any 16-bit value, e.g. HQQ's)
+//                A whole-number z is what every integer checkpoint format stores, and the decode
+//                kernels fold it into the code unpack for free; a fractional one needs one more
+//                mma and fma per group (src/kernels/common/dequant.cuh). Fractional zero points
+//                given as kScaleAndZeros are rounded to whole numbers by the kernels: the host
+//                tools that see them refuse them (check_integer_zeros, w4a16/quantize.h).
 // Plain C++: no CUDA types, so host code and the kernels' traits share it.
 
 #include <cstdint>
@@ -17,9 +25,13 @@ enum class ElementType : uint8_t {
 };
 
 enum class QuantOp : uint8_t {
-  kScaleOnly,      // FINEGRAINED_SCALE_ONLY
-  kScaleAndZeros,  // FINEGRAINED_SCALE_AND_ZEROS
+  kScaleOnly,           // FINEGRAINED_SCALE_ONLY
+  kScaleAndZeros,       // FINEGRAINED_SCALE_AND_ZEROS, whole-number zero points
+  kScaleAndFloatZeros,  // FINEGRAINED_SCALE_AND_ZEROS, any zero points
 };
+
+// Whether a quant op reads a zero-point array (both zero-point ops do; only its values differ).
+constexpr bool has_zeros(QuantOp quant) { return quant != QuantOp::kScaleOnly; }
 
 // The zero point the symmetric quant op implies: codes are stored as q = c + 8 for c in [-8, 7].
 constexpr int kSymmetricZeroPoint = 8;
@@ -37,7 +49,8 @@ struct Format {
   }
 };
 
-// "fp16", "bf16"; "scale", "zeros"; a format as "fp16", "fp16+zeros", "bf16", "bf16+zeros".
+// "fp16", "bf16"; "scale", "zeros", "float-zeros"; a format as "fp16", "fp16+zeros",
+// "fp16+float-zeros", "bf16", "bf16+zeros", "bf16+float-zeros".
 const char* to_string(ElementType element);
 const char* to_string(QuantOp quant);
 const char* format_name(const Format& format);
@@ -46,8 +59,10 @@ const char* format_name(const Format& format);
 constexpr Format kAllFormats[] = {
     {ElementType::kFloat16, QuantOp::kScaleOnly},
     {ElementType::kFloat16, QuantOp::kScaleAndZeros},
+    {ElementType::kFloat16, QuantOp::kScaleAndFloatZeros},
     {ElementType::kBFloat16, QuantOp::kScaleOnly},
     {ElementType::kBFloat16, QuantOp::kScaleAndZeros},
+    {ElementType::kBFloat16, QuantOp::kScaleAndFloatZeros},
 };
 
 // Bytes of one element (both types are 2 bytes wide).

@@ -30,8 +30,14 @@ struct QuantizedWeights {
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scales;
   std::vector<uint16_t> zeros;
+  // The zero points may be fractional (QuantOp::kScaleAndFloatZeros); quantize() only makes
+  // whole ones, and sets this when asked for the float-zeros op.
+  bool float_zeros = false;
 
-  QuantOp quant() const { return zeros.empty() ? QuantOp::kScaleOnly : QuantOp::kScaleAndZeros; }
+  QuantOp quant() const {
+    if (zeros.empty()) return QuantOp::kScaleOnly;
+    return float_zeros ? QuantOp::kScaleAndFloatZeros : QuantOp::kScaleAndZeros;
+  }
   Format format() const { return {element, quant()}; }
   float scale(int row, int col) const { return element_to_float(element, scales[size_t(col / group_size) * n + row]); }
   float zero(int row, int col) const {
@@ -57,7 +63,7 @@ struct QuantizeOptions {
 //  kScaleOnly (symmetric):
 //    s = round(max|w| / 7)   (a group of zeros gets s = 0 and codes 8)
 //    q = clamp(round(w / s) + 8, 0, 15)
-//  kScaleAndZeros (asymmetric, min/max per group, GPTQ-style range that always contains 0 so that
+//  kScaleAndZeros and kScaleAndFloatZeros (asymmetric, min/max per group, GPTQ-style range that always contains 0 so that
 //  z lands in [0, 15] and w = 0 is exact):
 //    lo = min(min w, 0), hi = max(max w, 0)
 //    s = round((hi - lo) / 15),  z = clamp(round(-lo / s), 0, 15)   (integer, exact in either type)
@@ -72,6 +78,11 @@ Status quantize(const __nv_bfloat16* weights, int n, int k, const QuantizeOption
 // Symmetric with fp16 scales (QuantizeOptions{group_size}).
 Status quantize(const float* weights, int n, int k, int group_size, QuantizedWeights* out);
 Status quantize(const __half* weights, int n, int k, int group_size, QuantizedWeights* out);
+
+// QuantOp::kScaleAndZeros takes whole-number zero points (w4a16/format.h): this checks that each
+// of `count` zero points (bits of `element`) is one of 0, 1, ..., 15, and names the first that is
+// not. Run it wherever zero points pass through the host (importers, load_packed_layer).
+Status check_integer_zeros(const uint16_t* zeros, size_t count, ElementType element);
 
 // Packed layout for the fused kernels and dequant_cublas; see common/packed_layout.h and
 // docs/ARCHITECTURE.md. Requires n % 16 == 0 and k % 64 == 0. Size: n * k / 2 bytes. The same

@@ -91,13 +91,22 @@ struct GemmArguments {
   float alpha = 1.0f;
   ElementType element = ElementType::kFloat16;  // the type of a, scales, zeros, bias and c
   const void* zeros = nullptr;                  // optional zero points: QuantOp::kScaleAndZeros
+  // Set when the zero points are not all whole numbers 0..15 (HQQ-style): the call then runs
+  // QuantOp::kScaleAndFloatZeros, whose decode kernels add one mma and fma per group for the
+  // fraction. Leave it clear for GPTQ, AWQ, compressed-tensors and quantize() zero points, which
+  // the kernels fold into the code unpack at no cost; a fractional zero point without it is
+  // rounded. Only with zeros.
+  bool float_zeros = false;
   // Optional act-order permutation (GPTQ desc_act; checkpoint import writes it): int32 [k], a
   // permutation of [0, k), 16-byte aligned. Column j of the packed weights multiplies column
   // k_permutation[j] of A, i.e. C = A[:, k_permutation] * dequant(W)^T. Null: the identity. The
   // values are not checked on the device (load_packed_layer checks them once, on the host).
   const int32_t* k_permutation = nullptr;
 
-  QuantOp quant() const { return zeros != nullptr ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly; }
+  QuantOp quant() const {
+    if (zeros == nullptr) return QuantOp::kScaleOnly;
+    return float_zeros ? QuantOp::kScaleAndFloatZeros : QuantOp::kScaleAndZeros;
+  }
   Format format() const { return {element, quant()}; }
 };
 

@@ -44,6 +44,15 @@ w4a16::ElementType element_of(const std::string& dtype) {
   throw nb::value_error(("dtype must be 'fp16' or 'bf16', got '" + dtype + "'").c_str());
 }
 
+// The quant op from Python's two flags: `zeros` (there are zero points) and `float_zeros` (they
+// may be fractional, QuantOp::kScaleAndFloatZeros). float_zeros describes zero points, so it
+// without them is an error here as in GemmArguments (runner.h), not silently the symmetric op.
+w4a16::QuantOp quant_of(bool zeros, bool float_zeros) {
+  if (float_zeros && !zeros) throw nb::value_error("float_zeros is set without zero points (it describes them)");
+  if (!zeros) return w4a16::QuantOp::kScaleOnly;
+  return float_zeros ? w4a16::QuantOp::kScaleAndFloatZeros : w4a16::QuantOp::kScaleAndZeros;
+}
+
 // A NumPy array owning a copy of `values`, shaped `shape`.
 template <class T>
 nb::ndarray<nb::numpy, T> to_numpy(const std::vector<T>& values, std::vector<size_t> shape) {
@@ -100,11 +109,12 @@ T* pointer(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
-// One call's GemmArguments from the Python arguments; the format follows from `dtype` and whether
-// `zeros` is set, exactly as in C++.
+// One call's GemmArguments from the Python arguments; the format follows from `dtype`, whether
+// `zeros` is set and `float_zeros`, exactly as in C++ (float_zeros without zeros is the runner's
+// argument error, reported with its message).
 w4a16::GemmArguments arguments_of(uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
                                   uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k,
-                                  int group_size, float alpha, const std::string& dtype) {
+                                  int group_size, float alpha, const std::string& dtype, bool float_zeros) {
   w4a16::GemmArguments args;
   args.a = pointer<const void>(a);
   args.packed_weights = pointer<const void>(packed_weights);
@@ -119,6 +129,7 @@ w4a16::GemmArguments arguments_of(uintptr_t a, uintptr_t packed_weights, uintptr
   args.group_size = group_size;
   args.alpha = alpha;
   args.element = element_of(dtype);
+  args.float_zeros = float_zeros;
   return args;
 }
 
@@ -148,7 +159,8 @@ const char* launch_mode_name(w4a16::GemmRunner::ProgrammaticLaunch mode) {
 }
 
 // The Python signature every pointer-level runner call starts with (gemm, workspace_bytes,
-// profile): one list, so the three cannot drift apart.
+// profile): one list, so the three cannot drift apart. Each then ends in the keyword float_zeros
+// (GemmArguments::float_zeros), after the arguments it had before, so positional calls keep working.
 #define W4A16_GEMM_ARGUMENT_NAMES                                                                         \
   nb::arg("a"), nb::arg("packed_weights"), nb::arg("scales"), nb::arg("zeros"), nb::arg("bias"), nb::arg("c"), \
       nb::arg("k_permutation"), nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("group_size"),             \
@@ -163,6 +175,7 @@ struct HostPackedLayer {
   std::vector<uint8_t> packed;          // [n, k / 2]: pack_weights() output
   std::vector<uint16_t> scales;         // [k / group, n] bits of element
   std::vector<uint16_t> zeros;          // the same, or empty (symmetric)
+  bool float_zeros = false;             // the zeros are not all whole numbers (kScaleAndFloatZeros)
   std::vector<int32_t> k_permutation;   // [k], or empty (the checkpoint's own column order)
   std::vector<uint16_t> bias;           // [n] bits of element, or empty
 };
@@ -219,7 +232,7 @@ NB_MODULE(_w4a16, m) {
       // From arrays, e.g. a tensor-parallel shard (w4a16.sharding), so reference_gemm and
       // dequantized() work on weights that quantize() did not make. Copies; checks every shape.
       .def("__init__", [](w4a16::QuantizedWeights* self, Codes codes, Bits2D scale_bits, nb::object zero_bits,
-                          int group_size, const std::string& dtype) {
+                          int group_size, const std::string& dtype, bool float_zeros) {
         const int n = int(codes.shape(0)), k = int(codes.shape(1));
         throw_if_failed(w4a16::check_group_size(k, group_size));
         const auto expect_group_shape = [&](const Bits2D& bits, const char* name) {
@@ -250,19 +263,30 @@ NB_MODULE(_w4a16, m) {
           expect_group_shape(zeros, "zero_bits");
           q.zeros.assign(zeros.data(), zeros.data() + zeros.size());
         }
+        // Only marks the op: the values are not checked here, since dequantized() and
+        // reference_gemm compute with the exact zero points either way (check_integer_zeros and
+        // W4A16Linear check them where the kernels would round them).
+        quant_of(!q.zeros.empty(), float_zeros);
+        q.float_zeros = float_zeros;
         new (self) w4a16::QuantizedWeights(std::move(q));
       // noconvert: an int64 code of 256 or float16 scales would otherwise be converted by value
       // (256 wraps to 0, 0.5 becomes 0) before any check sees them.
       }, nb::arg("codes").noconvert(), nb::arg("scale_bits").noconvert(), nb::arg("zero_bits") = nb::none(),
          nb::arg("group_size") = 128,
-         nb::arg("dtype") = "fp16",
+         nb::arg("dtype") = "fp16", nb::arg("float_zeros") = false,
          "From arrays: codes [n, k] uint8 in [0, 15], scale_bits and zero_bits (or None) [k / group_size, n] uint16 "
-         "bits of dtype.")
+         "bits of dtype; float_zeros: the zero points may be fractional (the float-zeros format).")
       .def_ro("n", &w4a16::QuantizedWeights::n)
       .def_ro("k", &w4a16::QuantizedWeights::k)
       .def_ro("group_size", &w4a16::QuantizedWeights::group_size)
       .def_prop_ro("dtype", [](const w4a16::QuantizedWeights& q) { return std::string(w4a16::to_string(q.element)); })
       .def_prop_ro("has_zeros", [](const w4a16::QuantizedWeights& q) { return !q.zeros.empty(); })
+      .def_prop_ro("float_zeros", [](const w4a16::QuantizedWeights& q) {
+        return q.quant() == w4a16::QuantOp::kScaleAndFloatZeros;
+      }, "The zero points may be fractional (run them with float_zeros=True)")
+      .def_prop_ro("format", [](const w4a16::QuantizedWeights& q) {
+        return std::string(w4a16::format_name(q.format()));
+      }, "e.g. 'fp16', 'bf16+zeros', 'fp16+float-zeros' (the tuning file's format names)")
       // Properties return copies as new arrays (nb::object: a property's default reference_internal
       // policy would try to tie an already-owned array to the QuantizedWeights).
       .def_prop_ro("codes", [](const w4a16::QuantizedWeights& q) -> nb::object {
@@ -283,16 +307,25 @@ NB_MODULE(_w4a16, m) {
       }, "[n, k] float64: s * (q - z), exact");
 
   m.def("quantize", [](nb::ndarray<const float, nb::ndim<2>, nb::c_contig, nb::device::cpu> weights, int group_size,
-                       const std::string& dtype, bool zeros) {
+                       const std::string& dtype, bool zeros, bool float_zeros) {
     w4a16::QuantizeOptions options;
     options.group_size = group_size;
     options.element = element_of(dtype);
-    options.quant = zeros ? w4a16::QuantOp::kScaleAndZeros : w4a16::QuantOp::kScaleOnly;
+    options.quant = quant_of(zeros, float_zeros);
     w4a16::QuantizedWeights q;
     throw_if_failed(w4a16::quantize(weights.data(), int(weights.shape(0)), int(weights.shape(1)), options, &q));
     return q;
   }, nb::arg("weights"), nb::arg("group_size") = 128, nb::arg("dtype") = "fp16", nb::arg("zeros") = false,
-        "Quantize [n, k] float32 weights (nn.Linear layout) per group along k.");
+        nb::arg("float_zeros") = false,
+        "Quantize [n, k] float32 weights (nn.Linear layout) per group along k. The zero points are whole numbers "
+        "either way; float_zeros (with zeros) marks them for the float-zeros format.");
+
+  m.def("check_integer_zeros", [](nb::ndarray<const uint16_t, nb::c_contig, nb::device::cpu> zero_bits,
+                                  const std::string& dtype) {
+    throw_if_failed(w4a16::check_integer_zeros(zero_bits.data(), zero_bits.size(), element_of(dtype)));
+  }, nb::arg("zero_bits").noconvert(), nb::arg("dtype") = "fp16",
+        "ValueError naming the first zero point (uint16 bits of dtype, flat index) that is not a whole number in "
+        "[0, 15]: those need float_zeros (the kernels round them otherwise).");
 
   m.def("pack", [](Codes codes) {
     std::vector<uint8_t> packed;
@@ -382,6 +415,11 @@ NB_MODULE(_w4a16, m) {
       .def_ro("group_size", &HostPackedLayer::group_size)
       .def_prop_ro("dtype", [](const HostPackedLayer& l) { return std::string(w4a16::to_string(l.element)); })
       .def_prop_ro("has_zeros", [](const HostPackedLayer& l) { return !l.zeros.empty(); })
+      .def_prop_ro("float_zeros", [](const HostPackedLayer& l) { return l.float_zeros; },
+                   "The container's zero points are not all whole numbers (run them with float_zeros=True)")
+      .def_prop_ro("format", [](const HostPackedLayer& l) {
+        return std::string(w4a16::format_name({l.element, quant_of(!l.zeros.empty(), l.float_zeros)}));
+      }, "e.g. 'fp16', 'bf16+zeros', 'fp16+float-zeros'")
       .def_prop_ro("packed", [](const HostPackedLayer& l) -> nb::object {
         return nb::cast(to_numpy(l.packed, {size_t(l.n), size_t(l.k / 2)}));
       }, "[n, k / 2] uint8: the packed weights (pack's output)")
@@ -414,6 +452,8 @@ NB_MODULE(_w4a16, m) {
     out.packed = copy_of<uint8_t>(*layer.packed);
     out.scales = copy_of<uint16_t>(*layer.scales);
     if (layer.zeros != nullptr) out.zeros = copy_of<uint16_t>(*layer.zeros);
+    // load_packed_layer chose the op from the values: fractional zeros get the float-zeros op.
+    out.float_zeros = layer.format.quant == w4a16::QuantOp::kScaleAndFloatZeros;
     if (layer.k_permutation != nullptr) out.k_permutation = copy_of<int32_t>(*layer.k_permutation);
     out.bias = bias_of(file, prefix, layer.n, layer.format.element);
     return out;
@@ -433,30 +473,31 @@ NB_MODULE(_w4a16, m) {
       .def("heuristic_config", [](Runner& r, int m, int n, int k) {
         return under_lock<SharedLock>(r, [&] { return r.runner.heuristic_config(m, n, k).name(); });
       }, nb::arg("m"), nb::arg("n"), nb::arg("k"), "The tile-size table's choice (no profiled results).")
-      .def("default_config", [](Runner& r, int m, int n, int k, int group_size, const std::string& dtype, bool zeros) {
-        const w4a16::Format format{element_of(dtype),
-                                   zeros ? w4a16::QuantOp::kScaleAndZeros : w4a16::QuantOp::kScaleOnly};
+      .def("default_config", [](Runner& r, int m, int n, int k, int group_size, const std::string& dtype, bool zeros,
+                                bool float_zeros) {
+        const w4a16::Format format{element_of(dtype), quant_of(zeros, float_zeros)};
         return under_lock<SharedLock>(r, [&] { return r.runner.default_config(m, n, k, group_size, format).name(); });
       }, nb::arg("m"), nb::arg("n"), nb::arg("k"), nb::arg("group_size") = 128, nb::arg("dtype") = "fp16",
-           nb::arg("zeros") = false, "The config gemm() uses without one: the profiled best, else the heuristic.")
+           nb::arg("zeros") = false, nb::arg("float_zeros") = false,
+           "The config gemm() uses without one: the profiled best, else the heuristic.")
       .def("workspace_bytes", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
                                  uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k,
                                  int group_size, float alpha, const std::string& dtype,
-                                 const std::optional<std::string>& config) {
+                                 const std::optional<std::string>& config, bool float_zeros) {
         const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
-                                                       k, group_size, alpha, dtype);
+                                                       k, group_size, alpha, dtype, float_zeros);
         const std::optional<w4a16::KernelConfig> forced =
             config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
         return under_lock<SharedLock>(
             r, [&] { return forced ? r.runner.workspace_bytes(args, *forced) : r.runner.workspace_bytes(args); });
-      }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("config") = nb::none(),
+      }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("config") = nb::none(), nb::arg("float_zeros") = false,
            "Workspace bytes gemm() with these arguments needs (with `config`, or the default config).")
       .def("gemm", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
                       uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k, int group_size,
                       float alpha, const std::string& dtype, uintptr_t workspace, size_t workspace_bytes,
-                      uintptr_t stream, const std::optional<std::string>& config) {
+                      uintptr_t stream, const std::optional<std::string>& config, bool float_zeros) {
         const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
-                                                       k, group_size, alpha, dtype);
+                                                       k, group_size, alpha, dtype, float_zeros);
         const std::optional<w4a16::KernelConfig> forced =
             config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
         // Only enqueues work (no sync, no allocation): other Python threads may run meanwhile.
@@ -465,14 +506,15 @@ NB_MODULE(_w4a16, m) {
                         : r.runner.gemm(args, pointer(workspace), workspace_bytes, pointer<CUstream_st>(stream));
         }));
       }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("stream"),
-           nb::arg("config") = nb::none(),
-           "Enqueue C = alpha * A * dequant(W)^T (+ bias) on `stream`; graph-capturable. ValueError on bad arguments.")
+           nb::arg("config") = nb::none(), nb::arg("float_zeros") = false,
+           "Enqueue C = alpha * A * dequant(W)^T (+ bias) on `stream`; graph-capturable. ValueError on bad arguments. "
+           "float_zeros: the zero points may be fractional (the float-zeros format; without it they are rounded).")
       .def("profile", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
                          uintptr_t bias, uintptr_t c, uintptr_t k_permutation, int m, int n, int k, int group_size,
                          float alpha, const std::string& dtype, uintptr_t workspace, size_t workspace_bytes,
-                         uintptr_t stream, int iterations, int repeats) {
+                         uintptr_t stream, int iterations, int repeats, bool float_zeros) {
         const w4a16::GemmArguments args = arguments_of(a, packed_weights, scales, zeros, bias, c, k_permutation, m, n,
-                                                       k, group_size, alpha, dtype);
+                                                       k, group_size, alpha, dtype, float_zeros);
         w4a16::ProfileResult result;
         // Synchronizes the stream many times: other Python threads run meanwhile.
         throw_if_failed(under_lock<ExclusiveLock>(r, [&] {
@@ -488,7 +530,7 @@ NB_MODULE(_w4a16, m) {
         out["skipped"] = skipped;
         return out;
       }, W4A16_GEMM_ARGUMENT_NAMES, nb::arg("workspace"), nb::arg("workspace_bytes"), nb::arg("stream"),
-           nb::arg("iterations") = 20, nb::arg("repeats") = 5,
+           nb::arg("iterations") = 20, nb::arg("repeats") = 5, nb::arg("float_zeros") = false,
            "Time every config whose workspace fits and make the fastest the default for this problem's m bucket, "
            "n, k, group and format. Synchronizes `stream`; writes C. Returns {'best', 'best_us', 'timings': "
            "{name: us}, 'skipped': {name: why}}.")

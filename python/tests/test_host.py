@@ -118,3 +118,72 @@ def test_load_packed_layer_returns_the_containers_arrays(rng, tmp_path, dtype):
         w4a16.load_packed_layer(str(path), "model.layers.0.mlp.gate_proj.")
     with pytest.raises(ValueError, match="cannot open"):
         w4a16.load_packed_layer(str(tmp_path / "missing.safetensors"), prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero points: whole numbers (the default zeros format) or fractional (float_zeros).
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_formats_name_the_zero_points(rng, dtype):
+    w = random_weights(rng, 16, 128)
+    plain = w4a16.quantize(w, group_size=64, dtype=dtype)
+    whole = w4a16.quantize(w, group_size=64, dtype=dtype, zeros=True)
+    marked = w4a16.quantize(w, group_size=64, dtype=dtype, zeros=True, float_zeros=True)
+    assert (plain.format, whole.format, marked.format) == (dtype, f"{dtype}+zeros", f"{dtype}+float-zeros")
+    assert (plain.float_zeros, whole.float_zeros, marked.float_zeros) == (False, False, True)
+    # float_zeros only marks the format: quantize's zero points are the same whole numbers.
+    np.testing.assert_array_equal(marked.zero_bits, whole.zero_bits)
+    np.testing.assert_array_equal(marked.dequantized(), whole.dequantized())
+    with pytest.raises(ValueError, match="float_zeros is set without zero points"):
+        w4a16.quantize(w, group_size=64, dtype=dtype, float_zeros=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_quantized_weights_from_arrays_take_fractional_zero_points(rng, dtype):
+    q = w4a16.quantize(random_weights(rng, 16, 128), group_size=64, dtype=dtype, zeros=True)
+    z = w4a16.from_bits(q.zero_bits, dtype).astype(np.float64) + 0.25  # exact in either type
+    fractional = w4a16.QuantizedWeights(q.codes, q.scale_bits, w4a16.to_bits(z, dtype), 64, dtype, float_zeros=True)
+    assert fractional.float_zeros and fractional.format == f"{dtype}+float-zeros"
+    # dequantized() (and so reference_gemm) uses the exact zero point.
+    s = np.repeat(w4a16.from_bits(q.scale_bits, dtype).astype(np.float64), 64, axis=0).T
+    np.testing.assert_array_equal(fractional.dequantized(), s * (q.codes - np.repeat(z, 64, axis=0).T))
+    assert not w4a16.QuantizedWeights(q.codes, q.scale_bits, q.zero_bits, 64, dtype).float_zeros
+    with pytest.raises(ValueError, match="float_zeros is set without zero points"):
+        w4a16.QuantizedWeights(q.codes, q.scale_bits, None, 64, dtype, float_zeros=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_check_integer_zeros(dtype):
+    whole = w4a16.to_bits(np.arange(16, dtype=np.float32).reshape(2, 8), dtype)
+    w4a16.check_integer_zeros(whole, dtype)  # 0..15: fine
+    for bad, index in [(7.5, 3), (-1.0, 5), (16.0, 0), (float("nan"), 9)]:
+        values = np.arange(16, dtype=np.float32) % 16
+        values[index] = bad
+        with pytest.raises(ValueError, match=rf"zero point {index} is .*not a whole number in \[0, 15\]"):
+            w4a16.check_integer_zeros(w4a16.to_bits(values, dtype), dtype)
+    with pytest.raises(TypeError):  # uint16 bits only: float16 values would be converted by value
+        w4a16.check_integer_zeros(np.zeros(4, dtype=np.float16), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_load_packed_layer_marks_fractional_zero_points(rng, tmp_path, dtype):
+    # Whole zero points (what every importer writes) load as the zeros format; fractional ones,
+    # written by hand, as float-zeros rather than being refused or rounded.
+    n, k, group = 32, 256, 64
+    q = w4a16.quantize(random_weights(rng, n, k), group_size=group, dtype=dtype, zeros=True)
+    packed = w4a16.pack(q.codes).reshape(n, k // 2)
+    z = w4a16.from_bits(q.zero_bits, dtype)
+    z[1, 3] += 0.5
+    fractional_bits = w4a16.to_bits(z, dtype)
+    path = tmp_path / "container.safetensors"
+    write_container(path, {"whole.": {"packed": packed, "scale_bits": q.scale_bits, "zero_bits": q.zero_bits},
+                           "fractional.": {"packed": packed, "scale_bits": q.scale_bits, "zero_bits": fractional_bits},
+                           "plain.": {"packed": packed, "scale_bits": q.scale_bits}}, dtype)
+    whole = w4a16.load_packed_layer(str(path), "whole.")
+    assert (whole.float_zeros, whole.format) == (False, f"{dtype}+zeros")
+    fractional = w4a16.load_packed_layer(str(path), "fractional.")
+    assert (fractional.float_zeros, fractional.format) == (True, f"{dtype}+float-zeros")
+    np.testing.assert_array_equal(fractional.zero_bits, fractional_bits)
+    plain = w4a16.load_packed_layer(str(path), "plain.")
+    assert (plain.float_zeros, plain.format) == (False, dtype)

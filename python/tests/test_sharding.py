@@ -260,6 +260,33 @@ def test_fold_without_a_permutation_changes_nothing(rng):
 
 
 # ---------------------------------------------------------------------------------------------
+# Fractional zero points (float_zeros) travel with every conversion and shard.
+
+
+def test_float_zeros_are_carried_through_conversions_and_shards(rng):
+    n, k, group = 256, 512, 64
+    q = w4a16.quantize(random_weights(rng, n, k), group_size=group, dtype="bf16", zeros=True, float_zeros=True)
+    z = w4a16.from_bits(q.zero_bits, "bf16") + rng.uniform(-0.5, 0.5, size=q.zero_bits.shape)
+    layer = HostLayer(q.codes, q.scale_bits, w4a16.to_bits(z, "bf16"), None, group, "bf16", float_zeros=True)
+    assert HostLayer.from_quantized(q).float_zeros  # quantize's mark is kept
+    assert layer.to_quantized().float_zeros and layer.to_quantized().format == "bf16+float-zeros"
+    packed = pack_layer(layer)
+    assert packed.float_zeros and HostLayer.from_packed_layer(packed).float_zeros
+    assert all(shard_columns(layer, 2, r).float_zeros and shard_rows(layer, 2, r).float_zeros for r in range(2))
+    consumer = make_layer(rng, 64, n, group, "bf16", zeros=True, permutation=gptq_permutation(rng, n, group))
+    _, (folded,) = fold_permutation(consumer, [layer])
+    assert folded.float_zeros
+    # The reference computes with the fractions: row shards still sum to the whole layer.
+    a_bits = activations(rng, M, k, "bf16")
+    total = sum(shard_rows(layer, 2, r).reference_gemm(np.ascontiguousarray(a_bits[:, r * 256:(r + 1) * 256]))
+                for r in range(2))
+    assert_close_in_float64(total, layer.reference_gemm(a_bits), magnitude(layer, a_bits))
+    # Integer-zero layers stay as they were.
+    assert not make_layer(rng, n, k, group, zeros=True).float_zeros
+    assert not pack_layer(make_layer(rng, n, k, group, zeros=True)).float_zeros
+
+
+# ---------------------------------------------------------------------------------------------
 # Errors: ValueErrors that name the numbers.
 
 
@@ -290,6 +317,8 @@ def test_errors_name_the_numbers(rng):
         (lambda: HostLayer(layer.codes, layer.scale_bits, None, np.zeros(512, np.int32), 128),
          r"k_permutation is not a permutation of \[0, 512\)"),
         (lambda: HostLayer(layer.codes, layer.scale_bits, None, None, 96), r"group_size 96 with k = 512"),
+        (lambda: HostLayer(layer.codes, layer.scale_bits, None, None, 128, float_zeros=True),
+         r"float_zeros is set without zero_bits"),
         (lambda: pack_layer(make_layer(rng, 8, 128, 64)), r"multiple of 16"),
         (lambda: permutation_from_g_idx(np.zeros(256, np.int64), 128), r"every one of the 2 groups must have 128"),
     ]

@@ -1,5 +1,6 @@
 """GPU tests of w4a16.torch: the op against a float64 reference, torch.compile, CUDA graphs,
 W4A16Linear, the tuning cache and every argument error. Skipped without PyTorch or a CUDA device.
+(test_torch_cpu.py has W4A16Linear's rules that need no GPU.)
 
 The reference is exact: the weights' float64 values come from the extension's own definition
 (QuantizedWeights.dequantized(): w = s * (q - z), z = 8 without zero points), and each output
@@ -62,12 +63,28 @@ def assert_matches(out, ref, magnitude, dtype):
         pytest.fail(f"{int(bad.sum())} of {bad.numel()} elements out of bounds:\n  " + "\n  ".join(examples))
 
 
-class Layer:
-    """A random quantized layer on the GPU (the op's arguments) and its exact float64 weights."""
+def fractional_zeros(rng, q):
+    """q (quantized with zero points) with each zero point moved by a random fraction in (-0.5,
+    0.5), HQQ-style (some then lie just outside [0, 15]), marked float_zeros."""
+    z = w4a16.from_bits(q.zero_bits, q.dtype).astype(np.float64)
+    zero_bits = w4a16.to_bits(z + rng.uniform(-0.5, 0.5, size=z.shape), q.dtype)
+    return w4a16.QuantizedWeights(q.codes, q.scale_bits, zero_bits, q.group_size, q.dtype, float_zeros=True)
 
-    def __init__(self, rng, n, k, group, dtype, zeros=False, bias=False, act_order=False):
+
+class Layer:
+    """A random quantized layer on the GPU (the op's arguments) and its exact float64 weights.
+    fractional: zero points with fractions (fractional_zeros), run with float_zeros; float_zeros
+    alone runs quantize's whole-number zero points through the float-zeros format."""
+
+    def __init__(self, rng, n, k, group, dtype, zeros=False, bias=False, act_order=False, float_zeros=False,
+                 fractional=False):
         self.n, self.k, self.group, self.dtype = n, k, group, dtype
-        self.q = w4a16.quantize(random_weights(rng, n, k), group_size=group, dtype=dtype, zeros=zeros)
+        self.q = w4a16.quantize(random_weights(rng, n, k), group_size=group, dtype=dtype, zeros=zeros or fractional,
+                                float_zeros=float_zeros or fractional)
+        if fractional:
+            self.q = fractional_zeros(rng, self.q)
+        self.float_zeros = self.q.float_zeros
+        zeros = self.q.has_zeros
         self.packed = torch.from_numpy(w4a16.pack(self.q.codes)).to(CUDA)
         self.scales = tensor_of_bits(self.q.scale_bits, dtype)
         self.zeros = tensor_of_bits(self.q.zero_bits, dtype) if zeros else None
@@ -81,7 +98,7 @@ class Layer:
         return (self.packed, self.scales, self.zeros, self.bias, self.k_permutation, self.group)
 
     def run(self, x, alpha=1.0):
-        return torch.ops.w4a16.gemm(x, *self.args(), alpha)
+        return torch.ops.w4a16.gemm(x, *self.args(), alpha, float_zeros=self.float_zeros)
 
     def reference(self, x, alpha=1.0):
         """(reference, magnitude) as [rows, n] float64: alpha * x[:, perm] @ W.T (+ bias)."""
@@ -124,6 +141,65 @@ def test_act_order_reads_a_in_the_permutations_order(rng, dtype, zeros, n, k, gr
     layer = Layer(rng, n, k, group, dtype, zeros=zeros, bias=True, act_order=True)
     x = random_activations(rng, (m, k), dtype)
     layer.check(layer.run(x, 0.5), x, 0.5)
+
+
+def rounded_zero_reference(layer, x, alpha=1.0):
+    """[rows, n] float64: what the layer would compute with its zero points rounded to whole
+    numbers (what the kernels do to them without float_zeros)."""
+    q = layer.q
+    rounded = w4a16.to_bits(np.rint(w4a16.from_bits(q.zero_bits, q.dtype)), q.dtype)
+    w = w4a16.QuantizedWeights(q.codes, q.scale_bits, rounded, q.group_size, q.dtype).dequantized()
+    a = x.double().reshape(-1, layer.k)
+    if layer.k_permutation is not None:
+        a = a[:, layer.k_permutation.long()]
+    ref = alpha * (a @ torch.from_numpy(w).to(CUDA).T)
+    return ref if layer.bias is None else ref + layer.bias.double()
+
+
+def check_fractions_count(layer, out, x, alpha=1.0):
+    """Beyond the error bound (which is loose enough to pass rounded zero points at bf16): the
+    output is much nearer the exact reference than the reference of the rounded zero points."""
+    exact, _ = layer.reference(x, alpha)
+    error = (out.double().reshape(exact.shape) - exact).norm().item()
+    rounding = (rounded_zero_reference(layer, x, alpha) - exact).norm().item()
+    assert error < 0.25 * rounding, f"|out - exact| = {error:.4g}, |rounded zeros - exact| = {rounding:.4g}"
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("n,k,group", SHAPES, ids=[f"n{n}_k{k}_g{g}" for n, k, g in SHAPES])
+@pytest.mark.parametrize("m,bias,alpha", CALLS, ids=[f"m{m}{'_bias' if b else ''}" for m, b, _ in CALLS])
+def test_float_zeros_take_fractional_zero_points(rng, dtype, n, k, group, m, bias, alpha):
+    layer = Layer(rng, n, k, group, dtype, bias=bias, fractional=True)
+    z = w4a16.from_bits(layer.q.zero_bits, dtype)
+    assert layer.float_zeros and np.any(z != np.rint(z))  # the test data has fractions to lose
+    x = random_activations(rng, (m, k), dtype)
+    out = layer.run(x, alpha)
+    layer.check(out, x, alpha)
+    check_fractions_count(layer, out, x, alpha)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("m", [1, 17, 300, 4096])  # decode, multistage, and dequant_cublas' range
+def test_float_zeros_with_act_order_and_at_every_m(rng, dtype, m):
+    layer = Layer(rng, 256, 512, 128, dtype, bias=True, act_order=True, fractional=True)
+    x = random_activations(rng, (m, 512), dtype)
+    out = layer.run(x, 0.5)
+    layer.check(out, x, 0.5)
+    check_fractions_count(layer, out, x, 0.5)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("m", [1, 17, 300])
+def test_whole_zero_points_by_default_and_through_float_zeros(rng, dtype, m):
+    # quantize's zero points run by default (folded into the unpack) and, just as well, through
+    # the float-zeros format: both within the bound of the same exact reference.
+    layer = Layer(rng, 512, 1024, 128, dtype, zeros=True, bias=True)
+    assert not layer.float_zeros
+    x = random_activations(rng, (m, 1024), dtype)
+    by_default = torch.ops.w4a16.gemm(x, *layer.args(), 1.0)
+    layer.check(by_default, x)
+    layer.check(torch.ops.w4a16.gemm(x, *layer.args(), 1.0, float_zeros=True), x)
+    assert torch.equal(torch.ops.w4a16.gemm(x, *layer.args(), 1.0, False), by_default)  # positional, the default
 
 
 @pytest.mark.parametrize("act_order", [False, True], ids=["plain", "act_order"])
@@ -211,6 +287,30 @@ def test_raw_runner_runs_every_config(rng):
     r.set_programmatic_launch("auto" if mode == "off" else mode)
 
 
+@pytest.mark.parametrize("m", [1, 17])
+def test_raw_runner_runs_every_config_with_float_zeros(rng, m):
+    # Each kernel family has a float-zeros path of its own: every config on fractional zero points.
+    layer = Layer(rng, 512, 1024, 128, "bf16", bias=True, fractional=True)
+    x = random_activations(rng, (m, 1024), "bf16")
+    r = wt.runner()
+    c = torch.empty(m, 512, dtype=torch.bfloat16, device=CUDA)
+    args = (x.data_ptr(), layer.packed.data_ptr(), layer.scales.data_ptr(), layer.zeros.data_ptr(),
+            layer.bias.data_ptr(), c.data_ptr(), 0, m, 512, 1024, 128, 1.0, "bf16")
+    stream = torch.cuda.current_stream().cuda_stream
+    assert r.default_config(m, 512, 1024, 128, "bf16", True, float_zeros=True) in r.configs()
+    for config in [None] + r.configs():
+        workspace_bytes = r.workspace_bytes(*args, config=config, float_zeros=True)
+        workspace = torch.empty(max(workspace_bytes, 1), dtype=torch.uint8, device=CUDA)
+        c.fill_(float("nan"))
+        r.gemm(*args, workspace.data_ptr(), workspace_bytes, stream, config=config, float_zeros=True)
+        layer.check(c, x)
+        check_fractions_count(layer, c, x)
+    with pytest.raises(ValueError, match="float_zeros is set but zeros is null"):
+        r.gemm(*args[:3], 0, *args[4:], 0, 0, stream, float_zeros=True)
+    with pytest.raises(ValueError, match="float_zeros is set without zero points"):
+        r.default_config(m, 512, 1024, 128, "bf16", False, float_zeros=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.compile and CUDA graphs.
 
@@ -228,6 +328,23 @@ def test_torch_compile_fullgraph(rng, dtype):
         y = compiled(x)
         assert torch.equal(y, f(x))  # the same kernel: the same bits
         layer.check(y, x, 0.5)
+
+
+def test_torch_compile_passes_float_zeros(rng):
+    layer = Layer(rng, 512, 1024, 128, "fp16", bias=True, fractional=True)
+
+    def f(x):
+        return torch.ops.w4a16.gemm(x, *layer.args(), 1.0, float_zeros=True)
+
+    compiled = torch.compile(f, fullgraph=True)
+    x = random_activations(rng, (9, 1024), "fp16")
+    y = compiled(x)
+    assert torch.equal(y, f(x))
+    check_fractions_count(layer, y, x)
+    module = wt.W4A16Linear.from_host_layer(
+        w4a16.sharding.HostLayer.from_quantized(layer.q, bias_bits=None), device=CUDA)
+    assert module.float_zeros
+    assert torch.equal(torch.compile(module, fullgraph=True)(x), module(x))
 
 
 def test_torch_compile_of_the_module_and_of_code_around_it(rng):
@@ -357,6 +474,35 @@ def test_state_dict_round_trip(rng, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_a_float_zeros_layer_runs_and_round_trips_its_state(rng, tmp_path, dtype):
+    q = Layer(rng, 512, 1024, 128, dtype, bias=True, fractional=True)
+    host = w4a16.sharding.HostLayer.from_quantized(q.q, bias_bits=w4a16.to_bits(q.bias.float().cpu().numpy(), dtype))
+    layer = wt.W4A16Linear.from_host_layer(host, device=CUDA)
+    assert layer.float_zeros and "float_zeros=True" in repr(layer)
+    x = random_activations(rng, (2, 5, 1024), dtype)
+    y = layer(x)
+    q.check(y, x)
+    check_fractions_count(q, y, x)
+    torch.save(layer.state_dict(), tmp_path / "layer.pt")
+    fresh = wt.W4A16Linear(1024, 512, bias=True, zeros=True, dtype=DTYPES[dtype], device=CUDA, float_zeros=True)
+    fresh.load_state_dict(torch.load(tmp_path / "layer.pt"))
+    assert torch.equal(fresh(x), y)
+    # Zero points on the device are checked there too, when they are loaded (test_torch_cpu.py
+    # has the rest of the state's rules).
+    unflagged = {name: tensor for name, tensor in layer.state_dict().items() if name != "float_zeros"}
+    assert unflagged["zeros"].device == CUDA
+    integer = wt.W4A16Linear(1024, 512, bias=True, zeros=True, dtype=DTYPES[dtype], device=CUDA)
+    with pytest.raises(RuntimeError, match=r"zeros: zero point \[\d+, \d+\] is .*, not a whole number in \[0, 15\]"):
+        integer.load_state_dict(unflagged)
+    # A shard keeps the flag, and so the fractions (not bit for bit the whole layer's output: the
+    # dispatch depends on n).
+    shard = layer.shard(2, 1, mode="column")
+    assert shard.float_zeros
+    reference, magnitude = q.reference(x)
+    assert_matches(shard(x), reference[:, 256:], magnitude[:, 256:], dtype)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_from_checkpoint(rng, tmp_path, dtype):
     n, k, group = 512, 1024, 128
     q = w4a16.quantize(random_weights(rng, n, k), group_size=group, dtype=dtype, zeros=True)
@@ -405,6 +551,24 @@ def test_profile_and_the_tuning_file(rng, tmp_path):
     path.write_text(json.dumps(document))
     with pytest.raises(ValueError, match="the file was written for another GPU"):
         wt.load_tuning(path)
+
+
+def test_float_zeros_are_tuned_as_a_format_of_their_own(rng, tmp_path):
+    q = Layer(rng, 768, 512, 128, "fp16", fractional=True)
+    layer = wt.W4A16Linear.from_host_layer(w4a16.sharding.HostLayer.from_quantized(q.q), device=CUDA)
+    result = layer.profile(2, iterations=2, repeats=3)
+    r = wt.runner()
+    assert r.default_config(2, 768, 512, 128, "fp16", True, float_zeros=True) == result["best"]
+    path = tmp_path / "tuning.json"
+    wt.save_tuning(path)
+    entries = json.loads(path.read_text())["entries"]
+    assert {"m_bucket": 2, "n": 768, "k": 512, "group_size": 128, "format": "fp16+float-zeros",
+            "config": result["best"]} in entries
+    assert not any(e["m_bucket"] == 2 and e["n"] == 768 and e["k"] == 512 and e["format"] == "fp16+zeros"
+                   for e in entries)
+    fresh = w4a16.Runner()  # the format name reads back
+    fresh.load_tuning(str(path))
+    assert fresh.default_config(2, 768, 512, 128, "fp16", True, float_zeros=True) == result["best"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -461,6 +625,8 @@ def bad_argument_cases():
                                             "zeros": None, "k_permutation": None, "group_size": 32,
                                             "packed": g["packed"][:512 * 48]},
          r"n must be a multiple of 16 and k of 64, got n = 512, k = 96"),
+        ("float_zeros_without_zeros", lambda g: {"zeros": None, "float_zeros": True},
+         r"float_zeros is True without zeros; float_zeros describes the zero points"),
     ]
 
 
@@ -472,7 +638,7 @@ def test_bad_arguments_raise_value_errors(rng, overrides, message):
     layer = Layer(rng, 512, 1024, 128, "fp16", zeros=True, bias=True, act_order=True)
     good = {"a": random_activations(rng, (4, 1024), "fp16"), "packed": layer.packed, "scales": layer.scales,
             "zeros": layer.zeros, "bias": layer.bias, "k_permutation": layer.k_permutation, "group_size": 128,
-            "alpha": 1.0}
+            "alpha": 1.0, "float_zeros": False}
     layer.check(torch.ops.w4a16.gemm(*good.values()), good["a"])  # the good call is good
     arguments = {**good, **overrides(good)}
     with pytest.raises(ValueError, match=message):

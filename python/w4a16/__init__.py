@@ -1,7 +1,8 @@
 """w4a16: 16-bit activations x INT4 weights GEMM, from Python.
 
 The extension `_w4a16` binds the C++ library: its host side on NumPy arrays (quantize, pack,
-unpack, the float64 CPU reference, checkpoint import, load_packed_layer) and the GPU runner
+unpack, the float64 CPU reference, checkpoint import, load_packed_layer, check_integer_zeros:
+whether zero points are the whole numbers 0..15 that run without float_zeros) and the GPU runner
 (`Runner`) on raw device pointers and stream handles. 16-bit element arrays cross as uint16 bit
 patterns (NumPy has no bfloat16); `to_bits` / `from_bits` convert.
 
@@ -18,6 +19,7 @@ from ._w4a16 import (  # noqa: F401  (re-exported)
     PackedLayer,
     QuantizedWeights,
     Runner,
+    check_integer_zeros,
     element_bits,
     element_values,
     import_checkpoint,
@@ -33,6 +35,7 @@ __all__ = [
     "PackedLayer",
     "QuantizedWeights",
     "Runner",
+    "check_integer_zeros",
     "element_bits",
     "element_values",
     "from_bits",

@@ -75,6 +75,10 @@ class HostLayer:
     group_size     32, 64, 128 or k (per-channel)
     dtype          'fp16' or 'bf16': the scales' type, and the activations' the layer runs with
     bias_bits      uint16 [n] bits of dtype, or None
+    float_zeros    the zero points may be fractional (HQQ-style; the float-zeros format, whose
+                   kernels add a little work per group); False: whole numbers 0..15, as GPTQ, AWQ,
+                   compressed-tensors and w4a16.quantize make them. Only with zero_bits. Not
+                   checked here: W4A16Linear checks the values when it is made from the layer
     """
 
     codes: np.ndarray
@@ -84,6 +88,7 @@ class HostLayer:
     group_size: int
     dtype: str = "fp16"
     bias_bits: Optional[np.ndarray] = None
+    float_zeros: bool = False
 
     def __post_init__(self):
         if self.dtype not in ("fp16", "bf16"):
@@ -102,6 +107,9 @@ class HostLayer:
         self.scale_bits = _array(self.scale_bits, np.uint16, "scale_bits", (k // g, n))
         if self.zero_bits is not None:
             self.zero_bits = _array(self.zero_bits, np.uint16, "zero_bits", (k // g, n))
+        self.float_zeros = bool(self.float_zeros)
+        if self.float_zeros and self.zero_bits is None:
+            raise ValueError("HostLayer: float_zeros is set without zero_bits (it describes the zero points)")
         if self.bias_bits is not None:
             self.bias_bits = _array(self.bias_bits, np.uint16, "bias_bits", (n,))
         if self.k_permutation is not None:
@@ -131,25 +139,26 @@ class HostLayer:
     def from_quantized(cls, q, k_permutation=None, bias_bits=None) -> "HostLayer":
         """From w4a16.quantize's QuantizedWeights (its codes are in the packed order: quantize
         w[:, k_permutation] for an act-order layer, so that groups are contiguous)."""
-        return cls(q.codes, q.scale_bits, q.zero_bits, k_permutation, q.group_size, q.dtype, bias_bits)
+        return cls(q.codes, q.scale_bits, q.zero_bits, k_permutation, q.group_size, q.dtype, bias_bits, q.float_zeros)
 
     @classmethod
     def from_packed(cls, packed, n, k, scale_bits, zero_bits=None, k_permutation=None, group_size=128,
-                    dtype="fp16", bias_bits=None) -> "HostLayer":
+                    dtype="fp16", bias_bits=None, float_zeros=False) -> "HostLayer":
         """From packed weights (w4a16.pack's n * k / 2 bytes, any shape) and the layer's arrays."""
         codes = _w4a16.unpack(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1), n, k)
-        return cls(codes, scale_bits, zero_bits, k_permutation, group_size, dtype, bias_bits)
+        return cls(codes, scale_bits, zero_bits, k_permutation, group_size, dtype, bias_bits, float_zeros)
 
     @classmethod
     def from_packed_layer(cls, layer) -> "HostLayer":
         """From w4a16.load_packed_layer's PackedLayer (one layer of a container) or a PackedHostLayer."""
         return cls.from_packed(layer.packed, layer.n, layer.k, layer.scale_bits, layer.zero_bits, layer.k_permutation,
-                               layer.group_size, layer.dtype, layer.bias_bits)
+                               layer.group_size, layer.dtype, layer.bias_bits, layer.float_zeros)
 
     def to_quantized(self):
         """The codes, scales and zero points as a w4a16.QuantizedWeights (for reference_gemm,
         dequantized(); the permutation and bias are not part of it)."""
-        return _w4a16.QuantizedWeights(self.codes, self.scale_bits, self.zero_bits, self.group_size, self.dtype)
+        return _w4a16.QuantizedWeights(self.codes, self.scale_bits, self.zero_bits, self.group_size, self.dtype,
+                                       float_zeros=self.float_zeros)
 
     def reference_gemm(self, a_bits, alpha: float = 1.0) -> np.ndarray:
         """float64 x @ dequant(W).T (+ bias) for x [m, k] as uint16 bits of dtype, x in its own
@@ -166,7 +175,7 @@ class PackedHostLayer:
     w4a16.load_packed_layer's PackedLayer (so code for one takes the other).
 
     packed uint8 [n, k / 2] (w4a16.pack's bytes), scale_bits / zero_bits uint16 [k / group_size, n],
-    k_permutation int32 [k] or None, bias_bits uint16 [n] or None.
+    k_permutation int32 [k] or None, bias_bits uint16 [n] or None, float_zeros as in HostLayer.
     """
 
     n: int
@@ -178,6 +187,7 @@ class PackedHostLayer:
     zero_bits: Optional[np.ndarray]
     k_permutation: Optional[np.ndarray]
     bias_bits: Optional[np.ndarray]
+    float_zeros: bool = False
 
     @property
     def has_zeros(self) -> bool:
@@ -188,7 +198,7 @@ def pack_layer(layer: HostLayer) -> PackedHostLayer:
     """Packs a layer's codes (w4a16.pack: ValueError unless n % 16 == 0 and k % 64 == 0)."""
     packed = _w4a16.pack(layer.codes).reshape(layer.n, layer.k // 2)
     return PackedHostLayer(layer.n, layer.k, layer.group_size, layer.dtype, packed, layer.scale_bits, layer.zero_bits,
-                           layer.k_permutation, layer.bias_bits)
+                           layer.k_permutation, layer.bias_bits, layer.float_zeros)
 
 
 # -- sharding ----------------------------------------------------------------------------------
@@ -209,8 +219,10 @@ def _copy(array: Optional[np.ndarray]) -> Optional[np.ndarray]:
 
 def shard_columns(layer: HostLayer, world_size: int, rank: int) -> HostLayer:
     """Rank `rank`'s column-parallel shard: output features [rank * n / world_size, (rank + 1) *
-    n / world_size), with their scales, zero points and bias. The k_permutation is kept whole: a
-    column-parallel rank sees all of x. ValueError unless n / world_size is a multiple of 16.
+    n / world_size), with their scales, zero points and bias (shards keep the layer's
+    float_zeros, as shard_rows' do: the format is the layer's, whatever one slice holds). The
+    k_permutation is kept whole: a column-parallel rank sees all of x. ValueError unless n /
+    world_size is a multiple of 16.
 
     The split is by output feature only: it knows nothing of attention heads. For q/k/v, pass a
     world_size that divides the head counts (engines replicate k and v heads instead when there
@@ -231,6 +243,7 @@ def shard_columns(layer: HostLayer, world_size: int, rank: int) -> HostLayer:
         group_size=layer.group_size,
         dtype=layer.dtype,
         bias_bits=None if layer.bias_bits is None else _copy(layer.bias_bits[lo:hi]),
+        float_zeros=layer.float_zeros,
     )
 
 
@@ -280,6 +293,7 @@ def shard_rows(layer: HostLayer, world_size: int, rank: int) -> HostLayer:
         group_size=g,
         dtype=layer.dtype,
         bias_bits=_copy(layer.bias_bits) if rank == 0 else None,
+        float_zeros=layer.float_zeros,
     )
 
 

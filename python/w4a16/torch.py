@@ -5,8 +5,13 @@ extension is not compiled against PyTorch: this module hands it raw device point
 (`tensor.data_ptr()`) and PyTorch's current stream as ints, so one build serves every PyTorch
 version.
 
-    y = torch.ops.w4a16.gemm(x, packed, scales, zeros, bias, k_permutation, group_size, alpha)
+    y = torch.ops.w4a16.gemm(x, packed, scales, zeros, bias, k_permutation, group_size, alpha, float_zeros=False)
       = alpha * x @ dequant(W).T (+ bias),  dequant(W)[i, j] = s * (q - z)  (z = 8 without zeros)
+
+Zero points are whole numbers 0..15 unless float_zeros is set: what GPTQ, AWQ, compressed-tensors
+and w4a16.quantize make, and what the decode kernels fold into the code unpack at no cost.
+float_zeros=True takes any zero points (HQQ-style fractional ones) for a little more work per
+group; without it a fractional zero point is rounded, so W4A16Linear refuses one when it is made.
 
 The op allocates nothing outside PyTorch's caching allocator (its output and the runner's
 workspace), never synchronizes, and runs on `torch.cuda.current_stream()`, so it can be captured
@@ -99,7 +104,7 @@ def _fail(argument: str, value, rule: str):
     raise ValueError(f"w4a16::gemm: {argument} {value}; {rule}")
 
 
-def _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size):
+def _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size, float_zeros=False):
     """The op's rules on its tensors; returns (n, k).
 
     Shared by the CUDA implementation and the fake one, so `torch.compile` reports a mistake
@@ -135,6 +140,11 @@ def _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size):
         if list(tensor.shape) != expected:
             _fail(name, f"has shape {list(tensor.shape)}", f"expected {expected} (n = {n}, k = {k})")
         tensors.append((name, tensor))
+    # The runner refuses this too, but only at launch: said here, torch.compile reports it while
+    # it traces.
+    if float_zeros and zeros is None:
+        _fail("float_zeros", "is True without zeros", "float_zeros describes the zero points: pass zeros, or leave it "
+              "False")
     for name, tensor in (("scales", scales), ("zeros", zeros), ("bias", bias)):
         if tensor is not None and tensor.dtype != a.dtype:
             _fail(name, f"has dtype {tensor.dtype}", f"expected a's dtype {a.dtype}")
@@ -166,15 +176,18 @@ def _gemm(
     k_permutation: Optional[torch.Tensor] = None,
     group_size: int = 128,
     alpha: float = 1.0,
+    float_zeros: bool = False,
 ) -> torch.Tensor:
     """alpha * a @ dequant(W).T (+ bias) for a [..., k] in fp16 or bf16; returns [..., n].
 
     packed: uint8, n * k / 2 bytes (w4a16.pack); scales and zeros: [k / group_size, n] in a's
     dtype (zeros None: symmetric, z = 8); bias: [n] or None; k_permutation: int32 [k] or None
     (act-order: packed column j multiplies a's column k_permutation[j]). All contiguous, on one
-    CUDA device.
+    CUDA device. float_zeros: the zero points may be fractional (the float-zeros format); leave it
+    False for whole-number ones 0..15 (GPTQ, AWQ, w4a16.quantize), which cost nothing to apply,
+    and set it only with zeros.
     """
-    n, k = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size)
+    n, k = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size, float_zeros)
     out = a.new_empty((*a.shape[:-1], n))
     m = math.prod(a.shape[:-1])
     if m == 0:
@@ -182,8 +195,8 @@ def _gemm(
     index = a.device.index
     if torch.cuda.current_device() != index:
         with torch.cuda.device(index):
-            return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
-    return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
+            return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha, float_zeros)
+    return _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha, float_zeros)
 
 
 # The op. W4A16Linear.forward calls _gemm itself where the dispatcher has nothing to add (eager, or
@@ -202,23 +215,24 @@ def _runner_arguments(a, packed, scales, zeros, bias, k_permutation, out, m, n, 
             _pointer(k_permutation), m, n, k, group_size, alpha, _DTYPE_NAMES[a.dtype])
 
 
-def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha):
+def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha, float_zeros):
     r = runner(a.device.index)
     arguments = _runner_arguments(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
     # The config is resolved once, so that the workspace fits it even if another thread's
     # profile() or load_tuning() changes the default between the two calls below.
-    config = r.default_config(m, n, k, group_size, _DTYPE_NAMES[a.dtype], zeros is not None)
+    config = r.default_config(m, n, k, group_size, _DTYPE_NAMES[a.dtype], zeros is not None, float_zeros)
     # The workspace comes from the caching allocator on the current stream, so it is reused only
     # after this call's kernels in stream order (and lives in the graph's pool under capture).
-    workspace_bytes = r.workspace_bytes(*arguments, config=config)
+    workspace_bytes = r.workspace_bytes(*arguments, config=config, float_zeros=float_zeros)
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device) if workspace_bytes else None
-    r.gemm(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index), config=config)
+    r.gemm(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index), config=config,
+           float_zeros=float_zeros)
     return out
 
 
 @gemm.register_fake
-def _(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=128, alpha=1.0):
-    n, _ = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size)
+def _(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=128, alpha=1.0, float_zeros=False):
+    n, _ = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size, float_zeros)
     return a.new_empty((*a.shape[:-1], n))
 
 
@@ -227,22 +241,24 @@ def _(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=1
 
 
 def profile(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=128, alpha=1.0,
-            iterations=20, repeats=5) -> dict:
+            iterations=20, repeats=5, float_zeros=False) -> dict:
     """Times every config on these arguments (a: [m, k]) and makes the fastest the default of this
     device's runner for the problem's m bucket (m up to the next power of two), n, k, group and
-    format. Synchronizes; not for the hot path, nor under capture. Returns {'best', 'best_us',
-    'timings': {config: us}, 'skipped': {config: why}}."""
-    n, k = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size)
+    format (float_zeros as in the op: 'fp16+float-zeros' is a format of its own, tuned apart from
+    'fp16+zeros'). Synchronizes; not for the hot path, nor under capture. Returns {'best',
+    'best_us', 'timings': {config: us}, 'skipped': {config: why}}."""
+    n, k = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size, float_zeros)
     m = math.prod(a.shape[:-1])
     out = a.new_empty((*a.shape[:-1], n))
     with torch.cuda.device(a.device):
         r = runner(a.device)
         arguments = _runner_arguments(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_size, alpha)
         # Room for every config: profile() skips the configs whose workspace does not fit.
-        workspace_bytes = max(r.workspace_bytes(*arguments, config=name) for name in r.configs())
+        workspace_bytes = max(r.workspace_bytes(*arguments, config=name, float_zeros=float_zeros)
+                              for name in r.configs())
         workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=a.device)
         return r.profile(*arguments, _pointer(workspace), workspace_bytes, _raw_stream(a.device.index),
-                         iterations=iterations, repeats=repeats)
+                         iterations=iterations, repeats=repeats, float_zeros=float_zeros)
 
 
 def save_tuning(path) -> None:
@@ -266,10 +282,33 @@ def _from_bits(bits: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(bits).view(np.int16)).view(dtype)
 
 
+def _fractional_zero(zeros: torch.Tensor) -> Optional[str]:
+    """Where a zero point is not a whole number in [0, 15] (NaN and infinities included): 'zero
+    point [group, channel] is VALUE' for the first one, or None when all are. The float-zeros
+    rule of include/w4a16/quantize.h's check_integer_zeros, on a tensor of either 16-bit type on
+    any device (one synchronization on a GPU: for when a layer is made, never for forward)."""
+    if zeros.device.type == "meta":
+        return None  # no values to check (a layer being laid out, not loaded)
+    z = zeros.detach().float()  # fp16 and bf16 convert exactly
+    fractional = ~((z >= 0) & (z <= 15) & (z == torch.round(z)))
+    if not bool(fractional.any()):
+        return None
+    where = fractional.nonzero()[0].tolist()
+    return f"zero point {where} is {z[tuple(where)].item():g}"
+
+
+# What the integrality errors suggest: the flag, and why it is not the default.
+_FLOAT_ZEROS_ADVICE = ("fractional (HQQ-style) zero points need float_zeros=True: without it the kernels take zero "
+                       "points as the whole numbers 0..15 that GPTQ, AWQ, compressed-tensors and w4a16.quantize make, "
+                       "and would round this one")
+
+
 def dequantize(packed, scales, zeros=None, k_permutation=None, group_size=128) -> torch.Tensor:
     """The float64 [n, k] weight the op multiplies by, in a's column order: dequant(W)[i, j] =
     s * (q - z), with an act-order layer's permutation undone (the column of a that packed column
-    j multiplies is k_permutation[j]). Unpacks on the CPU (w4a16.unpack); for tests and checks."""
+    j multiplies is k_permutation[j]). z is taken as stored: what the op uses with float_zeros,
+    and without it for the whole-number zero points it then needs. Unpacks on the CPU
+    (w4a16.unpack); for tests and checks."""
     n = scales.shape[1]
     k = packed.numel() * 2 // n
     codes = torch.from_numpy(_w4a16.unpack(packed.detach().cpu().contiguous().view(-1).numpy(), n, k))
@@ -294,16 +333,27 @@ class W4A16Linear(torch.nn.Module):
       k_permutation  int32 [in_features], or None (act-order checkpoints)
     x must have the layer's dtype and live on its device.
 
+    float_zeros (a flag, not a buffer): the zero points may be fractional (HQQ-style); the layer
+    runs them with the op's float_zeros. Without it they must be whole numbers 0..15, which the
+    kernels apply for free. That is checked once, when zero points come in, never in forward:
+    from_host_layer (and so from_checkpoint and shard) raises a ValueError, load_state_dict its
+    RuntimeError, each naming the first zero point that is not one. The state_dict carries the
+    flag as it carries the optional buffers: a True scalar 'float_zeros' only where it is set, so a
+    layer loads only the state of a layer of its own kind.
+
     Build one with `from_linear` (quantizes an nn.Linear's weight) or `from_checkpoint` (one layer of
     a w4a16 container, `w4a16 import`'s output); the constructor alone makes a layer of the given
     shape to `load_state_dict` into (its weights are uninitialized until then).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, group_size: int = 128,
-                 zeros: bool = False, act_order: bool = False, dtype: torch.dtype = torch.float16, device=None):
+                 zeros: bool = False, act_order: bool = False, dtype: torch.dtype = torch.float16, device=None,
+                 float_zeros: bool = False):
         super().__init__()
         if dtype not in _DTYPE_NAMES:
             raise ValueError(f"W4A16Linear: dtype {dtype} not supported; use torch.float16 or torch.bfloat16")
+        if float_zeros and not zeros:
+            raise ValueError("W4A16Linear: float_zeros=True needs zeros=True (it describes the zero points)")
         if group_size <= 0 or in_features % group_size != 0:
             raise ValueError(f"W4A16Linear: group_size {group_size} must divide in_features = {in_features}")
         if group_size not in (32, 64, 128, in_features):
@@ -316,6 +366,8 @@ class W4A16Linear(torch.nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.group_size = group_size
+        # A Python bool, so that forward passes it to the op without reading a tensor.
+        self.float_zeros = bool(float_zeros)
         groups = in_features // group_size
         self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
         self.register_buffer("scales", torch.empty(groups, out_features, dtype=dtype, device=device))
@@ -329,6 +381,14 @@ class W4A16Linear(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.scales.dtype
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        # The flag is no buffer (forward reads it as a bool), so it is written here; like an
+        # optional buffer it is there only when set, and states of integer-zero layers stay as
+        # they were.
+        if self.float_zeros:
+            destination[prefix + "float_zeros"] = torch.ones((), dtype=torch.bool)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         # load_state_dict would cast 16-bit values to this layer's type: bf16 scales into an fp16
@@ -338,8 +398,26 @@ class W4A16Linear(torch.nn.Module):
             if mine is not None and key in state_dict and state_dict[key].dtype != mine.dtype:
                 error_msgs.append(f"{key}: the state holds {state_dict[key].dtype}, this layer {mine.dtype} "
                                   f"(make the layer with dtype={state_dict[key].dtype})")
+        # The float_zeros flag. A float-zeros state into an integer-zeros layer would have its
+        # fractional zero points rounded by the kernels: refused whatever `strict` says, as a
+        # type mismatch is. The other way round is a missing key, as a missing buffer is.
+        flag, zeros_key = prefix + "float_zeros", prefix + "zeros"
+        if flag in state_dict and not self.float_zeros:
+            error_msgs.append(f"{flag}: the state's zero points may be fractional, this layer takes whole numbers "
+                              "(make the layer with float_zeros=True)")
+        elif flag not in state_dict and self.float_zeros:
+            missing_keys.append(flag)
+        elif (not self.float_zeros and self.zeros is not None and zeros_key in state_dict
+              and state_dict[zeros_key].dtype == self.zeros.dtype):
+            # A state without the flag: its zero points must be whole numbers, checked once here.
+            found = _fractional_zero(state_dict[zeros_key])
+            if found is not None:
+                error_msgs.append(f"{zeros_key}: {found}, not a whole number in [0, 15]; {_FLOAT_ZEROS_ADVICE} (make "
+                                  "the layer with float_zeros=True)")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if flag in unexpected_keys:
+            unexpected_keys.remove(flag)  # handled above (the base class knows only buffers): said once
 
     def _apply(self, fn, recurse=True):
         # Module.to / .cuda / .half / .bfloat16 / .float all come through here. Device moves and
@@ -361,12 +439,13 @@ class W4A16Linear(torch.nn.Module):
                   and not (x.requires_grad and torch.is_grad_enabled()))
         op = _gemm if direct else torch.ops.w4a16.gemm
         return op(x.contiguous(), self.packed, self.scales, self.zeros, self.bias, self.k_permutation, self.group_size,
-                  1.0)
+                  1.0, self.float_zeros)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"dtype={_DTYPE_NAMES.get(self.dtype, self.dtype)}, zeros={self.zeros is not None}, "
-                f"bias={self.bias is not None}, act_order={self.k_permutation is not None}")
+                f"float_zeros={self.float_zeros}, bias={self.bias is not None}, "
+                f"act_order={self.k_permutation is not None}")
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float64 [out_features, in_features] weight this layer multiplies x by (see dequantize)."""
@@ -376,18 +455,28 @@ class W4A16Linear(torch.nn.Module):
         """Tunes this layer's shape at m rows (see w4a16.torch.profile) on random activations."""
         x = torch.empty(m, self.in_features, dtype=self.dtype, device=self.scales.device).uniform_(-1, 1)
         return profile(x, self.packed, self.scales, self.zeros, self.bias, self.k_permutation, self.group_size,
-                       1.0, iterations=iterations, repeats=repeats)
+                       1.0, iterations=iterations, repeats=repeats, float_zeros=self.float_zeros)
 
     @classmethod
-    def _from_host(cls, n, k, group_size, dtype, packed, scale_bits, zero_bits, k_permutation, bias, device):
-        """A layer from host arrays (NumPy, as the extension returns them), placed on `device`."""
-        layer = cls(k, n, bias=bias is not None, group_size=group_size, zeros=zero_bits is not None,
-                    act_order=k_permutation is not None, dtype=dtype, device=device)
+    def _from_host(cls, n, k, group_size, dtype, packed, scale_bits, zero_bits, k_permutation, bias, device,
+                   float_zeros=False):
+        """A layer from host arrays (NumPy, as the extension returns them), placed on `device`.
+        Without float_zeros the zero points must be whole numbers 0..15: checked here, on the host,
+        before anything is placed (ValueError)."""
+        zeros = None if zero_bits is None else _from_bits(zero_bits, dtype)
+        if zeros is not None and not float_zeros:
+            found = _fractional_zero(zeros)
+            if found is not None:
+                raise ValueError(f"W4A16Linear: {found}, not a whole number in [0, 15]; {_FLOAT_ZEROS_ADVICE} "
+                                 "(W4A16Linear.from_host_layer(layer, float_zeros=True), or the host layer's "
+                                 "float_zeros=True)")
+        layer = cls(k, n, bias=bias is not None, group_size=group_size, zeros=zeros is not None,
+                    act_order=k_permutation is not None, dtype=dtype, device=device, float_zeros=float_zeros)
         with torch.no_grad():
             layer.packed.copy_(torch.from_numpy(np.ascontiguousarray(packed)).view(n, k // 2))
             layer.scales.copy_(_from_bits(scale_bits, dtype))
-            if zero_bits is not None:
-                layer.zeros.copy_(_from_bits(zero_bits, dtype))
+            if zeros is not None:
+                layer.zeros.copy_(zeros)
             if k_permutation is not None:
                 layer.k_permutation.copy_(torch.from_numpy(np.ascontiguousarray(k_permutation, dtype=np.int32)))
             if bias is not None:
@@ -395,15 +484,19 @@ class W4A16Linear(torch.nn.Module):
         return layer
 
     @classmethod
-    def from_host_layer(cls, layer, device=None) -> "W4A16Linear":
+    def from_host_layer(cls, layer, device=None, float_zeros: Optional[bool] = None) -> "W4A16Linear":
         """A layer from host arrays: a w4a16.sharding.HostLayer (packed here), a PackedHostLayer
-        (sharding.pack_layer) or a w4a16.PackedLayer (load_packed_layer), e.g. one rank's shard."""
+        (sharding.pack_layer) or a w4a16.PackedLayer (load_packed_layer), e.g. one rank's shard.
+        float_zeros: None takes the host layer's own flag. Without it, ValueError unless every
+        zero point is a whole number in [0, 15]."""
         if isinstance(layer, _sharding.HostLayer):
             layer = _sharding.pack_layer(layer)
+        if float_zeros is None:
+            float_zeros = getattr(layer, "float_zeros", False)
         dtype = _DTYPES[layer.dtype]
         bias = None if layer.bias_bits is None else _from_bits(layer.bias_bits, dtype)
         return cls._from_host(layer.n, layer.k, layer.group_size, dtype, layer.packed, layer.scale_bits,
-                              layer.zero_bits, layer.k_permutation, bias, device)
+                              layer.zero_bits, layer.k_permutation, bias, device, float_zeros=float_zeros)
 
     def to_host_layer(self) -> "_sharding.HostLayer":
         """This layer's buffers as a w4a16.sharding.HostLayer (copied to the host, codes unpacked)."""
@@ -415,7 +508,8 @@ class W4A16Linear(torch.nn.Module):
         permutation = None if self.k_permutation is None else self.k_permutation.detach().cpu().numpy()
         return _sharding.HostLayer.from_packed(self.packed.detach().cpu().numpy(), self.out_features,
                                                self.in_features, bits(self.scales), bits(self.zeros), permutation,
-                                               self.group_size, _DTYPE_NAMES[self.dtype], bits(self.bias))
+                                               self.group_size, _DTYPE_NAMES[self.dtype], bits(self.bias),
+                                               self.float_zeros)
 
     def shard(self, world_size: int, rank: int, mode: str = "column", device=None) -> "W4A16Linear":
         """Rank `rank`'s tensor-parallel shard of this layer, on `device` (default: this layer's).
@@ -435,7 +529,8 @@ class W4A16Linear(torch.nn.Module):
     def from_linear(cls, linear: torch.nn.Linear, group_size: int = 128, zeros: bool = False) -> "W4A16Linear":
         """Quantizes `linear`'s weight (round to nearest per group of `group_size` input columns,
         symmetric or with zero points: w4a16.quantize) and packs it, on the CPU; the layer runs in
-        the weight's dtype (fp16 or bf16) on the weight's device, and keeps the bias."""
+        the weight's dtype (fp16 or bf16) on the weight's device, and keeps the bias. quantize's
+        zero points are whole numbers, so the layer is not float_zeros."""
         weight = linear.weight.detach()
         if weight.dtype not in _DTYPE_NAMES:
             raise ValueError(f"W4A16Linear.from_linear: the weight's dtype is {weight.dtype}; the layer runs in its "
@@ -453,11 +548,13 @@ class W4A16Linear(torch.nn.Module):
         """One layer of a w4a16 container (`w4a16 import` / `w4a16.import_checkpoint` output), e.g.
         layer_name 'model.layers.0.mlp.up_proj' (a trailing '.' is optional): its packed weights,
         scales, zero points, act-order permutation and the checkpoint's bias where present.
-        `device` as in nn.Linear (None: the CPU)."""
+        `device` as in nn.Linear (None: the CPU). Every importer writes whole-number zero points, so
+        such a layer is not float_zeros; a container with fractional ones (written by other means)
+        gives a float_zeros layer, as load_packed_layer marks it."""
         prefix = layer_name if layer_name.endswith(".") else layer_name + "."
         layer = _w4a16.load_packed_layer(os.fspath(path), prefix)
         dtype = _DTYPES[layer.dtype]
         bias_bits = layer.bias_bits
         bias = None if bias_bits is None else _from_bits(bias_bits, dtype)
         return cls._from_host(layer.n, layer.k, layer.group_size, dtype, layer.packed, layer.scale_bits,
-                              layer.zero_bits, layer.k_permutation, bias, device)
+                              layer.zero_bits, layer.k_permutation, bias, device, float_zeros=layer.float_zeros)

@@ -641,7 +641,16 @@ Status load_packed_layer(const SafetensorsFile& container, const std::string& pr
   layer.n = int(n);
   layer.k = int(k);
   layer.group_size = int(k / groups);
-  layer.format.quant = layer.zeros != nullptr ? QuantOp::kScaleAndZeros : QuantOp::kScaleOnly;
+  // Zero points: whole numbers (every importer writes those) run the free path; a container with
+  // fractional ones (written by hand, HQQ-style) gets the float-zeros op rather than an error.
+  layer.format.quant = QuantOp::kScaleOnly;
+  if (layer.zeros != nullptr) {
+    std::vector<uint16_t> zeros(size_t(groups * n));
+    std::memcpy(zeros.data(), layer.zeros->data, zeros.size() * sizeof(uint16_t));
+    layer.format.quant = check_integer_zeros(zeros.data(), zeros.size(), layer.format.element).ok()
+                             ? QuantOp::kScaleAndZeros
+                             : QuantOp::kScaleAndFloatZeros;
+  }
   *out = layer;
   return Status::success();
 }

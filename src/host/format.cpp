@@ -20,15 +20,18 @@ const char* to_string(QuantOp quant) {
   switch (quant) {
     case QuantOp::kScaleOnly: return "scale";
     case QuantOp::kScaleAndZeros: return "zeros";
+    case QuantOp::kScaleAndFloatZeros: return "float-zeros";
   }
   return "unknown";
 }
 
 const char* format_name(const Format& format) {
-  const bool zeros = format.quant == QuantOp::kScaleAndZeros;
-  switch (format.element) {
-    case ElementType::kFloat16: return zeros ? "fp16+zeros" : "fp16";
-    case ElementType::kBFloat16: return zeros ? "bf16+zeros" : "bf16";
+  const bool bf16 = format.element == ElementType::kBFloat16;
+  if (!bf16 && format.element != ElementType::kFloat16) return "unknown";
+  switch (format.quant) {
+    case QuantOp::kScaleOnly: return bf16 ? "bf16" : "fp16";
+    case QuantOp::kScaleAndZeros: return bf16 ? "bf16+zeros" : "fp16+zeros";
+    case QuantOp::kScaleAndFloatZeros: return bf16 ? "bf16+float-zeros" : "fp16+float-zeros";
   }
   return "unknown";
 }

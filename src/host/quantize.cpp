@@ -22,6 +22,20 @@ Status check_group_size(int k, int group_size) {
   return Status::success();
 }
 
+Status check_integer_zeros(const uint16_t* zeros, size_t count, ElementType element) {
+  if (count > 0 && zeros == nullptr) return Status(StatusCode::kInvalidArgument, "check_integer_zeros: null zeros");
+  for (size_t i = 0; i < count; ++i) {
+    const float z = element_to_float(element, zeros[i]);
+    if (!(z >= 0.0f && z <= float(kMaxCode) && z == std::nearbyint(z))) {
+      return Status(StatusCode::kInvalidArgument,
+                    "zero point " + std::to_string(i) + " is " + std::to_string(z) +
+                        ", not a whole number in [0, 15]: fractional zero points need QuantOp::kScaleAndFloatZeros "
+                        "(GemmArguments::float_zeros)");
+    }
+  }
+  return Status::success();
+}
+
 namespace {
 
 template <typename Load>
@@ -34,13 +48,14 @@ Status quantize_impl(const void* weights, int n, int k, const QuantizeOptions& o
   if (options.element != ElementType::kFloat16 && options.element != ElementType::kBFloat16) {
     return Status(StatusCode::kInvalidArgument, "quantize: unknown element type");
   }
-  if (options.quant != QuantOp::kScaleOnly && options.quant != QuantOp::kScaleAndZeros) {
+  if (options.quant != QuantOp::kScaleOnly && options.quant != QuantOp::kScaleAndZeros &&
+      options.quant != QuantOp::kScaleAndFloatZeros) {
     return Status(StatusCode::kInvalidArgument, "quantize: unknown quant op");
   }
   const int group_size = options.group_size;
   if (Status s = check_group_size(k, group_size); !s.ok()) return s;
   const ElementType element = options.element;
-  const bool zeros = options.quant == QuantOp::kScaleAndZeros;
+  const bool zeros = has_zeros(options.quant);
 
   const int groups = k / group_size;
   QuantizedWeights q;
@@ -48,6 +63,7 @@ Status quantize_impl(const void* weights, int n, int k, const QuantizeOptions& o
   q.k = k;
   q.group_size = group_size;
   q.element = element;
+  q.float_zeros = options.quant == QuantOp::kScaleAndFloatZeros;
   q.codes.assign(size_t(n) * k, uint8_t(kSymmetricZeroPoint));
   q.scales.assign(size_t(groups) * n, float_to_element(element, 0.0f));
   if (zeros) q.zeros.assign(size_t(groups) * n, float_to_element(element, 0.0f));

@@ -81,6 +81,9 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
   }
   if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
   if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
+  if (args.float_zeros && args.zeros == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "float_zeros is set but zeros is null (float_zeros describes the zero points)");
+  }
   const struct {
     const void* pointer;
     const char* name;

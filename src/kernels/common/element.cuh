@@ -66,23 +66,40 @@ struct Element<__half> {
   // add/fma for eight codes.
   template <int kOffset>
   static __device__ __forceinline__ void unpack(uint32_t word, uint32_t (&fragment)[4]) {
-    constexpr uint32_t kLowNibbles = 0x000f000f;   // slots 0 and 4 (2 and 6 after >> 8)
-    constexpr uint32_t kHighNibbles = 0x00f000f0;  // slots 1 and 5 (3 and 7 after >> 8), times 16
-    constexpr uint32_t kMagic = 0x64006400;        // (1024, 1024)
     // Constants as bit patterns (the conversion intrinsics do not fold at compile time). Both
     // sums are exact: 1024 + j is 0x6400 + j (unit 1), 64 + j is 0x5400 + 16 j (unit 1/16);
     // the sign bit 0x8000 negates.
     static_assert(kOffset >= 0 && kOffset <= 15, "an offset in the code range");
     constexpr uint32_t kMinusLow = 0xE400u + kOffset;          // -(1024 + kOffset)
     constexpr uint32_t kMinusHigh = 0xD400u + 16u * kOffset;   // -(64 + kOffset)
-    const Pair minus_low = as_pair(kMinusLow * 0x10001u);
-    const Pair one_sixteenth = as_pair(0x2C002C00u);           // (1/16, 1/16)
-    const Pair minus_high = as_pair(kMinusHigh * 0x10001u);
+    unpack(word, CodeOffsets{as_pair(kMinusLow * 0x10001u), as_pair(kMinusHigh * 0x10001u)}, fragment);
+  }
+
+  // What unpack subtracts, per channel: `low` for channel r (registers 0 and 2, the low-nibble
+  // trick: -(1024 + z)), `high` for channel r + 8 (registers 1 and 3, the high-nibble trick:
+  // -(64 + z)). The packed layout puts channel r's codes in slots 0, 2, 4, 6 and channel r + 8's
+  // in slots 1, 3, 5, 7, so each channel needs only one of the two tricks.
+  struct CodeOffsets {
+    Pair low, high;
+  };
+  // The offsets of whole-number zero points z_low (channel r) and z_high (channel r + 8):
+  // -1024 - z and -64 - z are exact in fp16 for z in 0..15 (units 1 and 1/16 there), so the
+  // unpack still yields q - z with no rounding. A fractional z would be rounded to those units.
+  static __device__ __forceinline__ CodeOffsets code_offsets(Scalar zero_low, Scalar zero_high) {
+    return {__hsub2(as_pair(0xE400E400u), Pair(zero_low, zero_low)),    // -1024 - z
+            __hsub2(as_pair(0xD400D400u), Pair(zero_high, zero_high))};  // -64 - z
+  }
+
+  static __device__ __forceinline__ void unpack(uint32_t word, const CodeOffsets& offsets, uint32_t (&fragment)[4]) {
+    constexpr uint32_t kLowNibbles = 0x000f000f;   // slots 0 and 4 (2 and 6 after >> 8)
+    constexpr uint32_t kHighNibbles = 0x00f000f0;  // slots 1 and 5 (3 and 7 after >> 8), times 16
+    constexpr uint32_t kMagic = 0x64006400;        // (1024, 1024)
+    const Pair one_sixteenth = as_pair(0x2C002C00u);  // (1/16, 1/16)
     const uint32_t shifted = word >> 8;
-    fragment[0] = as_bits(__hadd2(as_pair(and_or(word, kLowNibbles, kMagic)), minus_low));
-    fragment[1] = as_bits(__hfma2(as_pair(and_or(word, kHighNibbles, kMagic)), one_sixteenth, minus_high));
-    fragment[2] = as_bits(__hadd2(as_pair(and_or(shifted, kLowNibbles, kMagic)), minus_low));
-    fragment[3] = as_bits(__hfma2(as_pair(and_or(shifted, kHighNibbles, kMagic)), one_sixteenth, minus_high));
+    fragment[0] = as_bits(__hadd2(as_pair(and_or(word, kLowNibbles, kMagic)), offsets.low));
+    fragment[1] = as_bits(__hfma2(as_pair(and_or(word, kHighNibbles, kMagic)), one_sixteenth, offsets.high));
+    fragment[2] = as_bits(__hadd2(as_pair(and_or(shifted, kLowNibbles, kMagic)), offsets.low));
+    fragment[3] = as_bits(__hfma2(as_pair(and_or(shifted, kHighNibbles, kMagic)), one_sixteenth, offsets.high));
   }
 };
 
@@ -116,15 +133,29 @@ struct Element<__nv_bfloat16> {
   // more instruction per four codes than fp16.
   template <int kOffset>
   static __device__ __forceinline__ void unpack(uint32_t word, uint32_t (&fragment)[4]) {
-    constexpr uint32_t kLowNibbles = 0x000f000f;
-    constexpr uint32_t kMagic = 0x43004300;  // (128, 128)
     // -(128 + kOffset) as bits (unit 1 at 128; 0x8000 is the sign), exact.
     static_assert(kOffset >= 0 && kOffset <= 15, "an offset in the code range");
     const Pair minus = as_pair((0xC300u + kOffset) * 0x10001u);
-    fragment[0] = as_bits(__hadd2(as_pair(and_or(word, kLowNibbles, kMagic)), minus));
-    fragment[1] = as_bits(__hadd2(as_pair(and_or(word >> 4, kLowNibbles, kMagic)), minus));
-    fragment[2] = as_bits(__hadd2(as_pair(and_or(word >> 8, kLowNibbles, kMagic)), minus));
-    fragment[3] = as_bits(__hadd2(as_pair(and_or(word >> 12, kLowNibbles, kMagic)), minus));
+    unpack(word, CodeOffsets{minus, minus}, fragment);
+  }
+
+  // As Element<__half>::CodeOffsets: `low` for channel r (registers 0 and 2), `high` for r + 8
+  // (1 and 3); here both are -(128 + z).
+  struct CodeOffsets {
+    Pair low, high;
+  };
+  // -128 - z is exact in bf16 for whole numbers z in 0..15 (unit 1 at 128).
+  static __device__ __forceinline__ CodeOffsets code_offsets(Scalar zero_low, Scalar zero_high) {
+    return {__hsub2(as_pair(0xC300C300u), Pair(zero_low, zero_low)), __hsub2(as_pair(0xC300C300u), Pair(zero_high, zero_high))};
+  }
+
+  static __device__ __forceinline__ void unpack(uint32_t word, const CodeOffsets& offsets, uint32_t (&fragment)[4]) {
+    constexpr uint32_t kLowNibbles = 0x000f000f;
+    constexpr uint32_t kMagic = 0x43004300;  // (128, 128)
+    fragment[0] = as_bits(__hadd2(as_pair(and_or(word, kLowNibbles, kMagic)), offsets.low));
+    fragment[1] = as_bits(__hadd2(as_pair(and_or(word >> 4, kLowNibbles, kMagic)), offsets.high));
+    fragment[2] = as_bits(__hadd2(as_pair(and_or(word >> 8, kLowNibbles, kMagic)), offsets.low));
+    fragment[3] = as_bits(__hadd2(as_pair(and_or(word >> 12, kLowNibbles, kMagic)), offsets.high));
   }
 };
 

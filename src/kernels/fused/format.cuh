@@ -18,16 +18,18 @@ struct KernelFormat {
   using Scalar = typename E::Scalar;
   using Dequant = w4a16::Dequant<E, kQuant>;
   static constexpr QuantOp kQuantOp = kQuant;
-  static constexpr bool kZeros = kQuant == QuantOp::kScaleAndZeros;
+  static constexpr bool kZeros = has_zeros(kQuant);  // a zero-point array (either zero-point op)
   // Per-group arrays the kernel streams alongside the weights: scales, and zero points.
   static constexpr int kGroupArrays = kZeros ? 2 : 1;
   static constexpr Format kFormat = {E::kType, kQuant};
 };
 
-// The four formats by their public names (instances.def's format column).
+// The six formats by their public names (CMakeLists.txt's W4A16_FORMATS).
 using Fp16ScaleOnly = KernelFormat<__half, QuantOp::kScaleOnly>;
 using Fp16ScaleAndZeros = KernelFormat<__half, QuantOp::kScaleAndZeros>;
+using Fp16ScaleAndFloatZeros = KernelFormat<__half, QuantOp::kScaleAndFloatZeros>;
 using Bf16ScaleOnly = KernelFormat<__nv_bfloat16, QuantOp::kScaleOnly>;
 using Bf16ScaleAndZeros = KernelFormat<__nv_bfloat16, QuantOp::kScaleAndZeros>;
+using Bf16ScaleAndFloatZeros = KernelFormat<__nv_bfloat16, QuantOp::kScaleAndFloatZeros>;
 
 }  // namespace w4a16::fused

@@ -195,15 +195,21 @@ struct MultistageMainloop {
                                               (fragment_n * 16 + (high ? 8 : 0)) * 2);
     };
     auto scale = [&](int row, int fragment_n, bool high) { return group_value(0, row, fragment_n, high); };
-    // Zero points (kScaleAndZeros only; the symmetric op never reads array 1).
+    // Zero points (either zero-point op; the symmetric op never reads array 1).
     auto zero = [&](int row, int fragment_n, bool high) {
       return Format::kZeros ? group_value(1, row, fragment_n, high) : scale(row, fragment_n, high);
     };
 
     if constexpr (kScaleAfterMma) {
       float partial[Tile::kFragmentsN][Tile::kFragmentsM][4];
-      // Zero points: the group's activation sums (the all-ones mma, common/dequant.cuh).
+      // Float zero points: the group's activation sums (the all-ones mma, common/dequant.cuh).
       float sums[Tile::kFragmentsM][4];
+      // Whole-number zero points: the group's unpack offsets of each fragment's channels.
+      typename Dequant::CodeOffsets offsets[Tile::kFragmentsN] = {};
+      auto load_offsets = [&](int row) {
+        #pragma unroll
+        for (int n = 0; n < Tile::kFragmentsN; ++n) offsets[n] = Dequant::offsets(zero(row, n, false), zero(row, n, true));
+      };
       auto clear = [&] {
         #pragma unroll
         for (int m = 0; m < Tile::kFragmentsM; ++m) {
@@ -226,15 +232,17 @@ struct MultistageMainloop {
         }
       };
       clear();
+      if constexpr (Dequant::kFoldedZeros) load_offsets(0);
       #pragma unroll
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
         if (k_slice == 2 && two_groups) {
           fold(0);
           clear();
+          if constexpr (Dequant::kFoldedZeros) load_offsets(1);
         }
         uint32_t activation[Tile::kFragmentsM][2];
         Operands::load_activations(activations, lane_offsets, k_slice, activation);
-        if constexpr (Format::kZeros) {
+        if constexpr (Dequant::kActivationSums) {
           uint32_t ones[4];
           ones_fragment<E>(ones);
           #pragma unroll
@@ -245,7 +253,7 @@ struct MultistageMainloop {
         #pragma unroll
         for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
           uint32_t codes[4];
-          Dequant::codes(Operands::word_of(packed[fragment_n], k_slice), codes);
+          Dequant::codes(Operands::word_of(packed[fragment_n], k_slice), offsets[fragment_n], codes);
           #pragma unroll
           for (int fragment_m = 0; fragment_m < Tile::kFragmentsM; ++fragment_m) {
             E::mma_m16n8k16(partial[fragment_n][fragment_m], codes, activation[fragment_m]);

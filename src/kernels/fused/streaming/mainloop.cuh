@@ -18,15 +18,16 @@
 //                swizzled as in the multistage loop, read back with ldmatrix (rows past m are
 //                not copied; their outputs are not stored);
 //   group rows   when the k-block ends a group: the group's row of the warp's channels' scales
-//                (and zero points).
+//                (and float zero points); whole-number zero points when it starts one, since
+//                they enter the unpack of every k-block of the group (common/dequant.cuh).
 // Each lane waits for its own copies (cp.async.wait_group) and a __syncwarp makes every lane's
 // landed copies visible to the others (and says that every lane is done reading the stage the
 // next copy overwrites). Stages - 1 k-blocks stay in flight while the warp multiplies one.
 //
 // The codes go into the mma as exact small integers and the group scale multiplies each group's
-// fp32 partial sum once (as the multistage loop does for decode tiles; zero points through the
-// group's activation sums, common/dequant.cuh); with contiguous k-blocks per warp that is once per
-// group rather than once per k-block.
+// fp32 partial sum once (as the multistage loop does for decode tiles; whole-number zero points
+// in the unpack offsets, float ones through the group's activation sums, common/dequant.cuh);
+// with contiguous k-blocks per warp that is once per group rather than once per k-block.
 //
 // The warps of a block that share an output position (WarpsK of them) split its k range and are
 // summed through shared memory afterwards (fused/block_reduce.cuh); split-K across blocks, the
@@ -140,7 +141,9 @@ struct StreamingMainloop {
 
     // Group rows: lanes 0 .. kScaleChunks - 1 copy the warp's channels of the group's scale row,
     // the next kScaleChunks lanes the following row (group 32 only: the second group of the
-    // k-block); with zero points the next 2 kScaleChunks lanes do the same for the zeros.
+    // k-block); with zero points the next 2 kScaleChunks lanes do the same for the zeros. Scales
+    // (and float zero points) come with the group's last k-block, where the fold reads them;
+    // whole-number zero points with its first, where the unpack starts using them.
     const int scale_copy_row = (lane / kScaleChunks) % 2, scale_chunk = lane % kScaleChunks;
     const int scale_copy_array = lane / (2 * kScaleChunks);
     const bool two_groups = params.group_size == 32;
@@ -191,8 +194,12 @@ struct StreamingMainloop {
           if (activation_valid[j]) ptx::cp_async_16(warp_ring_address + stage + activation_destination[j], activation_source[j]);
         }
         const bool group_ends = copy_group_left == 1;
-        if (scale_copier && (group_ends || block + 1 == end)) {
-          ptx::cp_async_16(warp_ring_address + stage + scale_destination, scale_source);
+        const auto copy_group_row = [&] { ptx::cp_async_16(warp_ring_address + stage + scale_destination, scale_source); };
+        if constexpr (Dequant::kFoldedZeros) {
+          const bool group_starts = copy_group_left == blocks_per_group || block == begin;
+          if (scale_copier && (scale_copy_array == 1 ? group_starts : group_ends || block + 1 == end)) copy_group_row();
+        } else {
+          if (scale_copier && (group_ends || block + 1 == end)) copy_group_row();
         }
         if (group_ends) scale_source += scale_row_step;
         copy_group_left = group_ends ? blocks_per_group : copy_group_left - 1;
@@ -203,8 +210,16 @@ struct StreamingMainloop {
     };
 
     float partial[kFragmentsN][kFragmentsM][4];
-    // Zero points: the group's activation sums (the all-ones mma, common/dequant.cuh).
+    // Float zero points: the group's activation sums (the all-ones mma, common/dequant.cuh).
     float sums[kFragmentsM][4];
+    // Whole-number zero points: the current group's unpack offsets of each fragment's channels.
+    typename Dequant::CodeOffsets offsets[kFragmentsN] = {};
+    auto load_offsets = [&](const uint8_t* stage, int row) {
+      const Scalar* zeros =
+          reinterpret_cast<const Scalar*>(stage + kScaleOffset + kGroupArrayBytes + row * kScaleRowBytes) + lane / 4;
+      #pragma unroll
+      for (int f = 0; f < kFragmentsN; ++f) offsets[f] = Dequant::offsets(zeros[16 * f], zeros[16 * f + 8]);
+    };
     auto clear = [&](float (&values)[kFragmentsN][kFragmentsM][4]) {
       #pragma unroll
       for (int f = 0; f < kFragmentsN; ++f)
@@ -224,8 +239,9 @@ struct StreamingMainloop {
     auto fold = [&](const uint8_t* stage, int row) {
       const Scalar* scales = reinterpret_cast<const Scalar*>(stage + kScaleOffset + row * kScaleRowBytes) + lane / 4;
       const Scalar* zeros =
-          Format::kZeros ? reinterpret_cast<const Scalar*>(stage + kScaleOffset + kGroupArrayBytes + row * kScaleRowBytes) + lane / 4
-                         : scales;
+          Dequant::kActivationSums
+              ? reinterpret_cast<const Scalar*>(stage + kScaleOffset + kGroupArrayBytes + row * kScaleRowBytes) + lane / 4
+              : scales;
       #pragma unroll
       for (int f = 0; f < kFragmentsN; ++f) {
         #pragma unroll
@@ -235,7 +251,7 @@ struct StreamingMainloop {
         }
       }
       clear(partial);
-      if constexpr (Format::kZeros) clear_sums();
+      if constexpr (Dequant::kActivationSums) clear_sums();
     };
 
     // The ldmatrix offsets of warp (0, 0): WarpsM is 1 and each warp's stage holds its own copy of
@@ -250,12 +266,18 @@ struct StreamingMainloop {
       for (int f = 0; f < kFragmentsN; ++f) {
         packed[f] = *reinterpret_cast<const uint4*>(stage_pointer + f * layout::kTileBytes + lane * 16);
       }
+      if constexpr (Dequant::kFoldedZeros) {
+        if (compute_group_left == blocks_per_group || block == begin) load_offsets(stage_pointer, 0);
+      }
       #pragma unroll
       for (int k_slice = 0; k_slice < 4; ++k_slice) {
-        if (k_slice == 2 && two_groups) fold(stage_pointer, 0);
+        if (k_slice == 2 && two_groups) {
+          fold(stage_pointer, 0);
+          if constexpr (Dequant::kFoldedZeros) load_offsets(stage_pointer, 1);
+        }
         uint32_t activation[kFragmentsM][2];
         Operands::load_activations(warp_ring_address + stage + kActivationOffset, lane_offsets, k_slice, activation);
-        if constexpr (Format::kZeros) {
+        if constexpr (Dequant::kActivationSums) {
           uint32_t ones[4];
           ones_fragment<E>(ones);
           #pragma unroll
@@ -264,7 +286,7 @@ struct StreamingMainloop {
         #pragma unroll
         for (int f = 0; f < kFragmentsN; ++f) {
           uint32_t codes[4];
-          Dequant::codes(Operands::word_of(packed[f], k_slice), codes);
+          Dequant::codes(Operands::word_of(packed[f], k_slice), offsets[f], codes);
           #pragma unroll
           for (int fm = 0; fm < kFragmentsM; ++fm) E::mma_m16n8k16(partial[f][fm], codes, activation[fm]);
         }
