@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "delayed_copy.h"
+#include "unpack_probe.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
 #include "w4a16/w4a16.h"
@@ -323,6 +324,53 @@ TEST_P(DefaultConfig, MatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DefaultConfig, ::testing::ValuesIn(default_config_shapes()), shape_name);
+
+// =============================================================================================
+// The unpack with whole-number zero points (QuantOp::kScaleAndZeros), on the device: for every
+// pair of zero points (channel r, channel r + 8) and every code in every slot, the fragment holds
+// exactly q - z, in both element types. (A fractional zero point would be rounded to the offsets'
+// unit: that is what the float op is for.)
+TEST(Unpack, WholeNumberZeroPointsGiveExactCodes) {
+  W4A16_REQUIRE_GPU();
+  W4A16_RANDOM(rng);
+  for (ElementType element : {ElementType::kFloat16, ElementType::kBFloat16}) {
+    SCOPED_TRACE(to_string(element));
+    std::vector<test::UnpackCase> cases;
+    for (int z_low = 0; z_low <= kMaxCode; ++z_low) {
+      for (int z_high = 0; z_high <= kMaxCode; ++z_high) {
+        const uint16_t low = float_to_element(element, float(z_low)), high = float_to_element(element, float(z_high));
+        // Every code in every slot at once (slot s holds (q + s) mod 16), then random words.
+        for (uint32_t q = 0; q <= uint32_t(kMaxCode); ++q) {
+          uint32_t word = 0;
+          for (uint32_t slot = 0; slot < 8; ++slot) word |= ((q + slot) & 0xFu) << (4 * slot);
+          cases.push_back({word, low, high});
+        }
+        for (int r = 0; r < 4; ++r) cases.push_back({uint32_t(rng.engine()()), low, high});
+      }
+    }
+    std::vector<float> got;
+    W4A16_ASSERT_CUDA(test::unpack_with_offsets(element, cases, &got));
+    int failures = 0;
+    for (size_t i = 0; i < cases.size() && failures < 10; ++i) {
+      const test::UnpackCase& c = cases[i];
+      for (int reg = 0; reg < 4; ++reg) {
+        // Register reg holds slots reg (low half) and reg + 4 (high half); odd registers are
+        // channel r + 8's.
+        const float zero = element_to_float(element, reg % 2 == 0 ? c.zero_low : c.zero_high);
+        for (int half = 0; half < 2; ++half) {
+          const int slot = reg + 4 * half;
+          const float want = float((c.word >> (4 * slot)) & 0xFu) - zero;
+          if (got[8 * i + 2 * reg + half] != want) {
+            ++failures;
+            ADD_FAILURE() << "word 0x" << std::hex << c.word << std::dec << " z " << element_to_float(element, c.zero_low)
+                          << "/" << element_to_float(element, c.zero_high) << " register " << reg << " half " << half
+                          << ": got " << got[8 * i + 2 * reg + half] << ", want " << want;
+          }
+        }
+      }
+    }
+  }
+}
 
 // =============================================================================================
 // Every compiled config, forced.
