@@ -229,5 +229,91 @@ TEST(Validation, RandomArgumentsMatchTheDocumentedRules) {
   std::printf("%d valid, %d invalid cases\n", valid, invalid);
 }
 
+// GemmRunner::grouped_gemm's rules (validate.h), each broken alone from a valid case, in the
+// documented order; and the m-slot bound the grid is sized by.
+TEST(Validation, GroupedArgumentsFollowTheDocumentedRules) {
+  GroupedGemmArguments a;
+  uintptr_t next = uintptr_t(1) << 44;
+  auto place = [&] {
+    next += uintptr_t(1) << 40;
+    return reinterpret_cast<void*>(next);
+  };
+  a.a = place();
+  a.packed_weights = place();
+  a.scales = place();
+  a.c = place();
+  a.expert_offsets = static_cast<const int32_t*>(place());
+  a.experts = 8;
+  a.rows = 100;
+  a.n = 272;
+  a.k = 512;
+  a.group_size = 128;
+  KernelConfig config;
+  config.family = KernelFamily::kStreaming;
+  config.tile_m = 8;
+  config.tile_n = 64;
+  config.warps_m = 1;
+  config.warps_n = 1;
+  config.warps_k = 8;
+  config.stages = 3;
+  W4A16_EXPECT_OK(check_grouped_arguments(a, config));
+  auto code = [&](auto&& edit, KernelConfig c) {
+    GroupedGemmArguments broken = a;
+    edit(broken, c);
+    return check_grouped_arguments(broken, c).code();
+  };
+  using A = GroupedGemmArguments;
+  using C = KernelConfig;
+  EXPECT_EQ(code([](A& x, C&) { x.element = static_cast<ElementType>(9); }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.expert_offsets = nullptr; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.experts = 65537; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.rows = -1; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.k = 96; }, config), StatusCode::kUnsupportedShape);
+  EXPECT_EQ(code([](A& x, C&) { x.group_size = 256; }, config), StatusCode::kUnsupportedGroupSize);
+  EXPECT_EQ(code([](A& x, C&) { x.alpha = std::numeric_limits<float>::infinity(); }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.float_zeros = true; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.bias = reinterpret_cast<const void*>(uintptr_t(x.c) + (uintptr_t(1) << 41) + 8); },
+                 config),
+            StatusCode::kMisalignedPointer);
+  EXPECT_EQ(code([](A& x, C&) { x.expert_offsets = reinterpret_cast<const int32_t*>(uintptr_t(x.expert_offsets) + 2); },
+                 config),
+            StatusCode::kMisalignedPointer);
+  EXPECT_EQ(code([](A&, C& c) { c.split_k = 2; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A&, C& c) { c.family = KernelFamily::kWarpSpecialized; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A&, C& c) { c.family = KernelFamily::kDequantCublas; }, config), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code([](A& x, C&) { x.rows = 2000000000; x.n = 1 << 20; }, config), StatusCode::kUnsupportedShape);
+  // C over the scales of expert 7 (its slice ends 8 * 4 * 272 * 2 bytes after the start).
+  EXPECT_EQ(code([](A& x, C&) { x.c = const_cast<void*>(static_cast<const void*>(static_cast<const char*>(x.scales) + 8 * 4 * 272 * 2 - 16)); },
+                 config),
+            StatusCode::kInvalidArgument);
+  // ... but not just past it.
+  EXPECT_EQ(code([](A& x, C&) { x.c = const_cast<void*>(static_cast<const void*>(static_cast<const char*>(x.scales) + 8 * 4 * 272 * 2)); },
+                 config),
+            StatusCode::kSuccess);
+  // No rows is valid (nothing launches).
+  EXPECT_EQ(code([](A& x, C&) { x.rows = 0; }, config), StatusCode::kSuccess);
+
+  // The grid's m-tile slots bound every routing's tile count: sum ceil(r_e / T) over random splits.
+  test::Random rng;
+  for (int trial = 0; trial < 2000; ++trial) {
+    GroupedGemmArguments g;
+    g.experts = rng.uniform_int(1, 200);
+    g.rows = rng.uniform_int(0, 3000);
+    const int tile_m = 8 << rng.uniform_int(0, 4);
+    std::vector<int> cuts(size_t(g.experts) - 1);
+    for (int& cut : cuts) cut = rng.uniform_int(0, g.rows);
+    if (rng.coin()) std::fill(cuts.begin(), cuts.end(), rng.uniform_int(0, g.rows));  // one expert takes all
+    std::sort(cuts.begin(), cuts.end());
+    long long tiles = 0;
+    int previous = 0;
+    for (int e = 0; e < g.experts; ++e) {
+      const int end = e + 1 < g.experts ? cuts[size_t(e)] : g.rows;
+      tiles += (end - previous + tile_m - 1) / tile_m;
+      previous = end;
+    }
+    ASSERT_LE(tiles, grouped_m_slots(g, tile_m)) << g.experts << " experts, " << g.rows << " rows, tile " << tile_m;
+  }
+}
+
 }  // namespace
 }  // namespace w4a16
