@@ -110,41 +110,6 @@ struct GemmArguments {
   Format format() const { return {element, quant()}; }
 };
 
-// A grouped (mixture-of-experts) product over E experts in one launch. A's rows are sorted by
-// expert: expert e owns rows [expert_offsets[e], expert_offsets[e + 1]) (w4a16/moe.h's
-// route_tokens builds this order; gather A's rows by its source_rows first), and C has the same
-// rows:
-//   C[p] = alpha * A[p] * dequant(W_e)^T (+ bias[e])   for every row p of expert e.
-// Each expert's weights are packed exactly as for gemm() and stored back to back (pack_experts).
-// The split of the rows between experts lives on the device only: the host passes the total, so
-// a captured graph replays with any routing, and experts without rows are never read.
-struct GroupedGemmArguments {
-  const void* a = nullptr;               // [rows][k], 16-byte aligned
-  const void* packed_weights = nullptr;  // [experts][n * k / 2] bytes
-  const void* scales = nullptr;          // [experts][k / group_size][n]
-  const void* zeros = nullptr;           // optional, as scales (QuantOp as for gemm())
-  bool float_zeros = false;              // as GemmArguments::float_zeros
-  const void* bias = nullptr;            // optional [experts][n]
-  void* c = nullptr;                     // [rows][n]
-  // Device int32 [experts + 1], 4-byte aligned: 0 = expert_offsets[0] <= ... <= expert_offsets[E]
-  // = rows. Not checked on the device; offsets that break this give wrong rows, never an access
-  // outside A or C (the scheduler clamps them).
-  const int32_t* expert_offsets = nullptr;
-  int experts = 0;  // 1 .. 65536
-  int rows = 0;     // rows of A and C (tokens x top_k); 0 launches nothing
-  int n = 0;
-  int k = 0;
-  int group_size = 128;
-  float alpha = 1.0f;
-  ElementType element = ElementType::kFloat16;
-
-  QuantOp quant() const {
-    if (zeros == nullptr) return QuantOp::kScaleOnly;
-    return float_zeros ? QuantOp::kScaleAndFloatZeros : QuantOp::kScaleAndZeros;
-  }
-  Format format() const { return {element, quant()}; }
-};
-
 struct ProfileResult {
   KernelConfig best;
   float best_microseconds = 0.0f;
@@ -191,17 +156,6 @@ class GemmRunner {
   Status gemm(const GemmArguments& args, void* workspace, size_t workspace_bytes, cudaStream_t stream) const;
   Status gemm(const GemmArguments& args, const KernelConfig& config, void* workspace,
               size_t workspace_bytes, cudaStream_t stream) const;
-
-  // Grouped (mixture-of-experts) products, GroupedGemmArguments. One launch of a multistage or
-  // streaming tile (split_k 1; the tiles the heuristics use have grouped kernels), no workspace,
-  // no synchronization, graph-capturable. grouped_configs() lists the configs that have one;
-  // default_grouped_config() picks one for the average rows per routed expert
-  // (rows / min(experts, rows)), as heuristic_config() would for that m, among them.
-  const std::vector<KernelConfig>& grouped_configs() const { return grouped_configs_; }
-  KernelConfig default_grouped_config(const GroupedGemmArguments& args) const;
-  Status check_grouped(const GroupedGemmArguments& args, const KernelConfig& config) const;
-  Status grouped_gemm(const GroupedGemmArguments& args, cudaStream_t stream) const;
-  Status grouped_gemm(const GroupedGemmArguments& args, const KernelConfig& config, cudaStream_t stream) const;
 
   // Times every config whose workspace fits (median of `repeats` timed runs of `iterations`
   // back-to-back calls each), records the fastest as the default for this problem (and every m
@@ -253,7 +207,6 @@ class GemmRunner {
   int sm_count_ = 0;
   ProgrammaticLaunch programmatic_launch_ = ProgrammaticLaunch::kWhereItHelps;
   std::vector<KernelConfig> configs_;
-  std::vector<KernelConfig> grouped_configs_;
   std::unique_ptr<Impl> impl_;
   std::map<std::tuple<int, int, int, int, Format>, KernelConfig> profiled_;
 };

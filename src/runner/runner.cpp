@@ -151,10 +151,6 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
       for (int split : heuristics::split_k_choices()) {
         const KernelConfig config = config_of(kernel.shape, split);
         if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) configs_.push_back(config);
-        if (split == 1 && kernel.launch_grouped != nullptr &&
-            std::find(grouped_configs_.begin(), grouped_configs_.end(), config) == grouped_configs_.end()) {
-          grouped_configs_.push_back(config);
-        }
         impl_->fused_kernels.push_back({config, kernel.format, kernel, compiled_arch, resident_blocks});
       }
     }
@@ -168,7 +164,6 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     if (cublasStatus_t error = cublasCreate(&impl_->cublas); error != CUBLAS_STATUS_SUCCESS) {
       status_ = Status(StatusCode::kCublasError, std::string("cublasCreate: ") + cublasGetStatusString(error));
       configs_.clear();
-      grouped_configs_.clear();
       return;
     }
     KernelConfig config;
@@ -325,87 +320,6 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
         error != cudaSuccess) {
       return cuda_status(error, "split-K reduce launch");
     }
-  }
-  return Status::success();
-}
-
-KernelConfig GemmRunner::default_grouped_config(const GroupedGemmArguments& args) const {
-  if (grouped_configs_.empty()) return KernelConfig{};
-  // The rows an expert that got any has on average: what one expert's tile sees.
-  const int routed = std::max(1, std::min(args.experts, args.rows));
-  const int m = std::max(1, (args.rows + routed - 1) / routed);
-  // The single-GEMM heuristic's choice for that m, when it has a grouped kernel (split-K dropped:
-  // the grouped grid has a block per expert tile already).
-  KernelConfig chosen = heuristic_config(m, args.n, args.k);
-  chosen.split_k = 1;
-  if (std::find(grouped_configs_.begin(), grouped_configs_.end(), chosen) != grouped_configs_.end()) return chosen;
-  // Else (a warp-specialized or dequant_cublas choice, m >= 32 on sm_90): the multistage tile with
-  // the fewest rows that still covers m (up to 128), the widest of those.
-  const int target = std::min(m, 128);
-  const KernelConfig* best = nullptr;
-  for (const KernelConfig& c : grouped_configs_) {
-    if (c.family != KernelFamily::kMultistage) continue;
-    const bool covers = c.tile_m >= target;
-    if (best == nullptr) {
-      best = &c;
-      continue;
-    }
-    const bool best_covers = best->tile_m >= target;
-    if (covers != best_covers ? covers
-                              : (covers ? (c.tile_m < best->tile_m || (c.tile_m == best->tile_m && c.tile_n > best->tile_n))
-                                        : c.tile_m > best->tile_m)) {
-      best = &c;
-    }
-  }
-  return best != nullptr ? *best : grouped_configs_.front();
-}
-
-Status GemmRunner::check_grouped(const GroupedGemmArguments& args, const KernelConfig& config) const {
-  if (!status_.ok()) return status_;
-  int current_device = -1;
-  if (cudaGetDevice(&current_device) != cudaSuccess || current_device != device_) {
-    return Status(StatusCode::kInvalidArgument, "the runner was created on device " + std::to_string(device_) +
-                                                    " but the current device is " + std::to_string(current_device));
-  }
-  if (Status s = check_grouped_arguments(args, config); !s.ok()) return s;
-  const Impl::FusedEntry* entry = impl_->find(config, args.format());
-  if (entry == nullptr || entry->kernel.launch_grouped == nullptr) {
-    return Status(StatusCode::kUnsupportedArch, "config " + config.name() + " has no grouped " +
-                                                    format_name(args.format()) + " kernel in this build (grouped_configs() lists those)");
-  }
-  return Status::success();
-}
-
-Status GemmRunner::grouped_gemm(const GroupedGemmArguments& args, cudaStream_t stream) const {
-  return grouped_gemm(args, default_grouped_config(args), stream);
-}
-
-Status GemmRunner::grouped_gemm(const GroupedGemmArguments& args, const KernelConfig& config, cudaStream_t stream) const {
-  if (Status s = check_grouped(args, config); !s.ok()) return s;
-  if (args.rows == 0) return Status::success();
-  const Impl::FusedEntry* entry = impl_->find(config, args.format());
-  fused::GroupedParams grouped;
-  fused::Params& params = grouped.expert;
-  params.a = args.a;
-  params.packed_weights = args.packed_weights;
-  params.scales = args.scales;
-  params.zeros = args.zeros;
-  params.bias = args.bias;
-  params.c = args.c;
-  params.n = args.n;
-  params.k = args.k;
-  params.group_size = args.group_size;
-  params.group_shift = group_shift(args.k, args.group_size);
-  params.alpha = args.alpha;
-  params.split_k = 1;
-  grouped.expert_offsets = args.expert_offsets;
-  grouped.experts = args.experts;
-  grouped.rows = args.rows;
-  grouped.weight_bytes_per_expert = static_cast<long long>(args.n) * args.k / 2;
-  grouped.group_values_per_expert = static_cast<long long>(args.k / args.group_size) * args.n;
-  grouped.m_slots = static_cast<int>(grouped_m_slots(args, config.tile_m));
-  if (cudaError_t error = entry->kernel.launch_grouped(grouped, stream); error != cudaSuccess) {
-    return cuda_status(error, (std::string("grouped ") + to_string(config.family) + " launch").c_str());
   }
   return Status::success();
 }

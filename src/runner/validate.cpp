@@ -1,7 +1,6 @@
 // The device-free argument rules of the runner (see validate.h).
 #include "runner/validate.h"
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -141,74 +140,6 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
     }
   }
   if (overlap(c, scratch)) return Status(StatusCode::kInvalidArgument, "c overlaps the workspace");
-  return Status::success();
-}
-
-long long grouped_m_slots(const GroupedGemmArguments& args, int tile_m) {
-  if (args.rows <= 0 || tile_m <= 0) return 0;
-  return args.rows / tile_m + std::min(args.experts, args.rows);
-}
-
-Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelConfig& config) {
-  if (args.element != ElementType::kFloat16 && args.element != ElementType::kBFloat16) {
-    return Status(StatusCode::kInvalidArgument,
-                  "element must be ElementType::kFloat16 or kBFloat16, got " + std::to_string(int(args.element)));
-  }
-  if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr ||
-      args.expert_offsets == nullptr) {
-    return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales, c and expert_offsets must not be null");
-  }
-  if (args.experts < 1 || args.experts > 65536 || args.rows < 0 || args.n <= 0 || args.k <= 0) {
-    return Status(StatusCode::kInvalidArgument, "experts must be in [1, 65536], rows >= 0 and n, k positive; got " +
-                                                    std::to_string(args.experts) + " experts, " +
-                                                    std::to_string(args.rows) + " rows, n = " + std::to_string(args.n) +
-                                                    ", k = " + std::to_string(args.k));
-  }
-  if (args.n % 16 != 0 || args.k % 64 != 0) {
-    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
-                                                     std::to_string(args.n) + ", k = " + std::to_string(args.k));
-  }
-  if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
-  if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
-  if (args.float_zeros && args.zeros == nullptr) {
-    return Status(StatusCode::kInvalidArgument, "float_zeros is set but zeros is null (float_zeros describes the zero points)");
-  }
-  const struct {
-    const void* pointer;
-    const char* name;
-  } pointers[] = {{args.a, "a"},         {args.packed_weights, "packed_weights"}, {args.scales, "scales"},
-                  {args.zeros, "zeros"}, {args.bias, "bias"},                     {args.c, "c"}};
-  for (const auto& p : pointers) {
-    if (p.pointer != nullptr && !aligned(p.pointer, kPointerAlignment)) {
-      return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
-    }
-  }
-  if (!aligned(args.expert_offsets, 4)) return Status(StatusCode::kMisalignedPointer, "expert_offsets must be 4-byte aligned");
-  if ((config.family != KernelFamily::kMultistage && config.family != KernelFamily::kStreaming) || config.split_k != 1) {
-    return Status(StatusCode::kInvalidArgument,
-                  "grouped_gemm runs multistage or streaming configs with split_k 1, got " + config.name());
-  }
-  if (config.tile_m <= 0 || config.tile_n <= 0) return Status(StatusCode::kInvalidArgument, "config without a tile shape");
-  const long long n_tiles = (static_cast<long long>(args.n) + config.tile_n - 1) / config.tile_n;
-  if (n_tiles * grouped_m_slots(args, config.tile_m) > kMaxOutputTiles) {
-    return Status(StatusCode::kUnsupportedShape, std::to_string(args.rows) + " rows x n = " + std::to_string(args.n) +
-                                                     " need more than 2^31 - 1 blocks with config " + config.name());
-  }
-  const unsigned long long experts = unsigned(args.experts), rows = unsigned(args.rows), n = args.n, k = args.k,
-                           groups = k / unsigned(args.group_size);
-  auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
-  const Region inputs[] = {{"a", at(args.a), 2 * rows * k},
-                           {"packed_weights", at(args.packed_weights), experts * n * k / 2},
-                           {"scales", at(args.scales), 2 * experts * groups * n},
-                           {"zeros", at(args.zeros), 2 * experts * groups * n},
-                           {"bias", at(args.bias), 2 * experts * n},
-                           {"expert_offsets", at(args.expert_offsets), 4 * (experts + 1)}};
-  const Region c{"c", at(args.c), 2 * rows * n};
-  for (const Region& input : inputs) {
-    if (overlap(c, input)) {
-      return Status(StatusCode::kInvalidArgument, std::string("c overlaps ") + input.name + " (outputs must not alias inputs)");
-    }
-  }
   return Status::success();
 }
 

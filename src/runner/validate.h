@@ -39,21 +39,4 @@ size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& c
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_bytes);
 
-// GemmRunner::grouped_gemm's rules, in this order:
-//   element type known                                    kInvalidArgument
-//   a, packed_weights, scales, c, expert_offsets not null kInvalidArgument
-//   experts in [1, 65536], rows >= 0, n and k positive    kInvalidArgument
-//   n % 16 == 0, k % 64 == 0                              kUnsupportedShape
-//   group in {32, 64, 128, k}, dividing k                 kUnsupportedGroupSize
-//   alpha finite; float_zeros only with zeros            kInvalidArgument
-//   a, packed_weights, scales, zeros, bias, c 16-byte aligned, expert_offsets 4  kMisalignedPointer
-//   config multistage or streaming with split_k 1         kInvalidArgument
-//   grid (n tiles x m slots, fused/grouped_scheduler.cuh) at most 2^31 - 1 blocks  kUnsupportedShape
-//   C overlaps no input                                   kInvalidArgument
-// Sizes: a rows*k, c rows*n, scales and zeros E*(k/group)*n, bias E*n elements of 2 bytes; packed
-// E*n*k/2 bytes; expert_offsets 4*(E+1) bytes.
-Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelConfig& config);
-// The grouped grid's m-tile slots for a tile of tile_m rows: rows / tile_m + min(experts, rows).
-long long grouped_m_slots(const GroupedGemmArguments& args, int tile_m);
-
 }  // namespace w4a16

@@ -5,8 +5,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdint>
-
 #include <vector>
 
 #include "w4a16/format.h"
@@ -45,21 +43,6 @@ struct Params {
   bool warm_l2_before_wait = false;
 };
 
-// A grouped (mixture-of-experts) launch: E experts' weights back to back, A's rows sorted by
-// expert. Each block finds its expert and m-tile from expert_offsets (fused/grouped_scheduler.cuh)
-// and runs the tile with `expert` = base moved to that expert: a and c to its first row, the
-// weights, scales and zeros to its slice, m to its row count. Experts without rows get no block
-// and their weights are never read.
-struct GroupedParams {
-  Params expert;                          // expert 0's view; m is unused (each block sets its own)
-  const int32_t* expert_offsets = nullptr;  // [experts + 1], nondecreasing from 0 to rows
-  int experts = 0;
-  int rows = 0;                           // rows of A and C (the sum of every expert's rows)
-  long long weight_bytes_per_expert = 0;  // n * k / 2
-  long long group_values_per_expert = 0;  // (k / group_size) * n: scales (and zeros) per expert
-  int m_slots = 0;                        // m-tile slots of the grid (grouped_scheduler.cuh)
-};
-
 // A compiled tile as the host sees it: its family (which mainloop) and its shape (Tile<...>).
 struct TileShape {
   KernelFamily family;
@@ -80,9 +63,6 @@ struct CompiledKernel {
   cudaError_t (*prepare)();  // cudaErrorInvalidDeviceFunction when this device has no binary
   int (*compiled_for)();     // the virtual arch (e.g. 80) the device code was compiled from
   int (*resident_blocks_per_sm)();  // how many of its blocks an SM of this device holds at once
-  // The grouped launch of the same tile (multistage and streaming tiles the heuristics choose;
-  // null for the others).
-  cudaError_t (*launch_grouped)(const GroupedParams&, cudaStream_t) = nullptr;
 };
 
 // Every compiled kernel of instances.def in every format (the registry CMake generates from the
