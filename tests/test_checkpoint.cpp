@@ -431,6 +431,23 @@ TEST(Checkpoint, ImportWritesAContainerThatLoadsBack) {
     W4A16_ASSERT_OK(SafetensorsFile::parse(corrupt.data(), corrupt.size(), &bad));
     W4A16_EXPECT_CODE(load_packed_layer(bad, "model.layers.0.mlp.up_proj.", &none), StatusCode::kInvalidArgument);
   }
+  {
+    SCOPED_TRACE("a fractional zero point: the float-zeros op");
+    std::vector<uint8_t> edited = container_bytes;
+    const TensorView* zeros = container.find("model.layers.0.mlp.down_proj.w4a16.zeros");
+    ASSERT_NE(zeros, nullptr);
+    const size_t offset = size_t(zeros->data - container_bytes.data());
+    const ElementType element = zeros->dtype == TensorDtype::kBF16 ? ElementType::kBFloat16 : ElementType::kFloat16;
+    const uint16_t half = float_to_element(element, 7.5f);
+    std::memcpy(edited.data() + offset + 2 * 3, &half, 2);  // the 4th zero point: 7.5
+    SafetensorsFile fractional;
+    W4A16_ASSERT_OK(SafetensorsFile::parse(edited.data(), edited.size(), &fractional));
+    PackedLayer layer;
+    W4A16_ASSERT_OK(load_packed_layer(fractional, "model.layers.0.mlp.down_proj.", &layer));
+    EXPECT_EQ(layer.format.quant, QuantOp::kScaleAndFloatZeros);
+    W4A16_ASSERT_OK(load_packed_layer(fractional, "model.layers.0.mlp.up_proj.", &layer));
+    EXPECT_EQ(layer.format.quant, QuantOp::kScaleAndZeros);  // the other layer is untouched
+  }
   W4A16_EXPECT_CODE(load_packed_layer(checkpoint, "model.layers.0.mlp.up_proj.", &none), StatusCode::kInvalidArgument);
   // A file without any layer of the format is an error, not an empty container.
   std::vector<uint8_t> ignored;

@@ -107,6 +107,8 @@ Status import_checkpoint(const SafetensorsFile& checkpoint, CheckpointFormat for
 // One layer of a container, ready to upload: views into the mapped file.
 struct PackedLayer {
   int n = 0, k = 0, group_size = 0;
+  // format.quant is kScaleAndFloatZeros when the container's zero points are not all whole numbers
+  // (set GemmArguments::float_zeros then), kScaleAndZeros for the whole ones every importer writes.
   Format format;
   const TensorView* packed = nullptr;
   const TensorView* scales = nullptr;

@@ -11,8 +11,9 @@
 //                A whole-number z is what every integer checkpoint format stores, and the decode
 //                kernels fold it into the code unpack for free; a fractional one needs one more
 //                mma and fma per group (src/kernels/common/dequant.cuh). Fractional zero points
-//                given as kScaleAndZeros are rounded to whole numbers by the kernels: the host
-//                tools that see them refuse them (check_integer_zeros, w4a16/quantize.h).
+//                given as kScaleAndZeros give unspecified results (the decode kernels round them
+//                to their offsets' units, other configs use them as they are): the host tools
+//                that see zero points refuse such ones (check_integer_zeros, w4a16/quantize.h).
 // Plain C++: no CUDA types, so host code and the kernels' traits share it.
 
 #include <cstdint>

@@ -81,7 +81,8 @@ Status quantize(const __half* weights, int n, int k, int group_size, QuantizedWe
 
 // QuantOp::kScaleAndZeros takes whole-number zero points (w4a16/format.h): this checks that each
 // of `count` zero points (bits of `element`) is one of 0, 1, ..., 15, and names the first that is
-// not. Run it wherever zero points pass through the host (importers, load_packed_layer).
+// not. load_packed_layer uses it to choose the op; the importers' zero points are whole by
+// construction (4-bit fields).
 Status check_integer_zeros(const uint16_t* zeros, size_t count, ElementType element);
 
 // Packed layout for the fused kernels and dequant_cublas; see common/packed_layout.h and

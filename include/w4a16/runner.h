@@ -90,12 +90,13 @@ struct GemmArguments {
   int group_size = 128;
   float alpha = 1.0f;
   ElementType element = ElementType::kFloat16;  // the type of a, scales, zeros, bias and c
-  const void* zeros = nullptr;                  // optional zero points: QuantOp::kScaleAndZeros
+  const void* zeros = nullptr;                  // optional zero points (either zero-point QuantOp)
   // Set when the zero points are not all whole numbers 0..15 (HQQ-style): the call then runs
   // QuantOp::kScaleAndFloatZeros, whose decode kernels add one mma and fma per group for the
   // fraction. Leave it clear for GPTQ, AWQ, compressed-tensors and quantize() zero points, which
-  // the kernels fold into the code unpack at no cost; a fractional zero point without it is
-  // rounded. Only with zeros.
+  // the kernels fold into the code unpack at no cost; a fractional zero point without it gives
+  // unspecified results (rounded by some configs, not by others). Only with zeros. A layer from
+  // load_packed_layer says which it is: set this when its format.quant is kScaleAndFloatZeros.
   bool float_zeros = false;
   // Optional act-order permutation (GPTQ desc_act; checkpoint import writes it): int32 [k], a
   // permutation of [0, k), 16-byte aligned. Column j of the packed weights multiplies column

@@ -11,7 +11,8 @@ version.
 Zero points are whole numbers 0..15 unless float_zeros is set: what GPTQ, AWQ, compressed-tensors
 and w4a16.quantize make, and what the decode kernels fold into the code unpack at no cost.
 float_zeros=True takes any zero points (HQQ-style fractional ones) for a little more work per
-group; without it a fractional zero point is rounded, so W4A16Linear refuses one when it is made.
+group; without it a fractional zero point gives unspecified results (some configs round it), so
+W4A16Linear refuses one when it is made.
 
 The op allocates nothing outside PyTorch's caching allocator (its output and the runner's
 workspace), never synchronizes, and runs on `torch.cuda.current_stream()`, so it can be captured

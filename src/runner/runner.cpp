@@ -26,14 +26,18 @@ namespace w4a16 {
 
 namespace {
 
-// Hash of a config and format, for the per-call lookups below (every field, combined as
-// boost::hash_combine does; equality is still checked by the map).
+// Hash of a config and format, for the per-call lookups below (the fields KernelConfig::operator==
+// compares, combined as boost::hash_combine does: every field of a fused config, only the family
+// of dequant_cublas, whose other fields equality ignores; equal keys must hash alike).
 size_t hash_of(const KernelConfig& c, const Format& f) {
   size_t h = 0;
-  for (const int v : {int(c.family), c.tile_m, c.tile_n, c.warps_m, c.warps_n, c.warps_k, c.stages, c.split_k,
-                      int(f.element), int(f.quant)}) {
-    h ^= std::hash<int>{}(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+  auto combine = [&h](int v) { h ^= std::hash<int>{}(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2); };
+  combine(int(c.family));
+  if (c.fused()) {
+    for (const int v : {c.tile_m, c.tile_n, c.warps_m, c.warps_n, c.warps_k, c.stages, c.split_k}) combine(v);
   }
+  combine(int(f.element));
+  combine(int(f.quant));
   return h;
 }
 

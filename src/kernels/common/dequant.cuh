@@ -60,8 +60,9 @@ struct Dequant {
   // Path 1's bias term -z s: the zero-point ops that do not unpack with offsets.
   static constexpr bool kWeightsWithBias = kZeros && !kWeightsFromOffsets;
 
-  // Per-group unpack offsets of channel r ("low") and r + 8 ("high"): the symmetric 8, or the
-  // whole-number zero points of kScaleAndZeros. Unused by the float op.
+  // Per-group unpack offsets of channel r ("low") and r + 8 ("high") for the whole-number zero
+  // points of kScaleAndZeros; the other ops subtract compile-time constants and get an unused
+  // empty value.
   static __device__ __forceinline__ CodeOffsets offsets(Scalar zero_low, Scalar zero_high) {
     if constexpr (kFoldedZeros) {
       return E::code_offsets(zero_low, zero_high);

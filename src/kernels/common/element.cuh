@@ -42,8 +42,8 @@ struct Element<__half> {
   static __device__ __forceinline__ Scalar from_float(float value) { return __float2half_rn(value); }
   static __device__ __forceinline__ Scalar from_bits(unsigned short bits) { return __ushort_as_half(bits); }
   static __device__ __forceinline__ Pair pair(float low, float high) { return __floats2half2_rn(low, high); }
-  // The pair (1, 1): an all-ones mma operand sums the other operand (zero points on the decode
-  // tiles' scale-after-mma path, common/dequant.cuh).
+  // The pair (1, 1): an all-ones mma operand sums the other operand (float zero points on the
+  // decode tiles' scale-after-mma path, common/dequant.cuh).
   static constexpr uint32_t kOnesBits = 0x3C003C00;
 
   // D = A * B + D, A 16x16 (row), B 16x8 (col), D 16x8 fp32.

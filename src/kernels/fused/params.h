@@ -18,7 +18,7 @@ struct Params {
   const void* a = nullptr;               // [m][k]
   const void* packed_weights = nullptr;  // packed layout, see common/packed_layout.h
   const void* scales = nullptr;          // [k / group_size][n]
-  const void* zeros = nullptr;           // [k / group_size][n]; read only by QuantOp::kScaleAndZeros kernels
+  const void* zeros = nullptr;           // [k / group_size][n]; read only by the zero-point ops' kernels
   const void* bias = nullptr;            // [n] or nullptr
   void* c = nullptr;                     // [m][n]
   float* partials = nullptr;             // split_k > 1: [split_k][m][n] fp32 in the workspace

@@ -40,7 +40,7 @@ struct MultistageMainloop {
 
   // Shared memory: Stages buffers of WarpsK slots; a slot holds one k-block: (TileN / 16) packed
   // weight tiles of 512 bytes, TileM activation rows of 128 bytes (swizzled, see swizzled_offset),
-  // then per group array (scales; zero points too with kScaleAndZeros) two rows of TileN values:
+  // then per group array (scales; zero points too with either zero-point op) two rows of TileN values:
   // group 32 splits a 64-wide k-block into two groups, every other supported group size (64, 128,
   // k) covers it with one. Every region is a multiple of 16 bytes, so every cp.async destination
   // stays aligned.

@@ -112,7 +112,7 @@ struct WarpSpecializedMainloop {
   //   activations  [2 k-blocks][TileM rows][128 bytes], 128-byte swizzled: two boxes of A;
   //   scales       up to 4 rows of TileN channels (the groups the two k-blocks span: group 32
   //                has two per k-block);
-  //   zero points  the same rows of zero points (kScaleAndZeros only).
+  //   zero points  the same rows of zero points (the zero-point ops only).
   // Every activation tile starts on a 1024-byte boundary, as the swizzled wgmma operand requires
   // (TileN / 16 * 1024 and TileM * 128 are multiples of 1024).
   static constexpr int kActivationOffset = kKBlocksPerSlot * Tile::kWeightBytes;
