@@ -8,7 +8,6 @@
 #include <sstream>
 #include <limits>
 #include <mutex>
-#include <unordered_map>
 #include <string>
 
 #include <cublas_v2.h>
@@ -23,34 +22,6 @@
 #include "w4a16/quantize.h"
 
 namespace w4a16 {
-
-namespace {
-
-// Hash of a config and format, for the per-call lookups below (the fields KernelConfig::operator==
-// compares, combined as boost::hash_combine does: every field of a fused config, only the family
-// of dequant_cublas, whose other fields equality ignores; equal keys must hash alike).
-size_t hash_of(const KernelConfig& c, const Format& f) {
-  size_t h = 0;
-  auto combine = [&h](int v) { h ^= std::hash<int>{}(v) + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2); };
-  combine(int(c.family));
-  if (c.fused()) {
-    for (const int v : {c.tile_m, c.tile_n, c.warps_m, c.warps_n, c.warps_k, c.stages, c.split_k}) combine(v);
-  }
-  combine(int(f.element));
-  combine(int(f.quant));
-  return h;
-}
-
-struct ConfigKey {
-  KernelConfig config;
-  Format format;
-  bool operator==(const ConfigKey& other) const { return config == other.config && format == other.format; }
-};
-struct ConfigKeyHash {
-  size_t operator()(const ConfigKey& key) const { return hash_of(key.config, key.format); }
-};
-
-}  // namespace
 
 struct GemmRunner::Impl {
   cublasHandle_t cublas = nullptr;
@@ -71,21 +42,16 @@ struct GemmRunner::Impl {
     int resident_blocks_per_sm;
   };
   std::vector<FusedEntry> fused_kernels;
-  // gemm() looks its config up twice per call (is it listed, which kernel serves it): hashed, so
-  // that the host cost does not grow with the table (6 formats x ~200 fused configs; a linear
-  // scan of it took microseconds per call). Built once by the constructor.
-  std::unordered_map<ConfigKey, size_t, ConfigKeyHash> fused_index;  // -> fused_kernels
-  std::unordered_map<ConfigKey, bool, ConfigKeyHash> listed;         // configs(), format ignored
 
   ~Impl() {
     if (cublas != nullptr) cublasDestroy(cublas);
   }
 
   const FusedEntry* find(const KernelConfig& config, const Format& format) const {
-    const auto it = fused_index.find({config, format});
-    return it != fused_index.end() ? &fused_kernels[it->second] : nullptr;
+    for (const auto& entry : fused_kernels)
+      if (entry.config == config && entry.format == format) return &entry;
+    return nullptr;
   }
-  bool is_listed(const KernelConfig& config) const { return listed.count({config, Format{}}) != 0; }
 };
 
 namespace {
@@ -177,11 +143,6 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     cudaGetLastError();
   }
 
-  for (size_t i = 0; i < impl_->fused_kernels.size(); ++i) {
-    impl_->fused_index[{impl_->fused_kernels[i].config, impl_->fused_kernels[i].format}] = i;
-  }
-  for (const KernelConfig& config : configs_) impl_->listed[{config, Format{}}] = true;
-
   if (configs_.empty()) {
     status_ = Status(StatusCode::kUnsupportedArch, "no w4a16 kernel in this build runs on " +
                                                        std::string(properties.name) + " (sm_" +
@@ -226,7 +187,7 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
     return Status(StatusCode::kInvalidArgument, "the runner was created on device " + std::to_string(device_) +
                                                     " but the current device is " + std::to_string(current_device));
   }
-  if (!impl_->is_listed(config)) {
+  if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
     return Status(StatusCode::kUnsupportedArch,
                   "config " + config.name() + " has no kernel for sm_" + std::to_string(sm_version_) + " in this build");
   }
@@ -424,7 +385,7 @@ Status GemmRunner::load_tuning(const std::string& path) {
   TuningTable table;
   if (Status s = tuning_from_json(text.str(), tuning_device(device_), &table); !s.ok()) return s;
   for (const auto& [key, config] : table) {
-    if (!impl_->is_listed(config)) {
+    if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
       return Status(StatusCode::kUnsupportedArch, "load_tuning: " + config.name() + " is not in this runner's list");
     }
   }
