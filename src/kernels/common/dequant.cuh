@@ -54,11 +54,6 @@ struct Dequant {
   // number; the float op nothing (its zero points enter per group, see above). The folded op's
   // offsets are run-time values (offsets()).
   static constexpr int kCodeOffset = kFloatZeros ? 0 : kSymmetricZeroPoint;
-  // Path 1 with whole-number zero points: unpack q - z exactly (the group's offsets) and multiply
-  // by s, one rounding; else the float op's fma(q, s, -z s).
-  static constexpr bool kWeightsFromOffsets = kFoldedZeros;
-  // Path 1's bias term -z s: the zero-point ops that do not unpack with offsets.
-  static constexpr bool kWeightsWithBias = kZeros && !kWeightsFromOffsets;
 
   // Per-group unpack offsets of channel r ("low") and r + 8 ("high") for the whole-number zero
   // points of kScaleAndZeros; the other ops subtract compile-time constants and get an unused
@@ -84,31 +79,26 @@ struct Dequant {
     }
   }
 
-  static __device__ __forceinline__ void codes(uint32_t word, uint32_t (&fragment)[4]) {
-    static_assert(!kFoldedZeros, "whole-number zero points need the group's offsets");
-    E::template unpack<kCodeOffset>(word, fragment);
-  }
-
   // Path 1: one group's terms for the two channels of a fragment's rows, r ("low", registers 0
   // and 2) and r + 8 ("high", registers 1 and 3), each broadcast to a pair.
   struct GroupTerms {
     Pair scale_low, scale_high;
-    Pair bias_low, bias_high;  // -z s (kWeightsWithBias)
-    CodeOffsets offsets;       // -(magic + z) (kWeightsFromOffsets)
+    Pair bias_low, bias_high;  // -z s (float zero points)
+    CodeOffsets offsets;       // -(magic + z) (whole-number zero points)
   };
   static __device__ __forceinline__ GroupTerms terms(Scalar scale_low, Scalar scale_high, Scalar zero_low,
                                                      Scalar zero_high) {
     GroupTerms t;
     t.scale_low = Pair(scale_low, scale_low);
     t.scale_high = Pair(scale_high, scale_high);
-    if constexpr (kWeightsWithBias) {
+    if constexpr (kFloatZeros) {
       // -z s in one 16-bit multiply per pair: the product of two 16-bit values is exact in fp32
       // (at most 22 significant bits), so rounding it once in the pair multiply gives the same bits
       // as forming it in fp32 and converting, for four instructions fewer per group row.
       t.bias_low = __hmul2(__hneg2(Pair(zero_low, zero_low)), t.scale_low);
       t.bias_high = __hmul2(__hneg2(Pair(zero_high, zero_high)), t.scale_high);
     }
-    if constexpr (kWeightsFromOffsets) t.offsets = E::code_offsets(zero_low, zero_high);
+    if constexpr (kFoldedZeros) t.offsets = E::code_offsets(zero_low, zero_high);
     return t;
   }
   static __device__ __forceinline__ GroupTerms terms(Scalar scale_low, Scalar scale_high) {
@@ -119,16 +109,12 @@ struct Dequant {
   // Path 1: the fragment of dequantized weights, rounded once to the element type (twice for
   // float zero points, see above).
   static __device__ __forceinline__ void weights(uint32_t word, const GroupTerms& t, uint32_t (&fragment)[4]) {
-    if constexpr (kWeightsFromOffsets) {
-      E::unpack(word, t.offsets, fragment);
-    } else {
-      E::template unpack<kWeightsWithBias ? 0 : kSymmetricZeroPoint>(word, fragment);
-    }
+    codes(word, t.offsets, fragment);  // q - 8, q - z exactly, or q (float zero points)
     #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const bool high = i & 1;
       const Pair q = E::as_pair(fragment[i]);
-      if constexpr (kWeightsWithBias) {
+      if constexpr (kFloatZeros) {
         fragment[i] = E::as_bits(__hfma2(q, high ? t.scale_high : t.scale_low, high ? t.bias_high : t.bias_low));
       } else {
         fragment[i] = E::as_bits(__hmul2(q, high ? t.scale_high : t.scale_low));
