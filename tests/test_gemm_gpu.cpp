@@ -270,13 +270,7 @@ struct Shape {
   Format format;
 };
 
-// A test name's format part: fp16, fp16_zeros, fp16_float_zeros, bf16, bf16_zeros, bf16_float_zeros.
-std::string format_tag(const Format& format) {
-  const char* quant = format.quant == QuantOp::kScaleAndZeros        ? "_zeros"
-                      : format.quant == QuantOp::kScaleAndFloatZeros ? "_float_zeros"
-                                                                     : "";
-  return std::string(to_string(format.element)) + quant;
-}
+using test::format_tag;
 
 std::vector<Shape> default_config_shapes() {
   std::vector<Shape> shapes;

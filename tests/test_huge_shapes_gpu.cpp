@@ -32,10 +32,7 @@ struct HugeShape {
 
 std::string name_of(const ::testing::TestParamInfo<HugeShape>& info) {
   const HugeShape& s = info.param;
-  const char* quant = s.format.quant == QuantOp::kScaleAndZeros        ? "_zeros"
-                      : s.format.quant == QuantOp::kScaleAndFloatZeros ? "_float_zeros"
-                                                                       : "";
-  return std::string(to_string(s.format.element)) + quant +
+  return test::format_tag(s.format) +
          "_m" + std::to_string(s.m) + "_n" + std::to_string(s.n) + "_k" + std::to_string(s.k) +
          (s.act_order ? "_act_order" : "");
 }

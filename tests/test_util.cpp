@@ -110,6 +110,13 @@ double error_bound(ElementType element, double reference, double magnitude) {
   return std::ldexp(magnitude + std::fabs(reference), unit_roundoff_exponent + 2) + std::ldexp(1.0, -14);
 }
 
+std::string format_tag(const Format& format) {
+  const char* quant = format.quant == QuantOp::kScaleAndZeros        ? "_zeros"
+                      : format.quant == QuantOp::kScaleAndFloatZeros ? "_float_zeros"
+                                                                     : "";
+  return std::string(to_string(format.element)) + quant;
+}
+
 std::vector<double> reference_magnitude(const std::vector<uint16_t>& a, int m, const QuantizedWeights& weights,
                                         float alpha, const std::vector<int>& rows_in) {
   const int n = weights.n, k = weights.k;

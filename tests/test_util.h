@@ -185,6 +185,9 @@ std::vector<double> reference_magnitude(const std::vector<uint16_t>& a, int m, c
 // Every byte equals `value` (an untouched poisoned buffer).
 ::testing::AssertionResult all_bytes_equal(const void* data, size_t bytes, uint8_t value);
 
+// A test name's format part: fp16, fp16_zeros, fp16_float_zeros, bf16, bf16_zeros, bf16_float_zeros.
+std::string format_tag(const Format& format);
+
 // The rows a check compares: all of them (empty list) when m * n * k is at most `full_limit`, else
 // the first, middle and last rows plus `extra` random ones, sorted and distinct.
 std::vector<int> sample_rows(Random& rng, int m, int n, int k, double full_limit = 2e9, int extra = 5);
