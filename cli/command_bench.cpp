@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench_kernels.h"
+#include "cli/bench_support.h"
 #include "cli/cli_support.h"
 #include "cli/commands.h"
 #include "kernels/dequant_cublas/dequant_cublas.h"
@@ -58,6 +59,8 @@ struct BenchOptions {
   bool float_zeros = false;
   bool formats = false;  // every format side by side (run_formats)
   bool act_order = false;  // time each config with a random k_permutation, and without it right before
+  bool moe = false;        // the grouped GEMM instead (command_bench_moe.cpp)
+  std::vector<int> tokens;  // --moe: token counts (default 1, 16, 64, 512, 4096)
 };
 
 const std::vector<int> kDefaultM = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
@@ -106,6 +109,8 @@ std::vector<Layer> layers_of(const std::vector<Shape>& shapes) {
   return layers;
 }
 
+}  // namespace
+
 void write_json(const nlohmann::json& document, const std::string& path) {
   std::ofstream out(path);
   out << document.dump(2) << "\n";
@@ -113,15 +118,10 @@ void write_json(const nlohmann::json& document, const std::string& path) {
   std::printf("wrote %s\n", path.c_str());
 }
 
-struct Timing {
-  double median_us = 0, min_us = 0;
-  int iterations = 0;
-};
-
 // Captures `iterations` calls of enqueue(i) into a graph, replays it until its time settles (the
 // warm-up, below), then times `repeats` replays.
 Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int repeats, cudaStream_t stream,
-                  double min_warm_up_ms = 25) {
+                  double min_warm_up_ms) {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
@@ -179,10 +179,6 @@ Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int r
   return {samples[samples.size() / 2], samples.front(), iterations};
 }
 
-// Minimum warm-up of a timing that follows a compute-heavy phase (the ceilings, or the previous
-// layer's largest m): long enough for the SM clock to come back.
-constexpr double kSettleAfterComputeMs = 3000;
-
 // Enough calls per replay that one replay lasts ~2 ms (launch and event noise become negligible).
 int iterations_for(double expected_us) { return std::clamp(int(2000.0 / std::max(expected_us, 1.0)), 10, 300); }
 
@@ -190,12 +186,6 @@ int iterations_for(double expected_us) { return std::clamp(int(2000.0 / std::max
 int copies_for(size_t bytes, size_t l2_bytes) {
   return std::max<int>(2, int((4 * l2_bytes) / std::max<size_t>(bytes, 1)) + 1);
 }
-
-struct Ceilings {
-  double hbm_read_gbps = 0;
-  double fp16_tflops = 0;  // of the run's activation type (fp16 or bf16), by the best cuBLAS
-  std::vector<std::pair<std::string, double>> fp16_by_shape;
-};
 
 Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_count, cudaStream_t stream,
                           int repeats, ElementType element) {
@@ -268,6 +258,8 @@ nlohmann::json environment_json(const cudaDeviceProp& properties, int device) {
           {"date", date}};
 }
 
+namespace {
+
 const char* programmatic_launch_name(GemmRunner::ProgrammaticLaunch mode) {
   switch (mode) {
     case GemmRunner::ProgrammaticLaunch::kOff: return "off";
@@ -296,6 +288,23 @@ void check_bench_options(const BenchOptions& options) {
 }
 
 int run_bench(const BenchOptions& options) {
+  if (options.moe) {
+    if (options.formats || options.act_order || options.profile || !options.config.empty() || !options.m.empty() ||
+        !options.n.empty() || !options.k.empty() || options.shapes != "default") {
+      throw CliError("--moe times its own models; it takes no --formats, --act-order, --profile, --config, --shapes, --m/--n/--k");
+    }
+    if (options.zeros && options.float_zeros) throw CliError("--zeros and --float-zeros: choose one");
+    MoeBenchOptions moe;
+    moe.dtype = options.dtype;
+    moe.zeros = options.zeros;
+    moe.float_zeros = options.float_zeros;
+    moe.group = options.group;
+    moe.repeats = options.repeats;
+    moe.json = options.json;
+    if (!options.tokens.empty()) moe.tokens = options.tokens;
+    return run_moe_bench(moe);
+  }
+  if (!options.tokens.empty()) throw CliError("--tokens goes with --moe");
   check_bench_options(options);
   if (!require_gpu("bench")) return 2;
   const auto wall_begin = std::chrono::steady_clock::now();
@@ -725,6 +734,10 @@ void register_bench(CLI::App& app, int* exit_code) {
   command->add_flag("--formats", options->formats,
                     "time every format (fp16, bf16, with and without zero points) side by side at fp16's default "
                     "configs; its default shapes are m 1..4096 on 4096x4096, 28672x8192, 8192x28672");
+  command->add_flag("--moe", options->moe,
+                    "the grouped (mixture-of-experts) GEMM: Mixtral-8x7B and a Qwen3-MoE-like layer set at "
+                    "1..4096 tokens, random and skewed routing, against a per-expert loop and cuBLAS grouped GEMM");
+  command->add_option("--tokens", options->tokens, "--moe: token counts (comma separated)")->delimiter(',');
   command->add_option("--json", options->json, "write every figure and the environment to this file");
   command->add_option("--repeats", options->repeats, "timed graph replays per measurement (median)")
       ->check(CLI::Range(3, 1000));

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "runner/heuristics.h"
+#include "runner/validate.h"
 #include "test_util.h"
 #include "w4a16/moe.h"
 #include "w4a16/quantize.h"
@@ -169,6 +171,128 @@ TEST(MoeReference, MatchesADirectSum) {
     std::vector<QuantizedWeights> fewer(weights.begin(), weights.end() - 1);
     W4A16_EXPECT_CODE(reference_grouped_gemm(a.data(), fewer, routing, alpha, {}, &sampled), StatusCode::kInvalidArgument);
   }
+}
+
+// The grouped grid's m-slots bound the (expert, m-tile) pairs of any routing: random, skewed,
+// every row on one expert, one row per expert.
+TEST(MoeGroupedRules, MSlotsCoverEveryRouting) {
+  W4A16_RANDOM(rng);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int experts = rng.uniform_int(1, 300), tile_m = std::vector<int>{8, 16, 32, 64, 128}[size_t(rng.uniform_int(0, 4))];
+    const int rows = rng.uniform_int(0, 3000);
+    std::vector<long long> per_expert(size_t(experts), 0);
+    const int mode = rng.uniform_int(0, 2);
+    for (int r = 0; r < rows; ++r) {
+      const int e = mode == 0 ? rng.uniform_int(0, experts - 1) : mode == 1 ? 0 : r % experts;
+      ++per_expert[size_t(e)];
+    }
+    long long tiles = 0;
+    for (long long count : per_expert) tiles += (count + tile_m - 1) / tile_m;
+    ASSERT_LE(tiles, grouped_m_slots(rows, experts, tile_m)) << experts << " experts, " << rows << " rows, tile " << tile_m;
+  }
+}
+
+// check_grouped_arguments on addresses that are never dereferenced: each rule gives its code.
+TEST(MoeGroupedRules, ArgumentRules) {
+  auto address = [](uintptr_t at) { return reinterpret_cast<void*>(at); };
+  GroupedGemmArguments good;
+  good.a = address(0x10000000);
+  good.packed_weights = address(0x20000000);
+  good.scales = address(0x30000000);
+  good.c = address(0x40000000);
+  good.expert_offsets = static_cast<const int32_t*>(address(0x50000000));
+  good.experts = 8;
+  good.rows = 100;
+  good.n = 256;
+  good.k = 512;
+  KernelConfig config;
+  ASSERT_TRUE(parse_kernel_config("ms_m128n128_w2x2x1_s4_k1", &config));
+  W4A16_EXPECT_OK(check_grouped_arguments(good, config));
+  struct Case {
+    const char* name;
+    void (*change)(GroupedGemmArguments&);
+    StatusCode code;
+  };
+  const Case cases[] = {
+      {"element", [](GroupedGemmArguments& a) { a.element = static_cast<ElementType>(7); }, StatusCode::kInvalidArgument},
+      {"null c", [](GroupedGemmArguments& a) { a.c = nullptr; }, StatusCode::kInvalidArgument},
+      {"null offsets", [](GroupedGemmArguments& a) { a.expert_offsets = nullptr; }, StatusCode::kInvalidArgument},
+      {"0 experts", [](GroupedGemmArguments& a) { a.experts = 0; }, StatusCode::kInvalidArgument},
+      {"65537 experts", [](GroupedGemmArguments& a) { a.experts = 65537; }, StatusCode::kInvalidArgument},
+      {"negative rows", [](GroupedGemmArguments& a) { a.rows = -3; }, StatusCode::kInvalidArgument},
+      {"n 0", [](GroupedGemmArguments& a) { a.n = 0; }, StatusCode::kInvalidArgument},
+      {"n % 16", [](GroupedGemmArguments& a) { a.n = 264; }, StatusCode::kUnsupportedShape},
+      {"k % 64", [](GroupedGemmArguments& a) { a.k = 544; }, StatusCode::kUnsupportedShape},
+      {"group 48", [](GroupedGemmArguments& a) { a.group_size = 48; }, StatusCode::kUnsupportedGroupSize},
+      {"alpha inf", [](GroupedGemmArguments& a) { a.alpha = INFINITY; }, StatusCode::kInvalidArgument},
+      {"float zeros alone", [](GroupedGemmArguments& a) { a.float_zeros = true; }, StatusCode::kInvalidArgument},
+      {"misaligned bias", [](GroupedGemmArguments& a) { a.bias = reinterpret_cast<void*>(0x60000008); },
+       StatusCode::kMisalignedPointer},
+      {"misaligned row weights", [](GroupedGemmArguments& a) { a.row_weights = reinterpret_cast<const float*>(0x60000002); },
+       StatusCode::kMisalignedPointer},
+      {"too many blocks", [](GroupedGemmArguments& a) { a.rows = 2000000000; a.n = 1 << 20; }, StatusCode::kUnsupportedShape},
+      {"c inside the weights", [](GroupedGemmArguments& a) { a.c = reinterpret_cast<void*>(0x20000000 + 8 * 256 * 512 / 2 - 16); },
+       StatusCode::kInvalidArgument},
+      {"c over the offsets", [](GroupedGemmArguments& a) { a.c = reinterpret_cast<void*>(0x50000000 - 64); },
+       StatusCode::kInvalidArgument},
+  };
+  for (const Case& c : cases) {
+    GroupedGemmArguments args = good;
+    c.change(args);
+    W4A16_EXPECT_CODE(check_grouped_arguments(args, config), c.code) << c.name;
+  }
+  // C just past the weights of the last expert is fine; split-K and dequant_cublas are not.
+  GroupedGemmArguments adjacent = good;
+  adjacent.c = address(0x20000000 + 8 * 256 * 512 / 2);
+  W4A16_EXPECT_OK(check_grouped_arguments(adjacent, config));
+  KernelConfig split = config;
+  split.split_k = 2;
+  W4A16_EXPECT_CODE(check_grouped_arguments(good, split), StatusCode::kInvalidArgument);
+  KernelConfig dequant;
+  dequant.family = KernelFamily::kDequantCublas;
+  W4A16_EXPECT_CODE(check_grouped_arguments(good, dequant), StatusCode::kInvalidArgument);
+}
+
+// The grouped heuristic picks from the list it is given: streaming tiles while experts see 16 rows
+// or fewer on average, the multistage table's tile above; the first listed config when none of
+// its choices is there.
+TEST(MoeGroupedRules, HeuristicPicksAListedTileByRowsPerExpert) {
+  std::vector<KernelConfig> available;
+  for (const char* name : {"st_m8n64_w1x1x8_s3_k1", "st_m8n32_w1x1x8_s3_k1", "st_m16n64_w1x1x8_s4_k1",
+                           "st_m16n32_w1x1x8_s4_k1", "ms_m32n128_w1x4x2_s4_k1", "ms_m64n128_w1x4x1_s4_k1",
+                           "ms_m128n128_w2x2x1_s4_k1"}) {
+    KernelConfig config;
+    ASSERT_TRUE(parse_kernel_config(name, &config)) << name;
+    available.push_back(config);
+  }
+  const heuristics::DeviceTraits h200{90, 132};
+  auto pick = [&](int rows, int experts, int n) { return heuristics::choose_grouped(rows, experts, n, 4096, h200, available).name(); };
+  EXPECT_EQ(pick(2, 8, 14336), "st_m8n64_w1x1x8_s3_k1");      // Mixtral, 1 token, top-2
+  EXPECT_EQ(pick(8, 128, 1536), "st_m8n32_w1x1x8_s3_k1");     // 8 experts x 24 tiles of 64: < 2 per SM
+  EXPECT_EQ(pick(32, 8, 14336), "st_m16n64_w1x1x8_s4_k1");    // 16 tokens, top-2: 4 rows per expert
+  EXPECT_EQ(pick(128, 8, 14336), "ms_m32n128_w1x4x2_s4_k1");   // 64 tokens, top-2: 16 (room for 32)
+  EXPECT_EQ(pick(1024, 8, 14336), "ms_m128n128_w2x2x1_s4_k1");  // 512 tokens, top-2
+  EXPECT_EQ(pick(4096, 128, 1536), "ms_m64n128_w1x4x1_s4_k1");  // 512 tokens, top-8: 32 rows per expert
+  EXPECT_EQ(pick(0, 8, 4096), "st_m8n32_w1x1x8_s3_k1");  // as for one row: one expert's 64 tiles
+  for (int rows : {1, 7, 100, 5000, 40000})
+    for (int experts : {1, 8, 128, 300}) {
+      const KernelConfig got = heuristics::choose_grouped(rows, experts, 2048, 1536, h200, available);
+      EXPECT_NE(std::find(available.begin(), available.end(), got), available.end()) << rows << " " << experts;
+    }
+  // On sm_90 with the warp-specialized grouped tiles listed, they take over above 8 rows.
+  std::vector<KernelConfig> hopper = available;
+  for (const char* name : {"ws_m32n128_w1x8x1_s6_k1", "ws_m64n128_w1x8x1_s4_k1", "ws_m128n128_w1x8x1_s5_k1"}) {
+    KernelConfig config;
+    if (parse_kernel_config(name, &config)) hopper.push_back(config);
+  }
+  auto pick_hopper = [&](int rows, int experts) { return heuristics::choose_grouped(rows, experts, 4096, 4096, h200, hopper).name(); };
+  EXPECT_EQ(pick_hopper(128, 8), "ws_m32n128_w1x8x1_s6_k1");
+  EXPECT_EQ(pick_hopper(1024, 8), "ws_m128n128_w1x8x1_s5_k1");
+  EXPECT_EQ(pick_hopper(2, 8), "st_m8n32_w1x1x8_s3_k1");
+  const heuristics::DeviceTraits a100{80, 108};
+  EXPECT_EQ(heuristics::choose_grouped(1024, 8, 4096, 4096, a100, hopper).name(), "ms_m128n128_w2x2x1_s4_k1");
+  const std::vector<KernelConfig> only_one = {available[5]};
+  EXPECT_EQ(heuristics::choose_grouped(2, 8, 4096, 4096, h200, only_one), available[5]);
 }
 
 }  // namespace

@@ -111,6 +111,46 @@ struct GemmArguments {
   Format format() const { return {element, quant()}; }
 };
 
+// A grouped (mixture-of-experts) GEMM: E experts of one shape in one launch. The rows of A are
+// sorted by expert, expert e owning rows [expert_offsets[e], expert_offsets[e + 1]) of A and C:
+//   C[r] = row_weights[r] * (alpha * A[r] * dequant(W_e)^T + bias_e)      (row_weights optional)
+// w4a16/moe.h (route_tokens) builds the offsets and the sorted rows' sources from top-k routing.
+//   A        T [rows][k]                       16-byte aligned
+//   W        [experts][n * k / 2] bytes        each expert pack_weights'd, back to back
+//   scales   T [experts][k / group_size][n]    (zeros the same, or nullptr)
+//   bias     T [experts][n] or nullptr
+//   C        T [rows][n]                       rows past expert_offsets[experts] are not written
+// expert_offsets and row_weights are device memory written by the caller's routing (no host copy,
+// no synchronization: the call can be captured in a CUDA graph and replayed with new routing).
+// `rows` is what the launch is sized for, the most rows the routing may produce (tokens x top_k);
+// the device offsets must be nondecreasing from 0 to at most `rows`. Offsets that break this give
+// wrong results but no access outside A and C (the kernel clamps them into [0, rows]). Experts
+// without rows cost nothing: their weights are never read. No workspace.
+struct GroupedGemmArguments {
+  const void* a = nullptr;
+  const void* packed_weights = nullptr;
+  const void* scales = nullptr;
+  const void* zeros = nullptr;  // optional zero points, as GemmArguments::zeros, per expert
+  const void* bias = nullptr;   // optional, per expert
+  void* c = nullptr;
+  const int32_t* expert_offsets = nullptr;  // device int32 [experts + 1], 4-byte aligned
+  const float* row_weights = nullptr;       // optional device fp32 [rows], 4-byte aligned
+  int experts = 0;  // 1 .. 65536
+  int rows = 0;     // >= 0; 0 launches nothing
+  int n = 0;
+  int k = 0;
+  int group_size = 128;
+  float alpha = 1.0f;
+  ElementType element = ElementType::kFloat16;
+  bool float_zeros = false;  // as GemmArguments::float_zeros
+
+  QuantOp quant() const {
+    if (zeros == nullptr) return QuantOp::kScaleOnly;
+    return float_zeros ? QuantOp::kScaleAndFloatZeros : QuantOp::kScaleAndZeros;
+  }
+  Format format() const { return {element, quant()}; }
+};
+
 struct ProfileResult {
   KernelConfig best;
   float best_microseconds = 0.0f;
@@ -196,6 +236,16 @@ class GemmRunner {
   Status save_tuning(const std::string& path) const;
   Status load_tuning(const std::string& path);
 
+  // Grouped (mixture-of-experts) GEMM, see GroupedGemmArguments. The configs with a grouped
+  // kernel are the heuristic multistage and streaming tiles without split-K (grouped_configs());
+  // the default picks one from the rows per routed expert the call can have on average.
+  // Thread-safe like gemm().
+  const std::vector<KernelConfig>& grouped_configs() const { return grouped_configs_; }
+  KernelConfig default_grouped_config(int rows, int experts, int n, int k) const;
+  Status grouped_gemm(const GroupedGemmArguments& args, cudaStream_t stream) const;
+  Status grouped_gemm(const GroupedGemmArguments& args, const KernelConfig& config, cudaStream_t stream) const;
+  Status check_grouped(const GroupedGemmArguments& args, const KernelConfig& config) const;
+
   // Validation alone (what gemm() checks before any launch).
   Status check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                size_t workspace_bytes) const;
@@ -208,6 +258,7 @@ class GemmRunner {
   int sm_count_ = 0;
   ProgrammaticLaunch programmatic_launch_ = ProgrammaticLaunch::kWhereItHelps;
   std::vector<KernelConfig> configs_;
+  std::vector<KernelConfig> grouped_configs_;
   std::unique_ptr<Impl> impl_;
   std::map<std::tuple<int, int, int, int, Format>, KernelConfig> profiled_;
 };

@@ -252,6 +252,49 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
   return dequant;
 }
 
+// The grouped launch's tile. The host cannot see the routing, only its size: `rows` rows over at
+// most min(experts, rows) experts, so rows per routed expert are at least rows / min(experts,
+// rows) on average, and the tile is picked by that with room to spare: routing is uneven, and an
+// expert with one row more than the tile streams its weights twice (Mixtral, 64 tokens: the
+// 16-row streaming tile at 16 rows per expert on average ran 2x slower than the per-expert loop;
+// bench/NOTES.md, entry 28). Each routed expert has a full pass over its n-tiles, so even decode
+// grids are routed-experts times larger than a dense call's and never need split-K.
+//   <= 2 rows per expert: 8-row streaming tiles, 64 channels (32 when that leaves fewer than two
+//                         blocks per SM); <= 8: the 16-row streaming tiles;
+//   above: the warp-specialized 32 / 64 / 128-row tiles (sm_90a builds on sm_90) up to 24 / 48 /
+//          more rows per expert, else the multistage table's tile for twice the average.
+KernelConfig choose_grouped(int rows, int experts, int n, int k, const DeviceTraits& device,
+                            const std::vector<KernelConfig>& available) {
+  (void)k;
+  const long long routed = std::max(1LL, std::min<long long>(experts, rows));
+  const long long rows_per_expert = (std::max(rows, 1) + routed - 1) / routed;
+  auto is_available = [&](const KernelConfig& config) {
+    return std::find(available.begin(), available.end(), config) != available.end();
+  };
+  std::vector<TileChoice> choices;
+  if (rows_per_expert <= 8) {
+    const int tile_m = rows_per_expert <= 2 ? 8 : 16;
+    const int stages = tile_m == 8 ? 3 : 4;
+    const double blocks_per_sm = static_cast<double>(routed) * n / 64 / device.sm_count;
+    if (blocks_per_sm >= 2.0) choices.push_back({tile_m, tile_m, 64, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
+    choices.push_back({tile_m, tile_m, 32, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
+  }
+  if (device.sm_version == 90) {
+    const TileChoice& ws = rows_per_expert <= 24   ? kWarpSpecializedTable[0]
+                           : rows_per_expert <= 48 ? kWarpSpecializedTable[1]
+                                                   : kWarpSpecializedTable[2];
+    choices.push_back(ws);
+  }
+  const TileChoice* table_tile = &kTileTable[0];
+  while (2 * rows_per_expert > table_tile->max_m) ++table_tile;
+  choices.push_back(*table_tile);
+  for (const TileChoice& choice : choices) {
+    const KernelConfig config = config_of(choice);
+    if (is_available(config)) return config;
+  }
+  return available.empty() ? KernelConfig{} : available.front();
+}
+
 LaunchOverlap launch_overlap(KernelFamily family, long long blocks, int resident_blocks_per_sm, int sm_count) {
   // A programmatic launch's blocks are placed as soon as the previous kernel triggers, into
   // whatever block slots are free then. A grid that fills the GPU's slots (at most half a free

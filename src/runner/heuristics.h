@@ -20,6 +20,12 @@ const std::vector<int>& split_k_choices();
 // preferred tensor-core tile is not compiled for this device.
 KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::vector<KernelConfig>& available);
 
+// The grouped (mixture-of-experts) launch's tile for `rows` routed rows over `experts` experts,
+// from `available` (GemmRunner::grouped_configs()); its first entry when none of the preferred
+// tiles is there, a default KernelConfig when it is empty.
+KernelConfig choose_grouped(int rows, int experts, int n, int k, const DeviceTraits& device,
+                            const std::vector<KernelConfig>& available);
+
 // Programmatic dependent launch (sm_90) for one launch of a fused kernel whose grid has `blocks`
 // blocks, `resident_blocks_per_sm` of which fit on an SM at once (0: unknown).
 struct LaunchOverlap {

@@ -52,6 +52,11 @@ struct GemmRunner::Impl {
       if (entry.config == config && entry.format == format) return &entry;
     return nullptr;
   }
+  // The entry whose grouped kernel serves `config` in `format`, or null.
+  const FusedEntry* find_grouped(const KernelConfig& config, const Format& format) const {
+    const FusedEntry* entry = config.split_k == 1 ? find(config, format) : nullptr;
+    return entry != nullptr && entry->kernel.launch_grouped != nullptr ? entry : nullptr;
+  }
 };
 
 namespace {
@@ -118,10 +123,21 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
         continue;
       }
       const int resident_blocks = kernel.resident_blocks_per_sm();  // after prepare(): its shared-memory limit
+      fused::CompiledKernel usable = kernel;
+      if (usable.launch_grouped != nullptr && usable.prepare_grouped() != cudaSuccess) {
+        cudaGetLastError();
+        usable.launch_grouped = nullptr;
+      }
+      if (usable.launch_grouped != nullptr) {
+        const KernelConfig config = config_of(kernel.shape, 1);
+        if (std::find(grouped_configs_.begin(), grouped_configs_.end(), config) == grouped_configs_.end()) {
+          grouped_configs_.push_back(config);
+        }
+      }
       for (int split : heuristics::split_k_choices()) {
         const KernelConfig config = config_of(kernel.shape, split);
         if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) configs_.push_back(config);
-        impl_->fused_kernels.push_back({config, kernel.format, kernel, compiled_arch, resident_blocks});
+        impl_->fused_kernels.push_back({config, kernel.format, usable, compiled_arch, resident_blocks});
       }
     }
   }
@@ -134,6 +150,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     if (cublasStatus_t error = cublasCreate(&impl_->cublas); error != CUBLAS_STATUS_SUCCESS) {
       status_ = Status(StatusCode::kCublasError, std::string("cublasCreate: ") + cublasGetStatusString(error));
       configs_.clear();
+      grouped_configs_.clear();
       return;
     }
     KernelConfig config;
@@ -285,6 +302,61 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
         error != cudaSuccess) {
       return cuda_status(error, "split-K reduce launch");
     }
+  }
+  return Status::success();
+}
+
+KernelConfig GemmRunner::default_grouped_config(int rows, int experts, int n, int k) const {
+  return heuristics::choose_grouped(rows, experts, n, k, {sm_version_, sm_count_}, grouped_configs_);
+}
+
+Status GemmRunner::check_grouped(const GroupedGemmArguments& args, const KernelConfig& config) const {
+  if (!status_.ok()) return status_;
+  int current_device = -1;
+  if (cudaGetDevice(&current_device) != cudaSuccess || current_device != device_) {
+    return Status(StatusCode::kInvalidArgument, "the runner was created on device " + std::to_string(device_) +
+                                                    " but the current device is " + std::to_string(current_device));
+  }
+  if (Status s = check_grouped_arguments(args, config); !s.ok()) return s;
+  if (impl_->find_grouped(config, args.format()) == nullptr) {
+    return Status(StatusCode::kUnsupportedArch, "config " + config.name() + " has no grouped " +
+                                                    format_name(args.format()) + " kernel for sm_" +
+                                                    std::to_string(sm_version_) + " in this build (see grouped_configs())");
+  }
+  return Status::success();
+}
+
+Status GemmRunner::grouped_gemm(const GroupedGemmArguments& args, cudaStream_t stream) const {
+  return grouped_gemm(args, default_grouped_config(args.rows, args.experts, args.n, args.k), stream);
+}
+
+Status GemmRunner::grouped_gemm(const GroupedGemmArguments& args, const KernelConfig& config,
+                                cudaStream_t stream) const {
+  if (Status s = check_grouped(args, config); !s.ok()) return s;
+  if (args.rows == 0) return Status::success();
+  const Impl::FusedEntry* entry = impl_->find_grouped(config, args.format());
+  fused::GroupedParams grouped;
+  fused::Params& params = grouped.base;
+  params.a = args.a;
+  params.packed_weights = args.packed_weights;
+  params.scales = args.scales;
+  params.zeros = args.zeros;
+  params.bias = args.bias;
+  params.c = args.c;
+  params.m = args.rows;
+  params.n = args.n;
+  params.k = args.k;
+  params.group_size = args.group_size;
+  params.group_shift = group_shift(args.k, args.group_size);
+  params.alpha = args.alpha;
+  grouped.expert_offsets = args.expert_offsets;
+  grouped.row_weights = args.row_weights;
+  grouped.experts = args.experts;
+  grouped.m_slots = grouped_m_slots(args.rows, args.experts, config.tile_m);
+  grouped.weight_bytes_per_expert = static_cast<long long>(args.n) * args.k / 2;
+  grouped.groups_per_expert = static_cast<long long>(args.k / args.group_size) * args.n;
+  if (cudaError_t error = entry->kernel.launch_grouped(grouped, stream); error != cudaSuccess) {
+    return cuda_status(error, "grouped launch");
   }
   return Status::success();
 }

@@ -1,6 +1,7 @@
 // The device-free argument rules of the runner (see validate.h).
 #include "runner/validate.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -19,6 +20,9 @@ constexpr size_t kWorkspaceAlignment = 256;  // cuBLAS and the fp32 partials
 // The fused grid is one-dimensional over output tiles (see fused/tile_scheduler.cuh); grid.x and
 // the kernel's int tile index both stop at 2^31 - 1.
 constexpr long long kMaxOutputTiles = 2147483647LL;
+// The grouped launch: experts' tensors are indexed with 64-bit strides, so the bound only keeps
+// the sizes below far from overflow and the scheduler's sweep count small.
+constexpr int kMaxExperts = 65536;
 
 bool aligned(const void* pointer, size_t alignment) { return reinterpret_cast<uintptr_t>(pointer) % alignment == 0; }
 
@@ -140,6 +144,96 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
     }
   }
   if (overlap(c, scratch)) return Status(StatusCode::kInvalidArgument, "c overlaps the workspace");
+  return Status::success();
+}
+
+long long grouped_m_slots(long long rows, long long experts, int tile_m) {
+  return rows / tile_m + std::min(experts, rows);
+}
+
+Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelConfig& config) {
+  if (args.element != ElementType::kFloat16 && args.element != ElementType::kBFloat16) {
+    return Status(StatusCode::kInvalidArgument,
+                  "element must be ElementType::kFloat16 or kBFloat16, got " + std::to_string(int(args.element)));
+  }
+  if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr ||
+      args.expert_offsets == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales, c and expert_offsets must not be null");
+  }
+  if (args.experts < 1 || args.experts > kMaxExperts) {
+    return Status(StatusCode::kInvalidArgument,
+                  "experts must be in 1 .. " + std::to_string(kMaxExperts) + ", got " + std::to_string(args.experts));
+  }
+  if (args.rows < 0 || args.n <= 0 || args.k <= 0) {
+    return Status(StatusCode::kInvalidArgument, "rows must be >= 0 and n, k positive, got rows = " +
+                                                    std::to_string(args.rows) + ", n = " + std::to_string(args.n) +
+                                                    ", k = " + std::to_string(args.k));
+  }
+  if (args.n % 16 != 0 || args.k % 64 != 0) {
+    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
+                                                     std::to_string(args.n) + ", k = " + std::to_string(args.k));
+  }
+  if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
+  if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
+  if (args.float_zeros && args.zeros == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "float_zeros is set but zeros is null (float_zeros describes the zero points)");
+  }
+  if (!config.fused() || config.split_k != 1) {
+    return Status(StatusCode::kInvalidArgument,
+                  "grouped_gemm takes a fused config without split-K (see grouped_configs()), got " + config.name());
+  }
+  const struct {
+    const void* pointer;
+    const char* name;
+    size_t alignment;
+  } pointers[] = {{args.a, "a", kPointerAlignment},
+                  {args.packed_weights, "packed_weights", kPointerAlignment},
+                  {args.scales, "scales", kPointerAlignment},
+                  {args.zeros, "zeros", kPointerAlignment},
+                  {args.bias, "bias", kPointerAlignment},
+                  {args.c, "c", kPointerAlignment},
+                  {args.expert_offsets, "expert_offsets", 4},
+                  {args.row_weights, "row_weights", 4}};
+  for (const auto& p : pointers) {
+    if (p.pointer != nullptr && !aligned(p.pointer, p.alignment)) {
+      return Status(StatusCode::kMisalignedPointer,
+                    std::string(p.name) + " must be " + std::to_string(p.alignment) + "-byte aligned");
+    }
+  }
+  const long long n_tiles = (static_cast<long long>(args.n) + config.tile_n - 1) / config.tile_n;
+  if (grouped_m_slots(args.rows, args.experts, config.tile_m) * n_tiles > kMaxOutputTiles) {
+    return Status(StatusCode::kUnsupportedShape, "rows x n = " + std::to_string(args.rows) + " x " +
+                                                     std::to_string(args.n) + " with " + std::to_string(args.experts) +
+                                                     " experts needs more than 2^31 - 1 blocks for config " +
+                                                     config.name());
+  }
+  // The warp-specialized grouped kernels address the stacked weights and scales through TMA,
+  // whose coordinates are 32-bit.
+  if (config.family == KernelFamily::kWarpSpecialized &&
+      (static_cast<long long>(args.experts) * args.n > kMaxOutputTiles ||
+       static_cast<long long>(args.experts) * (args.k / args.group_size) > kMaxOutputTiles)) {
+    return Status(StatusCode::kUnsupportedShape, "experts x n = " + std::to_string(args.experts) + " x " +
+                                                     std::to_string(args.n) + " (or experts x k / group) exceeds 2^31 - 1 for the warp-specialized "
+                                                     "grouped kernels; use a multistage or streaming config");
+  }
+  // Everything below 2^63: experts <= 2^16, n and k < 2^31.
+  const unsigned long long rows = args.rows, experts = args.experts, n = args.n, k = args.k,
+                           groups = k / unsigned(args.group_size);
+  auto at = [](const void* p) { return reinterpret_cast<uintptr_t>(p); };
+  const Region inputs[] = {{"a", at(args.a), 2 * rows * k},
+                           {"packed_weights", at(args.packed_weights), experts * n * k / 2},
+                           {"scales", at(args.scales), 2 * experts * groups * n},
+                           {"zeros", at(args.zeros), 2 * experts * groups * n},
+                           {"bias", at(args.bias), 2 * experts * n},
+                           {"expert_offsets", at(args.expert_offsets), 4 * (experts + 1)},
+                           {"row_weights", at(args.row_weights), 4 * rows}};
+  const Region c{"c", at(args.c), 2 * rows * n};
+  for (const Region& input : inputs) {
+    if (overlap(c, input)) {
+      return Status(StatusCode::kInvalidArgument,
+                    std::string("c overlaps ") + input.name + " (outputs must not alias inputs)");
+    }
+  }
   return Status::success();
 }
 

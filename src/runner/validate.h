@@ -39,4 +39,25 @@ size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& c
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_bytes);
 
+// The grouped launch's m-slots (fused::GroupedParams::m_slots): rows / tile_m + min(experts,
+// rows), an upper bound on the (expert, m-tile) pairs of any routing of `rows` rows.
+long long grouped_m_slots(long long rows, long long experts, int tile_m);
+
+// GemmRunner::grouped_gemm's device-free rules, in this order:
+//   element type known                                               kInvalidArgument
+//   a, packed_weights, scales, c, expert_offsets not null            kInvalidArgument
+//   experts in 1 .. 65536, rows >= 0, n and k positive               kInvalidArgument
+//   n % 16 == 0, k % 64 == 0                                         kUnsupportedShape
+//   group in {32, 64, 128, k}, dividing k                            kUnsupportedGroupSize
+//   alpha finite; float_zeros only with zeros                        kInvalidArgument
+//   config: a fused config with split_k == 1                         kInvalidArgument
+//   a, packed_weights, scales, zeros, bias, c 16-byte aligned;
+//   expert_offsets, row_weights 4-byte aligned                       kMisalignedPointer
+//   at most 2^31 - 1 blocks (m-slots x n-tiles)                      kUnsupportedShape
+//   warp-specialized: experts * n and experts * k / group < 2^31     kUnsupportedShape
+//   C overlaps no input                                              kInvalidArgument
+// Sizes: a rows*k, c rows*n, scales and zeros experts*(k/group)*n, bias experts*n elements of 2
+// bytes; packed experts*n*k/2 bytes; expert_offsets 4*(experts+1), row_weights 4*rows bytes.
+Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelConfig& config);
+
 }  // namespace w4a16

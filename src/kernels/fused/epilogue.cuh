@@ -1,5 +1,6 @@
 #pragma once
-// Writes a warp's accumulators: C in the element type (alpha, bias applied) when the block owns the whole k range,
+// Writes a warp's accumulators: C in the element type (alpha, bias and, for grouped launches, the
+// row's routing weight applied: w * (alpha * acc + bias)) when the block owns the whole k range,
 // otherwise the raw fp32 partial sums of its split-K slice for split_k_reduce to combine.
 //
 // Accumulator fragment of mma.m16n8k16 (weights on the 16-row side): lane L holds
@@ -16,7 +17,8 @@ struct Epilogue {
   using Scalar = typename E::Scalar;
   template <class Accumulators>
   static __device__ __forceinline__ void store(const Params& params, const TileWork& work, int warp_m, int warp_n,
-                                               const Accumulators& accumulators) {
+                                               const Accumulators& accumulators,
+                                               const float* row_weights = nullptr) {
     const int lane = threadIdx.x % 32;
     #pragma unroll
     for (int fragment_n = 0; fragment_n < Tile::kFragmentsN; ++fragment_n) {
@@ -41,7 +43,9 @@ struct Epilogue {
           const long long index = static_cast<long long>(row) * params.n + channel;
           const float value = accumulators[fragment_n][fragment_m][i];
           if (params.split_k == 1) {
-            static_cast<Scalar*>(params.c)[index] = E::from_float(params.alpha * value + bias[i >> 1]);
+            float result = params.alpha * value + bias[i >> 1];
+            if (row_weights != nullptr) result *= row_weights[row];  // grouped launches only
+            static_cast<Scalar*>(params.c)[index] = E::from_float(result);
           } else {
             params.partials[static_cast<long long>(work.split) * params.m * params.n + index] = value;
           }

@@ -43,6 +43,25 @@ struct Params {
   bool warm_l2_before_wait = false;
 };
 
+// A grouped (mixture-of-experts) launch: E experts of one shape, their weights back to back, and
+// the activation rows sorted by expert, expert e owning rows [expert_offsets[e],
+// expert_offsets[e + 1]) of A and C. The offsets live on the device (the routing kernel wrote
+// them), so the grid is sized for the worst case and each block finds its expert there
+// (grouped_scheduler.cuh). `base` holds what every expert shares (n, k, group, alpha) and expert
+// 0's pointers; base.m is the number of rows (positions) the grid was sized for.
+struct GroupedParams {
+  Params base;
+  const int* expert_offsets = nullptr;  // [experts + 1], device; clamped to [0, base.m] on use
+  const float* row_weights = nullptr;   // [base.m] or nullptr: C's row r is multiplied by it
+  int experts = 0;
+  // Upper bound on the (expert, m-tile) pairs: an expert of r > 0 rows has ceil(r / TileM) <=
+  // r / TileM + 1 tiles, so all of them have at most rows / TileM + min(experts, rows). The grid
+  // is m_slots x n-tiles; blocks past the real pairs return at once.
+  int m_slots = 0;
+  long long weight_bytes_per_expert = 0;  // n * k / 2
+  long long groups_per_expert = 0;        // (k / group_size) * n elements of scales (and zeros)
+};
+
 // A compiled tile as the host sees it: its family (which mainloop) and its shape (Tile<...>).
 struct TileShape {
   KernelFamily family;
@@ -63,6 +82,10 @@ struct CompiledKernel {
   cudaError_t (*prepare)();  // cudaErrorInvalidDeviceFunction when this device has no binary
   int (*compiled_for)();     // the virtual arch (e.g. 80) the device code was compiled from
   int (*resident_blocks_per_sm)();  // how many of its blocks an SM of this device holds at once
+  // The grouped (mixture-of-experts) kernel of the same tile, for the tiles that have one (the
+  // heuristic multistage and streaming tiles); null otherwise.
+  cudaError_t (*launch_grouped)(const GroupedParams&, cudaStream_t) = nullptr;
+  cudaError_t (*prepare_grouped)() = nullptr;
 };
 
 // Every compiled kernel of instances.def in every format (the registry CMake generates from the

@@ -23,6 +23,22 @@ struct TileWork {
 // simply n-tile after n-tile.
 constexpr int kBandM = 8;
 
+// Output tile `index` of an m_tiles x n_tiles grid in the band order above, for the grouped
+// scheduler. (schedule_tile spells the same arithmetic out: written through this helper, its
+// prologue compiled to a slightly different instruction sequence, and the dense kernels' code is
+// kept exactly as measured.)
+struct BandedTile {
+  int m_tile, n_tile;
+};
+// (`index` unsigned, as blockIdx.x is: the divisions are unsigned, which are cheaper.)
+__device__ __forceinline__ BandedTile banded_tile(unsigned index, int m_tiles, int n_tiles) {
+  const int tiles_per_band = kBandM * n_tiles;
+  const int band = index / tiles_per_band, in_band = index % tiles_per_band;
+  const int band_first_m = band * kBandM;
+  const int band_height = min(kBandM, m_tiles - band_first_m);
+  return {band_first_m + in_band % band_height, in_band / band_height};
+}
+
 // kKBlocksPerUnit: the granularity split-K deals k out in (the mainloop's unit of work along k:
 // one k-block, or two for warp-specialized tiles, whose slots hold two).
 template <class Tile, int kKBlocksPerUnit>

@@ -40,6 +40,7 @@
 #include "kernels/common/launch.cuh"
 #include "kernels/common/ptx.cuh"
 #include "kernels/fused/epilogue.cuh"
+#include "kernels/fused/grouped_scheduler.cuh"
 #include "kernels/fused/kernel.cuh"
 #include "kernels/fused/params.h"
 #include "kernels/fused/tile.h"
@@ -79,6 +80,13 @@ __device__ __forceinline__ void tma_prefetch_3d(const CUtensorMap* map, int x, i
                "r"(x), "r"(y), "r"(z)
                : "memory");
 }
+
+// Where a grouped launch's expert starts in the tensor maps, which span every expert (see
+// encode_grouped_tensor_maps): its first row block of the stacked weights, its first group row of
+// the stacked scales (and zeros), its first row of the sorted A. All zero in a dense launch.
+struct ExpertOrigin {
+  int row_block = 0, group_row = 0, activation_row = 0;
+};
 
 template <class TileT, class FormatT>
 struct WarpSpecializedMainloop {
@@ -157,14 +165,16 @@ struct WarpSpecializedMainloop {
   // Why two k-blocks per slot: the copy engine's cost is per request rather than per byte (one
   // 1-D bulk copy per 512-byte weight tile ran at 166 us at 128x28672x8192, one 3-D box per
   // k-block at 117), and the consumers' per-slot overhead halves (bench/NOTES.md, entry 19).
+  // `expert`: where the tile's expert starts in the maps of a grouped launch (zeros otherwise).
   static __device__ __forceinline__ void produce(const Params& params, const TensorMaps& maps, const TileWork& work,
                                                  uint32_t slots_address, uint32_t full_address,
-                                                 uint32_t empty_address) {
+                                                 uint32_t empty_address, const ExpertOrigin& expert = {}) {
     const int k_blocks = work.k_block_end - work.k_block_begin;
     const int slots_needed = (k_blocks + 1) / 2;
     const uint32_t scale_bytes =
         Format::kGroupArrays * scale_rows_per_box(params.group_size, kKBlocksPerSlot) * Tile::kTileN * 2;
-    const int row_block = work.n_begin / layout::kTileRows;
+    const int row_block = expert.row_block + work.n_begin / layout::kTileRows;
+    const int activation_row = expert.activation_row + work.m_begin;
     auto k_blocks_in = [&](int i) { return min(2, k_blocks - 2 * i); };
 
     auto issue_slot = [&](int i, int stage) {
@@ -175,14 +185,14 @@ struct WarpSpecializedMainloop {
       const int k_block = work.k_block_begin + 2 * i;
       tma_load_3d(slot, &maps.weights, barrier, 0, k_block, row_block);
       // Group of the slot's first column (see Params::group_shift).
-      const int group = (k_block * Tile::kBlockK) >> params.group_shift;
+      const int group = expert.group_row + ((k_block * Tile::kBlockK) >> params.group_shift);
       tma_load_2d(slot + kScaleOffset, &maps.scales, barrier, work.n_begin, group);
       if constexpr (Format::kZeros) tma_load_2d(slot + kScaleOffset + kZeroOffset, &maps.zeros, barrier, work.n_begin, group);
       const int column = k_block * Tile::kBlockK;
-      tma_load_2d(slot + kActivationOffset, &maps.activations, barrier, column, work.m_begin);
+      tma_load_2d(slot + kActivationOffset, &maps.activations, barrier, column, activation_row);
       if (k_blocks_in(i) == 2) {
         tma_load_2d(slot + kActivationOffset + Tile::kActivationBytes, &maps.activations, barrier,
-                    column + Tile::kBlockK, work.m_begin);
+                    column + Tile::kBlockK, activation_row);
       }
     };
 
@@ -359,21 +369,101 @@ cudaError_t launch_warp_specialized(const Params& params, cudaStream_t stream, b
                        Loop::kSharedBytes, stream, programmatic, params, maps);
 }
 
+// The grouped (mixture-of-experts) launch of the same mainloop: the block's expert and tile come
+// from the device offsets (grouped_scheduler.cuh, every warp computing the same answer), the
+// producer adds the expert's origin to its TMA coordinates, and the consumers store through the
+// expert's Params. Rows of the m-tile past the expert's last row are loaded (they belong to the
+// next expert, or read as zeros past the last row) but never stored.
+template <class Loop>
+__device__ __forceinline__ void grouped_warp_specialized_tile(const GroupedParams& grouped, const TensorMaps& maps,
+                                                              uint8_t* dynamic_shared) {
+  using Tile = typename Loop::Tile;
+  using Scalar = typename Loop::E::Scalar;
+  const uint32_t misalignment = ptx::shared_address(dynamic_shared) % Loop::kBaseSlack;
+  uint8_t* slots = dynamic_shared + (misalignment == 0 ? 0 : Loop::kBaseSlack - misalignment);
+  uint64_t* full = reinterpret_cast<uint64_t*>(slots + Tile::kStages * Loop::kSlotBytes);
+  uint64_t* empty = full + Tile::kStages;
+  GroupedTile tile;
+  if (!schedule_grouped_tile<Tile>(grouped, &tile)) return;  // the same in every warp: no barrier is left waiting
+  const int warp = __shfl_sync(0xffffffff, static_cast<int>(threadIdx.x) / 32, 0);
+  const uint32_t slots_address = ptx::shared_address(slots);
+  const uint32_t full_address = ptx::shared_address(full), empty_address = ptx::shared_address(empty);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < Tile::kStages; ++s) {
+      cutlass::arch::ClusterBarrier::init(&full[s], 1);
+      cutlass::arch::ClusterBarrier::init(&empty[s], Loop::kConsumerWarps);
+    }
+    cutlass::arch::fence_barrier_init();
+  }
+  __syncthreads();
+  const Params& base = grouped.base;
+  const TileWork work{tile.m_begin, tile.n_begin, 0, base.k / Tile::kBlockK, 0};
+  if (warp >= Loop::kConsumerWarps) {
+    cutlass::arch::warpgroup_reg_dealloc<Loop::kProducerRegisters>();
+    ExpertOrigin origin;
+    origin.row_block = tile.expert * (base.n / layout::kTileRows);
+    origin.group_row = tile.expert * static_cast<int>(grouped.groups_per_expert / base.n);
+    origin.activation_row = tile.row_begin;
+    if (threadIdx.x == Tile::kThreads) {
+      Loop::produce(base, maps, work, slots_address, full_address, empty_address, origin);
+    }
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<Loop::kConsumerRegisters>();
+    const int warp_n = warp % Tile::kWarpsN;
+    const int warp_m = (warp / Tile::kWarpsN) % Tile::kWarpsM;
+    typename Loop::Accumulators accumulators;
+    Loop::consume(base, work, slots_address, full_address, empty_address, warp_m, warp_n, accumulators);
+    ptx::launch_dependent_grids();
+    Params params = base;
+    const long long row_begin = tile.row_begin, expert = tile.expert;
+    params.c = static_cast<Scalar*>(params.c) + row_begin * params.n;
+    params.m = tile.rows;
+    if (params.bias != nullptr) params.bias = static_cast<const Scalar*>(params.bias) + expert * params.n;
+    const float* row_weights = grouped.row_weights != nullptr ? grouped.row_weights + row_begin : nullptr;
+    Epilogue<Tile, typename Loop::E>::store(params, work, warp_m, warp_n, accumulators, row_weights);
+  }
+}
+
+template <class Loop>
+__global__ void __launch_bounds__(Loop::kBlockThreads, Loop::kMinBlocksPerSM)
+    grouped_warp_specialized_kernel(const __grid_constant__ GroupedParams grouped, const __grid_constant__ TensorMaps maps) {
+  extern __shared__ __align__(128) uint8_t dynamic_shared[];
+  if constexpr (compiled_here<Loop>()) grouped_warp_specialized_tile<Loop>(grouped, maps, dynamic_shared);
+}
+
+template <class Loop>
+cudaError_t launch_grouped_warp_specialized(const GroupedParams& grouped, cudaStream_t stream) {
+  using Tile = typename Loop::Tile;
+  const Params& base = grouped.base;
+  TensorMaps maps;
+  if (cudaError_t error = encode_grouped_tensor_maps(
+          &maps, Loop::E::kType, base.a, base.packed_weights, base.scales, Loop::Format::kZeros ? base.zeros : nullptr,
+          base.m, grouped.experts, base.n, base.k, base.group_size, Tile::kTileM, Tile::kTileN / layout::kTileRows,
+          Loop::kKBlocksPerSlot);
+      error != cudaSuccess) {
+    return error;
+  }
+  const long long n_tiles = (static_cast<long long>(base.n) + Tile::kTileN - 1) / Tile::kTileN;
+  return launch_kernel(grouped_warp_specialized_kernel<Loop>, dim3(static_cast<unsigned>(grouped.m_slots * n_tiles)),
+                       dim3(Loop::kBlockThreads), Loop::kSharedBytes, stream, false, grouped, maps);
+}
+
 // The generic probe, plus two conditions under which the kernel must not be offered:
 //  - the driver cannot encode tensor maps (launch would fail);
 //  - ptxas gave the kernel fewer registers than the launch-bounds cap the setmaxnreg counts are
 //    computed from, so the consumers' increase could exceed what the producer releases, and
 //    setmaxnreg.inc would wait forever. (ptxas 13.0 allocates exactly the cap for kernels that
 //    use setmaxnreg; this turns a change of that into a missing config rather than a hang.)
-template <class Loop>
+// (Kernel: the dense or the grouped kernel of Loop; both are checked the same way.)
+template <class Loop, auto Kernel = warp_specialized_kernel<Loop>>
 cudaError_t prepare_warp_specialized() {
   using Tile = typename Loop::Tile;
-  if (cudaError_t error = prepare<Loop, warp_specialized_kernel<Loop>>(); error != cudaSuccess) {
+  if (cudaError_t error = prepare<Loop, Kernel>(); error != cudaSuccess) {
     return error;
   }
   if (!tensor_maps_supported()) return cudaErrorNotSupported;
   cudaFuncAttributes attributes;
-  if (cudaError_t error = cudaFuncGetAttributes(&attributes, warp_specialized_kernel<Loop>); error != cudaSuccess) {
+  if (cudaError_t error = cudaFuncGetAttributes(&attributes, Kernel); error != cudaSuccess) {
     return error;
   }
   const long long released = static_cast<long long>(Loop::kProducerThreads) * (attributes.numRegs - Loop::kProducerRegisters);
@@ -385,6 +475,15 @@ template <class Loop>
 CompiledKernel compiled_warp_specialized_kernel(TileRole role) {
   return make_compiled_kernel<Loop, warp_specialized_kernel<Loop>, &launch_warp_specialized<Loop>,
                               &prepare_warp_specialized<Loop>>(role);
+}
+
+// The same with the tile's grouped kernel (instantiate.inc: the heuristic 128-channel tiles).
+template <class Loop>
+CompiledKernel compiled_warp_specialized_kernel_with_grouped(TileRole role) {
+  CompiledKernel kernel = compiled_warp_specialized_kernel<Loop>(role);
+  kernel.launch_grouped = &launch_grouped_warp_specialized<Loop>;
+  kernel.prepare_grouped = &prepare_warp_specialized<Loop, grouped_warp_specialized_kernel<Loop>>;
+  return kernel;
 }
 
 }  // namespace w4a16::fused

@@ -46,4 +46,15 @@ cudaError_t encode_tensor_maps(TensorMaps* maps, ElementType element, const void
                                const void* scales, const void* zeros, int m, int n, int k, int group_size,
                                int box_rows, int box_row_blocks, int box_k_blocks);
 
+// The grouped launch's maps: A over all `rows` sorted rows, the weights over the experts' packed
+// buffers back to back (one packed layout of experts * n rows: each expert's is n / 16 row blocks
+// of k / 64 tiles, contiguous), the scales and zeros over [experts * k / group][n]. The kernel
+// adds the expert's origin (ExpertOrigin) to its coordinates. TMA coordinates are 32-bit, so the
+// runner admits the warp-specialized grouped kernels only while experts * n and
+// experts * k / group fit in an int.
+cudaError_t encode_grouped_tensor_maps(TensorMaps* maps, ElementType element, const void* a,
+                                       const void* packed_weights, const void* scales, const void* zeros, int rows,
+                                       int experts, int n, int k, int group_size, int box_rows, int box_row_blocks,
+                                       int box_k_blocks);
+
 }  // namespace w4a16::fused
