@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "w4a16/format.h"
+#include "w4a16/runner.h"
 
 namespace w4a16::cli {
 
@@ -54,6 +55,7 @@ struct MoeBenchOptions {
   int repeats = 9;
   std::string json;
   std::vector<int> tokens = {1, 16, 64, 512, 4096};
+  std::vector<KernelConfig> configs;  // timed next to the default in every case that admits them
 };
 int run_moe_bench(const MoeBenchOptions& options);
 

@@ -289,9 +289,13 @@ void check_bench_options(const BenchOptions& options) {
 
 int run_bench(const BenchOptions& options) {
   if (options.moe) {
-    if (options.formats || options.act_order || options.profile || !options.config.empty() || !options.m.empty() ||
-        !options.n.empty() || !options.k.empty() || options.shapes != "default") {
-      throw CliError("--moe times its own models; it takes no --formats, --act-order, --profile, --config, --shapes, --m/--n/--k");
+    if (options.formats || options.act_order || options.profile || !options.m.empty() || !options.n.empty() ||
+        !options.k.empty() || options.shapes != "default") {
+      throw CliError("--moe times its own models; it takes no --formats, --act-order, --profile, --shapes, --m/--n/--k");
+    }
+    for (const std::string& name : options.config) {
+      KernelConfig config;
+      if (!parse_kernel_config(name, &config)) throw CliError("--config " + name + ": not a config name (w4a16 info lists them)");
     }
     if (options.zeros && options.float_zeros) throw CliError("--zeros and --float-zeros: choose one");
     MoeBenchOptions moe;
@@ -302,6 +306,10 @@ int run_bench(const BenchOptions& options) {
     moe.repeats = options.repeats;
     moe.json = options.json;
     if (!options.tokens.empty()) moe.tokens = options.tokens;
+    for (const std::string& name : options.config) {
+      moe.configs.emplace_back();
+      parse_kernel_config(name, &moe.configs.back());
+    }
     return run_moe_bench(moe);
   }
   if (!options.tokens.empty()) throw CliError("--tokens goes with --moe");

@@ -195,7 +195,17 @@ int run_moe_bench(const MoeBenchOptions& options) {
           args.zeros = with_zeros ? zeros[size_t(i % w4_copies)].get() : nullptr;
         };
         point_at_copy(grouped, 0);
-        const KernelConfig config = runner.default_grouped_config(rows, experts, n, k);
+        // The default config, then each --config one this case admits (a '#' line for the others).
+        std::vector<KernelConfig> configs = {runner.default_grouped_config(rows, experts, n, k)};
+        for (const KernelConfig& forced : options.configs) {
+          if (forced == configs.front()) continue;
+          if (Status s = runner.check_grouped(grouped, forced); !s.ok()) {
+            std::printf("# %s skipped: %s\n", forced.name().c_str(), s.to_string().c_str());
+            continue;
+          }
+          configs.push_back(forced);
+        }
+        const KernelConfig& config = configs.front();
         check_status(runner.check_grouped(grouped, config), "grouped arguments");
 
         const double bytes = double(cs.routed) * expert_bytes + 2.0 * rows * k + 2.0 * rows * n;
@@ -203,12 +213,16 @@ int run_moe_bench(const MoeBenchOptions& options) {
         const double roofline_us = std::max(bytes / hbm_bytes_per_us, flops / flops_per_us);
         const int iterations = std::max(iterations_for(roofline_us), w4_copies);
 
-        const Timing grouped_timing = time_graph(
-            [&](int i) {
-              point_at_copy(grouped, i);
-              check_status(runner.grouped_gemm(grouped, config, stream), "grouped_gemm");
-            },
-            iterations, options.repeats, stream, case_index == 0 ? kSettleAfterComputeMs : 25);
+        std::vector<Timing> grouped_timings;
+        for (size_t c = 0; c < configs.size(); ++c) {
+          grouped_timings.push_back(time_graph(
+              [&](int i) {
+                point_at_copy(grouped, i);
+                check_status(runner.grouped_gemm(grouped, configs[c], stream), "grouped_gemm");
+              },
+              iterations, options.repeats, stream, case_index == 0 && c == 0 ? kSettleAfterComputeMs : 25));
+        }
+        const Timing& grouped_timing = grouped_timings.front();
 
         // The loop: one gemm() per routed expert, each with its default config.
         std::vector<GemmArguments> loop;
@@ -313,7 +327,17 @@ int run_moe_bench(const MoeBenchOptions& options) {
                     100 * efficiency, loop_timing.median_us, cublas_timing.median_us,
                     loop_timing.median_us / grouped_timing.median_us, cublas_timing.median_us / grouped_timing.median_us,
                     difference, agree ? "" : " DISAGREE");
+        for (size_t c = 1; c < configs.size(); ++c) {
+          std::printf("%-15s %6d %6d %6d %-7s %4d %8.1f  %-24s %9.1f %9.1f %6.1f %9s %9s %6.2fx %6.2fx   (forced)\n",
+                      set.model, n, k, cs.tokens, cs.skewed ? "skewed" : "random", cs.routed,
+                      cs.routed * expert_bytes / 1e6, configs[c].name().c_str(), grouped_timings[c].median_us,
+                      roofline_us, 100 * roofline_us / grouped_timings[c].median_us, "", "",
+                      loop_timing.median_us / grouped_timings[c].median_us,
+                      cublas_timing.median_us / grouped_timings[c].median_us);
+        }
         std::fflush(stdout);
+        nlohmann::json forced_timings = nlohmann::json::object();
+        for (size_t c = 1; c < configs.size(); ++c) forced_timings[configs[c].name()] = grouped_timings[c].median_us;
         results.push_back({{"model", set.model},
                            {"experts", experts},
                            {"top_k", top_k},
@@ -341,7 +365,8 @@ int run_moe_bench(const MoeBenchOptions& options) {
                            {"speedup_vs_cublas_grouped", cublas_timing.median_us / grouped_timing.median_us},
                            {"w4a16_weight_copies", w4_copies},
                            {"dense_weight_copies", dense_copies},
-                           {"grouped_vs_loop_relative_difference", difference}});
+                           {"grouped_vs_loop_relative_difference", difference},
+                           {"forced_config_us", forced_timings}});
       }
     }
   }

@@ -255,14 +255,18 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
 // The grouped launch's tile. The host cannot see the routing, only its size: `rows` rows over at
 // most min(experts, rows) experts, so rows per routed expert are at least rows / min(experts,
 // rows) on average, and the tile is picked by that with room to spare: routing is uneven, and an
-// expert with one row more than the tile streams its weights twice (Mixtral, 64 tokens: the
-// 16-row streaming tile at 16 rows per expert on average ran 2x slower than the per-expert loop;
-// bench/NOTES.md, entry 28). Each routed expert has a full pass over its n-tiles, so even decode
-// grids are routed-experts times larger than a dense call's and never need split-K.
-//   <= 2 rows per expert: 8-row streaming tiles, 64 channels (32 when that leaves fewer than two
-//                         blocks per SM); <= 8: the 16-row streaming tiles;
-//   above: the warp-specialized 32 / 64 / 128-row tiles (sm_90a builds on sm_90) up to 24 / 48 /
-//          more rows per expert, else the multistage table's tile for twice the average.
+// expert with one row more than the tile gets a second m-tile. Each routed expert has a full pass
+// over its n-tiles, so even decode grids are routed-experts times larger than a dense call's and
+// never need split-K. From `w4a16 bench --moe` on the H200 (bench/NOTES.md, entry 28):
+//   <= 4 rows per expert: the 8-row streaming tiles, 64 channels (32 when that leaves fewer than
+//     two blocks per SM). An expert with 9-16 rows then takes two m-tiles, but they are adjacent
+//     in the band order and the second reads the weights from L2: Mixtral at 16 tokens (4 rows
+//     per expert) ran 90.7 us this way and 153.8 us with the 16-row streaming tile.
+//   sm_90 with the warp-specialized grouped tiles: <= 24 rows -> ws_m32n128, <= 48 -> ws_m64n128,
+//     <= 128 -> ws_m128n128, above -> ws_m128n256 (each activation tile feeds twice the
+//     weights; the dense rule's wave condition holds easily with several experts' tiles).
+//   Elsewhere: the 16-row streaming tiles up to 8 rows, then the multistage table's tile for
+//     twice the average.
 KernelConfig choose_grouped(int rows, int experts, int n, int k, const DeviceTraits& device,
                             const std::vector<KernelConfig>& available) {
   (void)k;
@@ -272,18 +276,20 @@ KernelConfig choose_grouped(int rows, int experts, int n, int k, const DeviceTra
     return std::find(available.begin(), available.end(), config) != available.end();
   };
   std::vector<TileChoice> choices;
-  if (rows_per_expert <= 8) {
-    const int tile_m = rows_per_expert <= 2 ? 8 : 16;
+  const bool hopper = device.sm_version == 90;
+  if (rows_per_expert <= 4 || (!hopper && rows_per_expert <= 8)) {
+    const int tile_m = rows_per_expert <= 4 ? 8 : 16;
     const int stages = tile_m == 8 ? 3 : 4;
     const double blocks_per_sm = static_cast<double>(routed) * n / 64 / device.sm_count;
     if (blocks_per_sm >= 2.0) choices.push_back({tile_m, tile_m, 64, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
     choices.push_back({tile_m, tile_m, 32, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
   }
-  if (device.sm_version == 90) {
-    const TileChoice& ws = rows_per_expert <= 24   ? kWarpSpecializedTable[0]
-                           : rows_per_expert <= 48 ? kWarpSpecializedTable[1]
-                                                   : kWarpSpecializedTable[2];
-    choices.push_back(ws);
+  if (hopper) {
+    choices.push_back(rows_per_expert <= 24   ? kWarpSpecializedTable[0]
+                      : rows_per_expert <= 48 ? kWarpSpecializedTable[1]
+                      : rows_per_expert <= 128 ? kWarpSpecializedTable[2]
+                                               : kWarpSpecializedWideTile);
+    if (rows_per_expert > 128) choices.push_back(kWarpSpecializedTable[2]);
   }
   const TileChoice* table_tile = &kTileTable[0];
   while (2 * rows_per_expert > table_tile->max_m) ++table_tile;

@@ -477,7 +477,7 @@ CompiledKernel compiled_warp_specialized_kernel(TileRole role) {
                               &prepare_warp_specialized<Loop>>(role);
 }
 
-// The same with the tile's grouped kernel (instantiate.inc: the heuristic 128-channel tiles).
+// The same with the tile's grouped kernel (instantiate.inc: the heuristic tiles).
 template <class Loop>
 CompiledKernel compiled_warp_specialized_kernel_with_grouped(TileRole role) {
   CompiledKernel kernel = compiled_warp_specialized_kernel<Loop>(role);
