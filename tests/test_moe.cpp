@@ -267,15 +267,15 @@ TEST(MoeGroupedRules, HeuristicPicksAListedTileByRowsPerExpert) {
   }
   // An sm_80 part with these tiles (the sm_90 rules, which prefer the wgmma tiles, come below).
   const heuristics::DeviceTraits a100{80, 108}, h200{90, 132};
-  auto pick = [&](int rows, int experts, int n) { return heuristics::choose_grouped(rows, experts, n, 4096, a100, available).name(); };
-  EXPECT_EQ(pick(2, 8, 14336), "st_m8n64_w1x1x8_s3_k1");      // Mixtral, 1 token, top-2
-  EXPECT_EQ(pick(8, 128, 1536), "st_m8n32_w1x1x8_s3_k1");     // 8 experts x 24 tiles of 64: < 2 per SM
-  EXPECT_EQ(pick(32, 8, 14336), "st_m8n64_w1x1x8_s3_k1");     // 16 tokens, top-2: 4 rows per expert
-  EXPECT_EQ(pick(48, 8, 14336), "st_m16n64_w1x1x8_s4_k1");    // 6 rows per expert (no wgmma tiles listed)
-  EXPECT_EQ(pick(128, 8, 14336), "ms_m32n128_w1x4x2_s4_k1");   // 64 tokens, top-2: 16 (room for 32)
-  EXPECT_EQ(pick(1024, 8, 14336), "ms_m128n128_w2x2x1_s4_k1");  // 512 tokens, top-2
-  EXPECT_EQ(pick(4096, 128, 1536), "ms_m64n128_w1x4x1_s4_k1");  // 512 tokens, top-8: 32 rows per expert
-  EXPECT_EQ(pick(0, 8, 4096), "st_m8n32_w1x1x8_s3_k1");  // as for one row: one expert's 64 tiles
+  auto pick = [&](int rows, int experts, int k) { return heuristics::choose_grouped(rows, experts, 4096, k, a100, available).name(); };
+  EXPECT_EQ(pick(2, 8, 4096), "st_m8n64_w1x1x8_s3_k1");       // Mixtral, 1 token, top-2
+  EXPECT_EQ(pick(8, 128, 2048), "st_m8n64_w1x1x8_s3_k1");     // 1 token, top-8 of 128
+  EXPECT_EQ(pick(32, 8, 4096), "st_m8n64_w1x1x8_s3_k1");      // 16 tokens, top-2: 4 rows per expert
+  EXPECT_EQ(pick(48, 8, 4096), "st_m16n64_w1x1x8_s4_k1");     // 6 rows per expert (no wgmma tiles listed)
+  EXPECT_EQ(pick(128, 8, 4096), "ms_m32n128_w1x4x2_s4_k1");   // 64 tokens, top-2: 16 (room for 32)
+  EXPECT_EQ(pick(1024, 8, 4096), "ms_m128n128_w2x2x1_s4_k1");  // 512 tokens, top-2
+  EXPECT_EQ(pick(4096, 128, 2048), "ms_m64n128_w1x4x1_s4_k1");  // 512 tokens, top-8: 32 rows per expert
+  EXPECT_EQ(pick(0, 8, 4096), "st_m8n64_w1x1x8_s3_k1");  // as for one row
   for (int rows : {1, 7, 100, 5000, 40000})
     for (int experts : {1, 8, 128, 300}) {
       for (const heuristics::DeviceTraits& device : {a100, h200}) {
@@ -290,14 +290,19 @@ TEST(MoeGroupedRules, HeuristicPicksAListedTileByRowsPerExpert) {
     KernelConfig config;
     if (parse_kernel_config(name, &config)) hopper.push_back(config);
   }
-  auto pick_hopper = [&](int rows, int experts) { return heuristics::choose_grouped(rows, experts, 4096, 4096, h200, hopper).name(); };
+  auto pick_hopper = [&](int rows, int experts, int k = 4096) {
+    return heuristics::choose_grouped(rows, experts, 4096, k, h200, hopper).name();
+  };
   EXPECT_EQ(pick_hopper(128, 8), "ws_m32n128_w1x8x1_s6_k1");
+  EXPECT_EQ(pick_hopper(32, 8), "st_m8n64_w1x1x8_s3_k1");          // 4 rows per expert, k 4096
+  EXPECT_EQ(pick_hopper(128, 128, 2048), "ws_m32n128_w1x8x1_s6_k1");  // 16 tokens of 128 experts, short k
+  EXPECT_EQ(pick_hopper(8, 128, 2048), "st_m8n64_w1x1x8_s3_k1");     // one token of them
   EXPECT_EQ(pick_hopper(1024, 8), "ws_m128n128_w1x8x1_s5_k1");  // 128 rows per expert
   EXPECT_EQ(pick_hopper(8192, 8), "ws_m128n256_w1x8x1_s4_k1");
   EXPECT_EQ(pick_hopper(48, 8), "ws_m32n128_w1x8x1_s6_k1");   // 6 rows per expert
   hopper.pop_back();  // without the 256-channel tile: the 128-channel one
   EXPECT_EQ(pick_hopper(8192, 8), "ws_m128n128_w1x8x1_s5_k1");
-  EXPECT_EQ(pick_hopper(2, 8), "st_m8n32_w1x1x8_s3_k1");
+  EXPECT_EQ(pick_hopper(2, 8), "st_m8n64_w1x1x8_s3_k1");
   EXPECT_EQ(heuristics::choose_grouped(1024, 8, 4096, 4096, a100, hopper).name(), "ms_m128n128_w2x2x1_s4_k1");
   const std::vector<KernelConfig> only_one = {available[5]};
   EXPECT_EQ(heuristics::choose_grouped(2, 8, 4096, 4096, h200, only_one), available[5]);

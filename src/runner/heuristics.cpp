@@ -258,10 +258,15 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
 // expert with one row more than the tile gets a second m-tile. Each routed expert has a full pass
 // over its n-tiles, so even decode grids are routed-experts times larger than a dense call's and
 // never need split-K. From `w4a16 bench --moe` on the H200 (bench/NOTES.md, entry 28):
-//   <= 4 rows per expert: the 8-row streaming tiles, 64 channels (32 when that leaves fewer than
-//     two blocks per SM). An expert with 9-16 rows then takes two m-tiles, but they are adjacent
+//   <= 4 rows per expert, on layers of k >= 4096 or calls of at most 8 rows: the 8-row streaming
+//     tile of 64 channels. An expert with 9-16 rows then takes two m-tiles, but they are adjacent
 //     in the band order and the second reads the weights from L2: Mixtral at 16 tokens (4 rows
-//     per expert) ran 90.7 us this way and 153.8 us with the 16-row streaming tile.
+//     per expert) ran 89.3 / 67.3 us this way, 101.0 / 87.1 with ws_m32n128 and 153.8 / 102.4
+//     with the 16-row streaming tile. On short-k experts (the 128-expert set's 2048 and 1536) a
+//     streaming block holds only 64-96 KB of weights, mostly ramp-up and drain, and the wgmma
+//     tile's TMA slots do better from 16 tokens on (16 tokens: 69.1 vs 88.2 us, 64: 102.6 vs
+//     135.1), though not for one token (10.2-11.4 vs 9.2-9.5). 64 channels rather than 32 at
+//     one token: 20.9 vs 22.3 us (4096x14336), 9.5 vs 11.6 (2048x1536), 9.5 vs 9.2 (1536x2048).
 //   sm_90 with the warp-specialized grouped tiles: <= 24 rows -> ws_m32n128, <= 48 -> ws_m64n128,
 //     <= 128 -> ws_m128n128, above -> ws_m128n256 (each activation tile feeds twice the
 //     weights; the dense rule's wave condition holds easily with several experts' tiles).
@@ -269,7 +274,7 @@ KernelConfig choose(int m, int n, int k, const DeviceTraits& device, const std::
 //     twice the average.
 KernelConfig choose_grouped(int rows, int experts, int n, int k, const DeviceTraits& device,
                             const std::vector<KernelConfig>& available) {
-  (void)k;
+  (void)n;
   const long long routed = std::max(1LL, std::min<long long>(experts, rows));
   const long long rows_per_expert = (std::max(rows, 1) + routed - 1) / routed;
   auto is_available = [&](const KernelConfig& config) {
@@ -277,11 +282,11 @@ KernelConfig choose_grouped(int rows, int experts, int n, int k, const DeviceTra
   };
   std::vector<TileChoice> choices;
   const bool hopper = device.sm_version == 90;
-  if (rows_per_expert <= 4 || (!hopper && rows_per_expert <= 8)) {
+  const bool streaming_pays = !hopper || k >= 4096 || rows <= 8;
+  if ((rows_per_expert <= 4 && streaming_pays) || (!hopper && rows_per_expert <= 8)) {
     const int tile_m = rows_per_expert <= 4 ? 8 : 16;
     const int stages = tile_m == 8 ? 3 : 4;
-    const double blocks_per_sm = static_cast<double>(routed) * n / 64 / device.sm_count;
-    if (blocks_per_sm >= 2.0) choices.push_back({tile_m, tile_m, 64, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
+    choices.push_back({tile_m, tile_m, 64, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
     choices.push_back({tile_m, tile_m, 32, 1, 1, 8, stages, 1, KernelFamily::kStreaming});
   }
   if (hopper) {
