@@ -41,6 +41,27 @@ bool overlap(const Region& x, const Region& y) {
   return x.begin < y_end && y.begin < x_end;
 }
 
+// The rules gemm() and grouped_gemm() share, in the order both apply them.
+Status check_element(ElementType element) {
+  if (element != ElementType::kFloat16 && element != ElementType::kBFloat16) {
+    return Status(StatusCode::kInvalidArgument,
+                  "element must be ElementType::kFloat16 or kBFloat16, got " + std::to_string(int(element)));
+  }
+  return Status::success();
+}
+Status check_layer_rules(int n, int k, int group_size, float alpha, bool float_zeros, const void* zeros) {
+  if (n % 16 != 0 || k % 64 != 0) {
+    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
+                                                     std::to_string(n) + ", k = " + std::to_string(k));
+  }
+  if (Status s = check_group_size(k, group_size); !s.ok()) return s;
+  if (!std::isfinite(alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
+  if (float_zeros && zeros == nullptr) {
+    return Status(StatusCode::kInvalidArgument, "float_zeros is set but zeros is null (float_zeros describes the zero points)");
+  }
+  return Status::success();
+}
+
 }  // namespace
 
 size_t required_workspace_bytes(int m, int n, int k, const KernelConfig& config) {
@@ -68,10 +89,7 @@ size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& c
 
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_size) {
-  if (args.element != ElementType::kFloat16 && args.element != ElementType::kBFloat16) {
-    return Status(StatusCode::kInvalidArgument,
-                  "element must be ElementType::kFloat16 or kBFloat16, got " + std::to_string(int(args.element)));
-  }
+  if (Status s = check_element(args.element); !s.ok()) return s;
   if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr) {
     return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales and c must not be null");
   }
@@ -79,15 +97,7 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
     return Status(StatusCode::kInvalidArgument, "m, n and k must be positive, got " + std::to_string(args.m) + " x " +
                                                      std::to_string(args.n) + " x " + std::to_string(args.k));
   }
-  if (args.n % 16 != 0 || args.k % 64 != 0) {
-    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
-                                                     std::to_string(args.n) + ", k = " + std::to_string(args.k));
-  }
-  if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
-  if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
-  if (args.float_zeros && args.zeros == nullptr) {
-    return Status(StatusCode::kInvalidArgument, "float_zeros is set but zeros is null (float_zeros describes the zero points)");
-  }
+  if (Status s = check_layer_rules(args.n, args.k, args.group_size, args.alpha, args.float_zeros, args.zeros); !s.ok()) return s;
   const struct {
     const void* pointer;
     const char* name;
@@ -152,10 +162,7 @@ long long grouped_m_slots(long long rows, long long experts, int tile_m) {
 }
 
 Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelConfig& config) {
-  if (args.element != ElementType::kFloat16 && args.element != ElementType::kBFloat16) {
-    return Status(StatusCode::kInvalidArgument,
-                  "element must be ElementType::kFloat16 or kBFloat16, got " + std::to_string(int(args.element)));
-  }
+  if (Status s = check_element(args.element); !s.ok()) return s;
   if (args.a == nullptr || args.packed_weights == nullptr || args.scales == nullptr || args.c == nullptr ||
       args.expert_offsets == nullptr) {
     return Status(StatusCode::kInvalidArgument, "a, packed_weights, scales, c and expert_offsets must not be null");
@@ -169,15 +176,7 @@ Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelCon
                                                     std::to_string(args.rows) + ", n = " + std::to_string(args.n) +
                                                     ", k = " + std::to_string(args.k));
   }
-  if (args.n % 16 != 0 || args.k % 64 != 0) {
-    return Status(StatusCode::kUnsupportedShape, "n must be a multiple of 16 and k of 64, got n = " +
-                                                     std::to_string(args.n) + ", k = " + std::to_string(args.k));
-  }
-  if (Status s = check_group_size(args.k, args.group_size); !s.ok()) return s;
-  if (!std::isfinite(args.alpha)) return Status(StatusCode::kInvalidArgument, "alpha must be finite");
-  if (args.float_zeros && args.zeros == nullptr) {
-    return Status(StatusCode::kInvalidArgument, "float_zeros is set but zeros is null (float_zeros describes the zero points)");
-  }
+  if (Status s = check_layer_rules(args.n, args.k, args.group_size, args.alpha, args.float_zeros, args.zeros); !s.ok()) return s;
   if (!config.fused() || config.split_k != 1) {
     return Status(StatusCode::kInvalidArgument,
                   "grouped_gemm takes a fused config without split-K (see grouped_configs()), got " + config.name());
