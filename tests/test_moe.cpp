@@ -251,6 +251,11 @@ TEST(MoeGroupedRules, ArgumentRules) {
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;
   W4A16_EXPECT_CODE(check_grouped_arguments(good, dequant), StatusCode::kInvalidArgument);
+  // What default_grouped_config() returns when no grouped kernel exists: a config without a tile
+  // shape, refused with a status (it used to reach a division by the tile width).
+  W4A16_EXPECT_CODE(check_grouped_arguments(good, KernelConfig{}), StatusCode::kUnsupportedArch);
+  W4A16_EXPECT_CODE(check_grouped_arguments(good, heuristics::choose_grouped(100, 8, 256, 512, {90, 132}, {})),
+                    StatusCode::kUnsupportedArch);
 }
 
 // The grouped heuristic picks from the list it is given: streaming tiles while experts see 16 rows

@@ -534,6 +534,65 @@ NB_MODULE(_w4a16, m) {
            "Time every config whose workspace fits and make the fastest the default for this problem's m bucket, "
            "n, k, group and format. Synchronizes `stream`; writes C. Returns {'best', 'best_us', 'timings': "
            "{name: us}, 'skipped': {name: why}}.")
+      // The grouped (mixture-of-experts) GEMM: GroupedGemmArguments (runner.h), one launch for
+      // every expert. Its configs are a list of their own (the grouped kernels are a subset of
+      // the tiles, without split-K) and it takes no workspace.
+      .def("grouped_configs", [](const Runner& r) { return names_of(r.runner.grouped_configs()); },
+           "Names of the configs with a grouped kernel on this device (empty: this build has none for it).")
+      .def("default_grouped_config", [](Runner& r, int rows, int experts, int n, int k) -> std::optional<std::string> {
+        return under_lock<SharedLock>(r, [&]() -> std::optional<std::string> {
+          // With no grouped kernel the C++ default is a blank KernelConfig, whose name is no config's.
+          if (r.runner.grouped_configs().empty()) return std::nullopt;
+          return r.runner.default_grouped_config(rows, experts, n, k).name();
+        });
+      }, nb::arg("rows"), nb::arg("experts"), nb::arg("n"), nb::arg("k"),
+           "The config grouped_gemm() uses without one (picked by the rows per routed expert), or None when this "
+           "device has no grouped kernel.")
+      .def("grouped_gemm", [](Runner& r, uintptr_t a, uintptr_t packed_weights, uintptr_t scales, uintptr_t zeros,
+                              uintptr_t bias, uintptr_t c, uintptr_t expert_offsets, uintptr_t row_weights,
+                              int experts, int rows, int n, int k, int group_size, float alpha,
+                              const std::string& dtype, uintptr_t stream, const std::optional<std::string>& config,
+                              bool float_zeros) {
+        w4a16::GroupedGemmArguments args;
+        args.a = pointer<const void>(a);
+        args.packed_weights = pointer<const void>(packed_weights);
+        args.scales = pointer<const void>(scales);
+        args.zeros = pointer<const void>(zeros);
+        args.bias = pointer<const void>(bias);
+        args.c = pointer(c);
+        args.expert_offsets = pointer<const int32_t>(expert_offsets);
+        args.row_weights = pointer<const float>(row_weights);
+        args.experts = experts;
+        args.rows = rows;
+        args.n = n;
+        args.k = k;
+        args.group_size = group_size;
+        args.alpha = alpha;
+        args.element = element_of(dtype);
+        args.float_zeros = float_zeros;
+        const std::optional<w4a16::KernelConfig> forced =
+            config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
+        // Said here rather than left to the runner: without a grouped kernel its default config is
+        // a blank one, which is no tile to check the arguments against.
+        if (!forced && r.runner.grouped_configs().empty()) {
+          throw nb::value_error(("grouped_gemm: no grouped kernel for sm_" + std::to_string(r.runner.sm_version()) +
+                                 " in this build (grouped_configs() is empty)")
+                                    .c_str());
+        }
+        // Only enqueues work (no sync, no allocation, no host read of the routing).
+        throw_if_failed(under_lock<SharedLock>(r, [&] {
+          return forced ? r.runner.grouped_gemm(args, *forced, pointer<CUstream_st>(stream))
+                        : r.runner.grouped_gemm(args, pointer<CUstream_st>(stream));
+        }));
+      }, nb::arg("a"), nb::arg("packed_weights"), nb::arg("scales"), nb::arg("zeros"), nb::arg("bias"), nb::arg("c"),
+           nb::arg("expert_offsets"), nb::arg("row_weights"), nb::arg("experts"), nb::arg("rows"), nb::arg("n"),
+           nb::arg("k"), nb::arg("group_size"), nb::arg("alpha"), nb::arg("dtype"), nb::arg("stream"),
+           nb::arg("config") = nb::none(), nb::arg("float_zeros") = false,
+           "Enqueue the grouped GEMM on `stream`: rows of A sorted by expert, expert e owning rows "
+           "[expert_offsets[e], expert_offsets[e + 1]) (int32 [experts + 1] in device memory), C[r] = row_weights[r] "
+           "* (alpha * A[r] * dequant(W_e)^T + bias_e) (row_weights fp32 [rows] or 0). packed_weights [experts][n * k "
+           "/ 2] bytes, scales and zeros [experts][k / group][n], bias [experts][n]. Graph-capturable: replays read "
+           "the offsets and row weights anew. ValueError on bad arguments.")
       .def("save_tuning", [](Runner& r, const std::string& path) {
         throw_if_failed(under_lock<SharedLock>(r, [&] { return r.runner.save_tuning(path); }));
       }, nb::arg("path"), "Write the profiled defaults as JSON (keyed by device name, SM count, library version).")

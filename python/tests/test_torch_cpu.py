@@ -1,6 +1,8 @@
 """CPU tests of W4A16Linear's rules that need PyTorch but no GPU: the float_zeros flag, the check
 that zero points are whole numbers when a layer is made without it, and the flag's way through
-the state_dict, host layers and shards. Skipped without PyTorch (test_torch_gpu.py runs them).
+the state_dict, host layers and shards; and w4a16::moe_gemm's fake implementation and argument
+checks, which run before anything touches a GPU. Skipped without PyTorch (test_torch_gpu.py and
+test_moe_gpu.py run the rest).
 """
 
 import numpy as np
@@ -140,3 +142,47 @@ def test_host_layers_and_shards_keep_the_flag(rng):
     np.testing.assert_array_equal(host.zero_bits, layer.zeros.view(torch.int16).numpy().view(np.uint16))
     for mode in ("column", "row"):
         assert all(layer.shard(2, r, mode=mode).float_zeros for r in range(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# w4a16::moe_gemm without a GPU.
+
+
+def test_moe_gemm_fake_gives_the_output_without_a_gpu():
+    # torch.compile traces the op through its fake implementation on fake CUDA tensors: built
+    # here from meta tensors, so neither a GPU nor the extension's runner is needed.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode()
+    cuda = torch.device("cuda", 0)
+    experts, rows, n, k, group = 4, 10, 64, 256, 64
+
+    def fake(shape, dtype):
+        meta = torch.empty(shape, dtype=dtype, device="meta")
+        return mode.fake_tensor_converter.from_meta_and_device(mode, meta, cuda)
+
+    a = fake((rows, k), torch.bfloat16)
+    packed = fake((experts, n, k // 2), torch.uint8)
+    scales = fake((experts, k // group, n), torch.bfloat16)
+    offsets = fake((experts + 1,), torch.int32)
+    bias = fake((experts, n), torch.bfloat16)
+    row_weights = fake((rows,), torch.float32)
+    wrong_offsets = fake((experts + 1,), torch.int64)
+    with mode:
+        out = torch.ops.w4a16.moe_gemm(a, packed, scales, offsets, None, bias, row_weights, group, 1.0)
+        assert out.shape == (rows, n) and out.dtype == torch.bfloat16 and out.device == cuda
+        with pytest.raises(ValueError, match=r"w4a16::moe_gemm: expert_offsets has dtype torch.int64; expected "
+                                             r"torch.int32"):
+            torch.ops.w4a16.moe_gemm(a, packed, scales, wrong_offsets, None, None, None, group, 1.0)
+
+
+def test_moe_gemm_checks_its_arguments_before_any_gpu_work():
+    # CPU tensors are refused by the op's own checks, before the runner (and CUDA) is touched.
+    a = torch.zeros(4, K, dtype=torch.float16)
+    packed = torch.zeros(2, N, K // 2, dtype=torch.uint8)
+    scales = torch.ones(2, K // GROUP, N, dtype=torch.float16)
+    offsets = torch.tensor([0, 2, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"w4a16::moe_gemm: a is on cpu; expected a CUDA tensor"):
+        torch.ops.w4a16.moe_gemm(a, packed, scales, offsets, None, None, None, GROUP, 1.0)
+    with pytest.raises(ValueError, match=r"w4a16::moe_gemm: a has dtype torch.float32"):
+        wt.moe_gemm(a.float(), packed, scales, offsets, group_size=GROUP)

@@ -1,4 +1,5 @@
-"""PyTorch integration: the op `torch.ops.w4a16.gemm`, the layer `W4A16Linear`, the tuning cache.
+"""PyTorch integration: the ops `torch.ops.w4a16.gemm` and `torch.ops.w4a16.moe_gemm` (mixture of
+experts, grouped), the layer `W4A16Linear`, the tuning cache.
 
 Import it explicitly (`import w4a16.torch`); `import w4a16` alone never imports PyTorch. The
 extension is not compiled against PyTorch: this module hands it raw device pointers
@@ -14,12 +15,18 @@ float_zeros=True takes any zero points (HQQ-style fractional ones) for a little 
 group; without it a fractional zero point gives unspecified results (some configs round it), so
 W4A16Linear refuses one when it is made.
 
-The op allocates nothing outside PyTorch's caching allocator (its output and the runner's
-workspace), never synchronizes, and runs on `torch.cuda.current_stream()`, so it can be captured
-in a CUDA graph and traced by `torch.compile(fullgraph=True)` (its fake implementation gives the
-output's shape). Make the first call on a device before any capture: it creates that device's
-runner (cuBLAS handle, kernel attributes), which capture would forbid. Inference only: the op has
-no autograd formula.
+    y = torch.ops.w4a16.moe_gemm(x, packed, scales, expert_offsets, zeros, bias, row_weights, group_size, alpha)
+      y[r] = row_weights[r] * (alpha * x[r] @ dequant(W_e).T + bias[e]),  e the expert owning row r
+
+runs every expert of a mixture-of-experts layer in one launch, on rows sorted by expert
+(expert_offsets, on the device, says which rows each expert owns; see moe_gemm).
+
+Both ops allocate nothing outside PyTorch's caching allocator (the output, and gemm's workspace),
+never synchronize, and run on `torch.cuda.current_stream()`, so they can be captured in a CUDA
+graph and traced by `torch.compile(fullgraph=True)` (their fake implementations give the output's
+shape). Make the first call on a device before any capture: it creates that device's runner
+(cuBLAS handle, kernel attributes), which capture would forbid. Inference only: the ops have no
+autograd formula.
 """
 
 import atexit
@@ -39,6 +46,7 @@ __all__ = [
     "dequantize",
     "gemm",
     "load_tuning",
+    "moe_gemm",
     "profile",
     "runner",
     "save_tuning",
@@ -101,8 +109,8 @@ if _raw_stream is None:  # pragma: no cover - older or future PyTorch
 # The op.
 
 
-def _fail(argument: str, value, rule: str):
-    raise ValueError(f"w4a16::gemm: {argument} {value}; {rule}")
+def _fail(argument: str, value, rule: str, op: str = "w4a16::gemm"):
+    raise ValueError(f"{op}: {argument} {value}; {rule}")
 
 
 def _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size, float_zeros=False):
@@ -235,6 +243,159 @@ def _launch(a, packed, scales, zeros, bias, k_permutation, out, m, n, k, group_s
 def _(a, packed, scales, zeros=None, bias=None, k_permutation=None, group_size=128, alpha=1.0, float_zeros=False):
     n, _ = _check_arguments(a, packed, scales, zeros, bias, k_permutation, group_size, float_zeros)
     return a.new_empty((*a.shape[:-1], n))
+
+
+# ---------------------------------------------------------------------------------------------
+# The grouped (mixture-of-experts) op.
+
+_MOE_OP = "w4a16::moe_gemm"
+
+
+def _check_moe_arguments(a, packed, scales, expert_offsets, zeros, bias, row_weights, group_size, float_zeros=False):
+    """The rules of w4a16::moe_gemm on its tensors; returns (experts, rows, n, k).
+
+    As _check_arguments for the dense op: shared by the CUDA implementation and the fake one, and
+    only what the op needs to read the shapes (the runner's own rules, n % 16, k % 64, the group
+    sizes, alignment, come back from it as ValueErrors). scales is the shape reference: experts
+    is its first dimension and n its last; k is a's second.
+    """
+
+    def fail(argument, value, rule):
+        _fail(argument, value, rule, op=_MOE_OP)
+
+    if a.dtype not in _DTYPE_NAMES:
+        fail("a", f"has dtype {a.dtype}", "expected torch.float16 or torch.bfloat16")
+    if a.device.type != "cuda":
+        fail("a", f"is on {a.device}", "expected a CUDA tensor")
+    # 2-D only, unlike the dense op: the rows are positions of a routing (sorted by expert), not a
+    # batch whose leading dimensions could be flattened.
+    if a.dim() != 2:
+        fail("a", f"has shape {list(a.shape)}", "expected [rows, k] (the routed rows, sorted by expert)")
+    rows, k = a.shape
+    if k == 0:
+        fail("a", f"has shape {list(a.shape)}", "expected a positive k (a's second dimension)")
+    if group_size <= 0 or k % group_size != 0:
+        fail("group_size", f"is {group_size}", f"expected a positive divisor of k = {k} (a's second dimension)")
+    if scales.dim() != 3 or scales.shape[1] != k // group_size:
+        fail("scales", f"has shape {list(scales.shape)}",
+             f"expected [experts, k / group_size, n] = [experts, {k // group_size}, n] (k = {k}, "
+             f"group_size = {group_size})")
+    experts, _, n = scales.shape
+    if experts == 0:
+        fail("scales", f"has shape {list(scales.shape)}", "expected at least one expert")
+    if packed.dtype != torch.uint8:
+        fail("packed", f"has dtype {packed.dtype}", "expected torch.uint8 (w4a16.pack's output of each expert)")
+    # The layout of W4A16Linear.packed, one per expert, stacked: torch.stack of the experts' layers'
+    # buffers is the argument. Contiguous, that is the runner's [experts][n * k / 2] bytes.
+    if list(packed.shape) != [experts, n, k // 2]:
+        fail("packed", f"has shape {list(packed.shape)}",
+             f"expected [experts, n, k / 2] = [{experts}, {n}, {k // 2}] (experts = {experts} and n = {n} from "
+             f"scales, k = {k} from a)")
+    if expert_offsets.dtype != torch.int32:
+        fail("expert_offsets", f"has dtype {expert_offsets.dtype}", "expected torch.int32")
+    if list(expert_offsets.shape) != [experts + 1]:
+        fail("expert_offsets", f"has shape {list(expert_offsets.shape)}",
+             f"expected [experts + 1] = [{experts + 1}] (experts = {experts} from scales)")
+    tensors = [("a", a), ("packed", packed), ("scales", scales), ("expert_offsets", expert_offsets)]
+    for name, tensor, expected in (("zeros", zeros, [experts, k // group_size, n]), ("bias", bias, [experts, n])):
+        if tensor is None:
+            continue
+        if list(tensor.shape) != expected:
+            fail(name, f"has shape {list(tensor.shape)}", f"expected {expected} (experts = {experts}, n = {n}, k = {k})")
+        tensors.append((name, tensor))
+    if float_zeros and zeros is None:
+        fail("float_zeros", "is True without zeros", "float_zeros describes the zero points: pass zeros, or leave it "
+             "False")
+    for name, tensor in (("scales", scales), ("zeros", zeros), ("bias", bias)):
+        if tensor is not None and tensor.dtype != a.dtype:
+            fail(name, f"has dtype {tensor.dtype}", f"expected a's dtype {a.dtype}")
+    if row_weights is not None:
+        # fp32 whatever a's type: routing weights are probabilities, and the epilogue multiplies in
+        # fp32 anyway.
+        if row_weights.dtype != torch.float32:
+            fail("row_weights", f"has dtype {row_weights.dtype}", "expected torch.float32")
+        if list(row_weights.shape) != [rows]:
+            fail("row_weights", f"has shape {list(row_weights.shape)}", f"expected [rows] = [{rows}] (a's rows)")
+        tensors.append(("row_weights", row_weights))
+    for name, tensor in tensors:
+        if tensor.device != a.device:
+            fail(name, f"is on {tensor.device}", f"expected a's device {a.device} (all on one device)")
+        if not tensor.is_contiguous():
+            fail(name, f"has strides {list(tensor.stride())} for shape {list(tensor.shape)}",
+                 "expected a contiguous tensor")
+    return experts, rows, n, k
+
+
+def _moe_gemm(
+    a: torch.Tensor,
+    packed: torch.Tensor,
+    scales: torch.Tensor,
+    expert_offsets: torch.Tensor,
+    zeros: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    row_weights: Optional[torch.Tensor] = None,
+    group_size: int = 128,
+    alpha: float = 1.0,
+    float_zeros: bool = False,
+) -> torch.Tensor:
+    """The grouped (mixture-of-experts) GEMM: every expert in one launch. Returns [rows, n].
+
+    a: [rows, k] in fp16 or bf16, its rows sorted by expert: expert e owns rows
+    [expert_offsets[e], expert_offsets[e + 1]) of a and of the output, and
+        out[r] = row_weights[r] * (alpha * a[r] @ dequant(W_e).T + bias[e])
+    (without row_weights the factor is 1, without bias the term 0).
+
+    packed: uint8 [experts, n, k / 2], each expert's w4a16.pack output (a W4A16Linear's `packed`
+    buffer), stacked; scales and zeros: [experts, k / group_size, n] in a's dtype (zeros None:
+    symmetric, z = 8); bias: [experts, n] in a's dtype or None; expert_offsets: int32
+    [experts + 1], nondecreasing from 0 to at most rows; row_weights: float32 [rows] or None (the
+    routing weights, so that the combine is a plain sum). All contiguous, on a's CUDA device;
+    experts is scales' first dimension. float_zeros as in w4a16::gemm (fractional zero points).
+
+    The offsets and row weights are read on the device only: nothing synchronizes, routing
+    computed on the GPU feeds the op directly, and a CUDA graph replays it with new routing
+    written into the same tensors. Rows from expert_offsets[experts] on are not written (their
+    values are whatever the allocation held): size a to the routing (tokens * top_k rows) to have
+    none. Offsets that break the rules give wrong rows but no access outside a and the output.
+    Experts without rows cost nothing (their weights are not read).
+    """
+    experts, rows, n, k = _check_moe_arguments(a, packed, scales, expert_offsets, zeros, bias, row_weights, group_size,
+                                               float_zeros)
+    out = a.new_empty((rows, n))
+    if rows == 0:
+        return out  # no routed rows: nothing to launch
+    index = a.device.index
+    if torch.cuda.current_device() != index:
+        with torch.cuda.device(index):
+            return _launch_moe(a, packed, scales, expert_offsets, zeros, bias, row_weights, out, experts, rows, n, k,
+                               group_size, alpha, float_zeros)
+    return _launch_moe(a, packed, scales, expert_offsets, zeros, bias, row_weights, out, experts, rows, n, k,
+                       group_size, alpha, float_zeros)
+
+
+def _launch_moe(a, packed, scales, expert_offsets, zeros, bias, row_weights, out, experts, rows, n, k, group_size,
+                alpha, float_zeros):
+    # No config and no workspace to size: the runner picks the grouped tile from rows and experts
+    # (the host sees no more of the routing), and the grouped kernels need no scratch.
+    runner(a.device.index).grouped_gemm(
+        a.data_ptr(), packed.data_ptr(), scales.data_ptr(), _pointer(zeros), _pointer(bias), out.data_ptr(),
+        expert_offsets.data_ptr(), _pointer(row_weights), experts, rows, n, k, group_size, alpha,
+        _DTYPE_NAMES[a.dtype], _raw_stream(a.device.index), float_zeros=float_zeros)
+    return out
+
+
+# Always through the dispatcher (no direct path as W4A16Linear has for the dense op): a MoE layer
+# makes one call for all its experts, so the dispatcher's cost is paid once per layer, not per
+# expert.
+moe_gemm = torch.library.custom_op(_MOE_OP, mutates_args=())(_moe_gemm)
+
+
+@moe_gemm.register_fake
+def _(a, packed, scales, expert_offsets, zeros=None, bias=None, row_weights=None, group_size=128, alpha=1.0,
+      float_zeros=False):
+    _, rows, n, _ = _check_moe_arguments(a, packed, scales, expert_offsets, zeros, bias, row_weights, group_size,
+                                         float_zeros)
+    return a.new_empty((rows, n))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,6 +181,13 @@ Status check_grouped_arguments(const GroupedGemmArguments& args, const KernelCon
     return Status(StatusCode::kInvalidArgument,
                   "grouped_gemm takes a fused config without split-K (see grouped_configs()), got " + config.name());
   }
+  // A config without a tile shape: what default_grouped_config() returns on a build or device with
+  // no grouped kernel at all (the tile counts below divide by the tile).
+  if (config.tile_m <= 0 || config.tile_n <= 0) {
+    return Status(StatusCode::kUnsupportedArch,
+                  "no grouped kernel for this device in this build (grouped_configs() is empty), or a config "
+                  "without a tile shape");
+  }
   const struct {
     const void* pointer;
     const char* name;
