@@ -22,10 +22,62 @@ struct Timing {
   int iterations = 0;
 };
 
+// `iterations` calls of enqueue(i), captured once into a CUDA graph and replayed on `stream`.
+class CapturedCalls {
+ public:
+  CapturedCalls(const std::function<void(int)>& enqueue, int iterations, cudaStream_t stream);
+  CapturedCalls(const CapturedCalls&) = delete;
+  CapturedCalls& operator=(const CapturedCalls&) = delete;
+  ~CapturedCalls();
+
+  // Replays until the replay time has settled, at least min_warm_up_ms (see bench_timing.cpp).
+  void warm_up(double min_warm_up_ms);
+  // One replay under events: the time per call, in us. `during`, if given, runs on the host while
+  // the replay is on the GPU (the clock sample of SmClock).
+  double timed_replay_us(const std::function<void()>& during = {});
+  int iterations() const { return iterations_; }
+
+ private:
+  cudaStream_t stream_;
+  int iterations_;
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+};
+
 // Captures `iterations` calls of enqueue(i) into a graph, replays it until its time settles (at
 // least min_warm_up_ms), then times `repeats` replays: the per-call median and minimum.
 Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int repeats, cudaStream_t stream,
                   double min_warm_up_ms = 25);
+
+// The SM clock as NVML reports it (libnvidia-ml, opened at run time: the toolkit here has no NVML
+// headers, and a machine without the driver's library still runs the benchmark). mhz() is -1 when
+// NVML is not there.
+class SmClock {
+ public:
+  explicit SmClock(int cuda_device);
+  SmClock(const SmClock&) = delete;
+  SmClock& operator=(const SmClock&) = delete;
+  ~SmClock();
+  bool available() const { return device_ != nullptr; }
+  int mhz() const;
+
+ private:
+  void* library_ = nullptr;
+  void* device_ = nullptr;  // nvmlDevice_t
+  int (*clock_info_)(void*, int, unsigned*) = nullptr;
+};
+
+// Two captured workloads timed in alternation (A, B, A, B ... one replay each per repeat), so a
+// change of the lent GPU's clocks hits both alike; the ratio is taken per repeat.
+struct InterleavedTiming {
+  Timing a, b;
+  double ratio_median = 0, ratio_min = 0, ratio_max = 0;  // of a / b over the repeats
+  int a_clock_mhz = -1, b_clock_mhz = -1;                 // median SM clock during each side's replays
+  std::vector<double> ratios;
+};
+InterleavedTiming time_interleaved(CapturedCalls& a, CapturedCalls& b, int repeats, const SmClock& clock,
+                                   double a_min_warm_up_ms = 25);
 
 // Minimum warm-up of a timing that follows a compute-heavy phase (the ceilings, or the previous
 // layer's largest m): long enough for the SM clock to come back.
@@ -40,9 +92,10 @@ struct Ceilings {
   double hbm_read_gbps = 0;
   double fp16_tflops = 0;  // of the run's activation type (fp16 or bf16), by the best cuBLAS
   std::vector<std::pair<std::string, double>> fp16_by_shape;
+  std::vector<std::pair<std::string, std::string>> fp16_algorithm_by_shape;  // DenseBaseline's choice
 };
-Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_count, cudaStream_t stream,
-                          int repeats, ElementType element);
+class DenseBaseline;
+Ceilings measure_ceilings(DenseBaseline& dense, int sm_count, cudaStream_t stream, int repeats, ElementType element);
 
 std::string git_commit();
 nlohmann::json environment_json(const cudaDeviceProp& properties, int device);

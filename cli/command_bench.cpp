@@ -30,6 +30,7 @@
 #include "cli/bench_support.h"
 #include "cli/cli_support.h"
 #include "cli/commands.h"
+#include "cli/dense_baseline.h"
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "w4a16/runner.h"
 
@@ -88,8 +89,21 @@ std::vector<Shape> select_shapes(const BenchOptions& options) {
     // The LLM grid; it contains the seed's four shapes.
     for (const auto& [n, k] : kDefaultLayers)
       for (int m : kDefaultM) shapes.push_back({m, n, k});
+  } else if (options.shapes.find('x') != std::string::npos) {
+    // A list of problems, "MxNxK,MxNxK,..." (bench/torch_check.py passes its shapes this way).
+    std::stringstream list(options.shapes);
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      Shape s{};
+      char rest = 0;
+      if (std::sscanf(item.c_str(), "%dx%dx%d%c", &s.m, &s.n, &s.k, &rest) != 3) {
+        throw CliError("--shapes " + item + ": a problem is MxNxK (e.g. 512x4096x4096)");
+      }
+      shapes.push_back(s);
+    }
+    if (shapes.empty()) throw CliError("--shapes " + options.shapes + ": no problem in the list");
   } else {
-    throw CliError("--shapes " + options.shapes + ": must be default, seed or quick");
+    throw CliError("--shapes " + options.shapes + ": must be default, seed, quick or a list of MxNxK");
   }
   return shapes;
 }
@@ -118,67 +132,6 @@ void write_json(const nlohmann::json& document, const std::string& path) {
   std::printf("wrote %s\n", path.c_str());
 }
 
-// Captures `iterations` calls of enqueue(i) into a graph, replays it until its time settles (the
-// warm-up, below), then times `repeats` replays.
-Timing time_graph(const std::function<void(int)>& enqueue, int iterations, int repeats, cudaStream_t stream,
-                  double min_warm_up_ms) {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  check_cuda(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-  try {
-    for (int i = 0; i < iterations; ++i) enqueue(i);
-  } catch (...) {
-    cudaStreamEndCapture(stream, &graph);
-    if (graph) cudaGraphDestroy(graph);
-    throw;
-  }
-  check_cuda(cudaStreamEndCapture(stream, &graph), "cudaStreamEndCapture");
-  check_cuda(cudaGraphInstantiate(&exec, graph, 0), "cudaGraphInstantiate");
-  cudaEvent_t start, stop;
-  check_cuda(cudaEventCreate(&start), "cudaEventCreate");
-  check_cuda(cudaEventCreate(&stop), "cudaEventCreate");
-  // Warm-up: replay until the replay time has settled, at least `min_warm_up_ms` and at most
-  // max(500 ms, min_warm_up_ms) (plus the replay in progress). Settled means the last three
-  // replays took within 2% of the three before them (host-timed, so launch jitter counts too).
-  // The SM clock recovers slowly (a second or more) after a compute-heavy phase, too slowly for
-  // that test to see, so the caller asks for a long minimum after one (entry 9 of bench/NOTES.md:
-  // the first decode shape after the ceilings ran 10-18% slow otherwise).
-  std::vector<double> warm_up_ms;
-  const auto warm_up_begin = std::chrono::steady_clock::now();
-  auto settled = [&] {
-    const size_t n = warm_up_ms.size();
-    if (n < 6) return false;
-    const double recent = warm_up_ms[n - 1] + warm_up_ms[n - 2] + warm_up_ms[n - 3];
-    const double before = warm_up_ms[n - 4] + warm_up_ms[n - 5] + warm_up_ms[n - 6];
-    return std::abs(recent - before) <= 0.02 * before;
-  };
-  for (;;) {
-    const auto replay_begin = std::chrono::steady_clock::now();
-    check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
-    check_cuda(cudaStreamSynchronize(stream), "warm-up replay");
-    const auto now = std::chrono::steady_clock::now();
-    warm_up_ms.push_back(std::chrono::duration<double, std::milli>(now - replay_begin).count());
-    const double elapsed_ms = std::chrono::duration<double, std::milli>(now - warm_up_begin).count();
-    if (elapsed_ms >= std::max(500.0, min_warm_up_ms) || (elapsed_ms >= min_warm_up_ms && settled())) break;
-  }
-  std::vector<double> samples;
-  for (int r = 0; r < repeats; ++r) {
-    check_cuda(cudaEventRecord(start, stream), "cudaEventRecord");
-    check_cuda(cudaGraphLaunch(exec, stream), "cudaGraphLaunch");
-    check_cuda(cudaEventRecord(stop, stream), "cudaEventRecord");
-    check_cuda(cudaEventSynchronize(stop), "timed replay");
-    float ms = 0;
-    check_cuda(cudaEventElapsedTime(&ms, start, stop), "cudaEventElapsedTime");
-    samples.push_back(ms * 1000.0 / iterations);
-  }
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  std::sort(samples.begin(), samples.end());
-  return {samples[samples.size() / 2], samples.front(), iterations};
-}
-
 // Enough calls per replay that one replay lasts ~2 ms (launch and event noise become negligible).
 int iterations_for(double expected_us) { return std::clamp(int(2000.0 / std::max(expected_us, 1.0)), 10, 300); }
 
@@ -187,8 +140,7 @@ int copies_for(size_t bytes, size_t l2_bytes) {
   return std::max<int>(2, int((4 * l2_bytes) / std::max<size_t>(bytes, 1)) + 1);
 }
 
-Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_count, cudaStream_t stream,
-                          int repeats, ElementType element) {
+Ceilings measure_ceilings(DenseBaseline& dense, int sm_count, cudaStream_t stream, int repeats, ElementType element) {
   Ceilings ceilings;
   {
     const size_t bytes = size_t(2) << 30;  // 2 GiB, 40x L2
@@ -200,24 +152,21 @@ Ceilings measure_ceilings(cublasHandle_t cublas, void* cublas_workspace, int sm_
         stream);
     ceilings.hbm_read_gbps = bytes / (t.median_us * 1e3);
   }
+  // The tensor-core rate: the best of cublasGemmEx and cuBLASLt's candidates (DenseBaseline) at
+  // two square sizes, the larger rate kept.
   for (int size : {4096, 8192}) {
     const size_t elements = size_t(size) * size;
     DeviceBuffer a(elements * 2), b(elements * 2), c(elements * 2);
     fill_random_elements(element, a.get(), elements, -1, 1, 2);
     fill_random_elements(element, b.get(), elements, -1, 1, 3);
     check_cuda(cudaDeviceSynchronize(), "fill");
-    const Timing t = time_graph(
-        [&](int) {
-          check_cuda(cublasSetStream(cublas, stream) == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown,
-                     "cublasSetStream");
-          cublasSetWorkspace(cublas, cublas_workspace, dequant_cublas::kCublasWorkspaceBytes);
-          if (dequant_cublas::gemm_nt(cublas, element, a.get(), b.get(), c.get(), size, size, size, 1.0f, 0.0f) !=
-              CUBLAS_STATUS_SUCCESS)
-            throw CliError("cuBLAS ceiling GEMM failed");
-        },
-        size == 8192 ? 10 : 40, repeats, stream);
+    const int iterations = size == 8192 ? 10 : 40;
+    dense.choose(element, size, size, size, a.get(), {b.get()}, c.get(), stream, iterations, 3);
+    const Timing t = time_graph([&](int) { dense.enqueue(a.get(), b.get(), c.get(), stream); }, iterations, repeats,
+                                stream);
     const double tflops = 2.0 * size * size * double(size) / (t.median_us * 1e6);
     ceilings.fp16_by_shape.emplace_back(std::to_string(size) + "^3", tflops);
+    ceilings.fp16_algorithm_by_shape.emplace_back(std::to_string(size) + "^3", dense.name());
     ceilings.fp16_tflops = std::max(ceilings.fp16_tflops, tflops);
   }
   return ceilings;
@@ -345,12 +294,10 @@ int run_bench(const BenchOptions& options) {
     cudaStreamDestroy(stream);
     return status;
   }
-  cublasHandle_t cublas;
-  if (cublasCreate(&cublas) != CUBLAS_STATUS_SUCCESS) throw CliError("cublasCreate failed");
-  DeviceBuffer cublas_workspace(dequant_cublas::kCublasWorkspaceBytes);
-
-  const Ceilings ceilings = measure_ceilings(cublas, cublas_workspace.get(), properties.multiProcessorCount, stream,
-                                             options.repeats, element);
+  DenseBaseline dense_baseline;
+  const SmClock clock(device);
+  const Ceilings ceilings =
+      measure_ceilings(dense_baseline, properties.multiProcessorCount, stream, options.repeats, element);
   std::printf("w4a16 bench  device: %s (sm_%d%d, %d SMs, L2 %.0f MiB)  commit %s\n", properties.name,
               properties.major, properties.minor, properties.multiProcessorCount, properties.l2CacheSize / 1048576.0,
               git_commit().c_str());
@@ -361,8 +308,9 @@ int run_bench(const BenchOptions& options) {
   std::printf("method       format %s, group %d, weights rotated over >4x L2, CUDA graph of back-to-back calls, "
               "median of %d, programmatic dependent launch: %s\n\n",
               format_name(format), options.group, options.repeats, programmatic_launch_name(runner.programmatic_launch()));
-  std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %8s %6s %9s %6s %7s\n", "m", "n", "k", "config", "w4a16 us",
-              "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "floor us", "flr%", "cuBLAS us", "eff%", "speedup");
+  std::printf("%5s %6s %6s  %-24s %9s %9s %7s %7s %9s %6s %8s %6s %9s %6s %7s %11s  %s\n", "m", "n", "k", "config",
+              "w4a16 us", "min us", "TFLOP/s", "GB/s", "roof us", "eff%", "floor us", "flr%", "cuBLAS us", "eff%",
+              "speedup", "ratio range", "cuBLAS algorithm");
 
   nlohmann::json results = nlohmann::json::array();
   const size_t l2 = size_t(properties.l2CacheSize);
@@ -459,10 +407,13 @@ int run_bench(const BenchOptions& options) {
       const double dense_bytes_total = double(dense_bytes) + 2.0 * m * k + 2.0 * m * n;
       const double cublas_roofline_us = std::max(dense_bytes_total / hbm_bytes_per_us, flops / flops_per_us);
 
-      // Our configs first, then cuBLAS, then the read floor. The order matters: a shape's first
-      // timing follows the previous shape's cuBLAS run, and after a compute-heavy one the SM
-      // clock takes a while to come back (time_graph); timing cuBLAS first put every w4a16 timing
-      // of m >= 256 right behind a dense GEMM and cost them 5-15% (bench/NOTES.md, entry 17).
+      // Our configs alone first (the table's w4a16 column), then the dense yardstick's choice,
+      // then each config in alternation with it (the speed-up), then the read floor. The order
+      // matters: a shape's first timing follows the previous shape's cuBLAS run, and after a
+      // compute-heavy one the SM clock takes a while to come back (time_graph); timing cuBLAS
+      // first put every w4a16 timing of m >= 256 right behind a dense GEMM and cost them 5-15%
+      // (bench/NOTES.md, entry 17). The interleaved ratio is immune to that: both sides of each
+      // repeat see the same clock.
       std::vector<Timing> w4_timings, plain_timings;
       for (size_t c = 0; c < configs.size(); ++c) {
         const KernelConfig& config = configs[c];
@@ -490,15 +441,30 @@ int run_bench(const BenchOptions& options) {
               shape_index == 0 && c == 0 && !permuted ? kSettleAfterComputeMs : 25));
         }
       }
-      const Timing dense_timing = time_graph(
-          [&](int i) {
-            cublasSetStream(cublas, stream);
-            cublasSetWorkspace(cublas, cublas_workspace.get(), dequant_cublas::kCublasWorkspaceBytes);
-            if (dequant_cublas::gemm_nt(cublas, element, a.get(), dense[i % dense_copies].get(), c.get(), m, n, k,
-                                        1.0f, 0.0f) != CUBLAS_STATUS_SUCCESS)
-              throw CliError("cuBLAS GEMM failed");
-          },
-          std::max(iterations_for(cublas_roofline_us), dense_copies), options.repeats, stream);
+      // The dense yardstick at this shape (DenseBaseline): cublasGemmEx and cuBLASLt's candidates,
+      // each timed briefly, the fastest kept; then every config against it in alternation, so the
+      // speed-up is a ratio taken replay by replay under the same clocks.
+      std::vector<const void*> dense_weights;
+      for (const DeviceBuffer& copy : dense) dense_weights.push_back(copy.get());
+      const int dense_iterations = std::max(iterations_for(cublas_roofline_us), dense_copies);
+      dense_baseline.choose(element, m, n, k, a.get(), dense_weights, c.get(), stream, dense_iterations, 3);
+      std::vector<InterleavedTiming> against_dense;
+      for (size_t c_index = 0; c_index < configs.size(); ++c_index) {
+        const KernelConfig& config = configs[c_index];
+        args.k_permutation = options.act_order ? permutation.get<int32_t>() : nullptr;
+        CapturedCalls w4_calls(
+            [&](int i) {
+              args.packed_weights = packed[i % w4_copies].get();
+              args.scales = scales_of(i);
+              args.zeros = zeros_of(i);
+              check_status(runner.gemm(args, config, workspace.get(), workspace.bytes(), stream), "gemm");
+            },
+            w4_timings[c_index].iterations, stream);
+        CapturedCalls dense_calls(
+            [&](int i) { dense_baseline.enqueue(a.get(), dense_weights[size_t(i) % dense_weights.size()], c.get(), stream); },
+            dense_iterations, stream);
+        against_dense.push_back(time_interleaved(w4_calls, dense_calls, options.repeats, clock));
+      }
 
       // The read floor (see launch_read_floor): the same weight bytes, the same rotation and
       // harness, no math. Measured once per layer: it does not depend on m.
@@ -514,13 +480,17 @@ int run_bench(const BenchOptions& options) {
       for (size_t c = 0; c < configs.size(); ++c) {
         const KernelConfig& config = configs[c];
         const Timing& w4 = w4_timings[c];
+        const InterleavedTiming& versus = against_dense[c];
+        const Timing& dense_timing = versus.b;
         const double efficiency = roofline_us / w4.median_us;
-        const double speedup = dense_timing.median_us / w4.median_us;
-        std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %8.1f %6.1f %9.1f %6.1f %6.2fx\n", m, n,
-                    k, config.name().c_str(), w4.median_us, w4.min_us, flops / (w4.median_us * 1e6),
+        // The speed-up is the interleaved one: cuBLAS time / w4a16 time, replay by replay.
+        const double speedup = 1.0 / versus.ratio_median;
+        std::printf("%5d %6d %6d  %-24s %9.1f %9.1f %7.1f %7.0f %9.1f %6.1f %8.1f %6.1f %9.1f %6.1f %6.2fx %5.2f-%5.2f  %s\n",
+                    m, n, k, config.name().c_str(), w4.median_us, w4.min_us, flops / (w4.median_us * 1e6),
                     bytes / (w4.median_us * 1e3), roofline_us, 100 * efficiency, read_floor.median_us,
                     100 * read_floor.median_us / w4.median_us, dense_timing.median_us,
-                    100 * cublas_roofline_us / dense_timing.median_us, speedup);
+                    100 * cublas_roofline_us / dense_timing.median_us, speedup, 1.0 / versus.ratio_max,
+                    1.0 / versus.ratio_min, dense_baseline.name().c_str());
         if (options.act_order) {
           std::printf("# act-order %dx%dx%d %s: without the permutation %.1f us, with it %.1f us (%+.1f%%)\n", m, n,
                       k, config.name().c_str(), plain_timings[c].median_us, w4.median_us,
@@ -551,7 +521,20 @@ int run_bench(const BenchOptions& options) {
                            {"cublas_weight_copies", dense_copies},
                            {"cublas_roofline_us", cublas_roofline_us},
                            {"cublas_efficiency", cublas_roofline_us / dense_timing.median_us},
-                           {"speedup_vs_cublas", speedup}});
+                           {"speedup_vs_cublas", speedup},
+                           {"cublas_algorithm", dense_baseline.name()},
+                           {"cublas_candidates", dense_baseline.candidates_json()},
+                           {"cublas_gemmex_default_us", dense_baseline.gemmex_us()},
+                           {"cublas_lt_first_choice_us", dense_baseline.lt_first_us()},
+                           {"interleaved",
+                            {{"w4a16_us", versus.a.median_us},
+                             {"cublas_us", versus.b.median_us},
+                             {"ratio_median", versus.ratio_median},
+                             {"ratio_min", versus.ratio_min},
+                             {"ratio_max", versus.ratio_max},
+                             {"ratios", versus.ratios},
+                             {"w4a16_sm_clock_mhz", versus.a_clock_mhz},
+                             {"cublas_sm_clock_mhz", versus.b_clock_mhz}}}});
         if (options.act_order) {
           results.back()["act_order"] = true;
           results.back()["without_act_order_us"] = plain_timings[c].median_us;
@@ -566,7 +549,8 @@ int run_bench(const BenchOptions& options) {
     nlohmann::json document = {
         {"environment", environment_json(properties, device)},
         {"ceilings",
-         {{"hbm_read_gbps", ceilings.hbm_read_gbps}, {"fp16_tflops", ceilings.fp16_tflops}, {"fp16_by_shape", ceilings.fp16_by_shape}}},
+         {{"hbm_read_gbps", ceilings.hbm_read_gbps}, {"fp16_tflops", ceilings.fp16_tflops}, {"fp16_by_shape", ceilings.fp16_by_shape},
+          {"fp16_algorithm_by_shape", ceilings.fp16_algorithm_by_shape}}},
         {"method",
          {{"group_size", options.group},
           {"format", format_name(format)},
@@ -575,12 +559,17 @@ int run_bench(const BenchOptions& options) {
           {"statistic", "median per call over repeats of a CUDA graph of back-to-back calls"},
           {"weights_rotated_over_bytes_at_least", 4 * l2},
           {"roofline", "max(bytes / hbm_read, 2mnk / fp16_rate), bytes = packed weights + scales + A + C"},
-          {"read_floor", "one kernel reading the packed weights and scales once, no math, same rotation and graph"}}},
+          {"read_floor", "one kernel reading the packed weights and scales once, no math, same rotation and graph"},
+          {"cublas",
+           "per shape the fastest of cublasGemmEx (CUBLAS_GEMM_DEFAULT) and cuBLASLt's first 8 heuristic "
+           "candidates (workspace up to 256 MiB), each timed over 3 replays; cublas_us and speedup_vs_cublas come "
+           "from that algorithm timed in alternation with w4a16 (one replay each per repeat), the speed-up being "
+           "the median of the per-repeat ratios"},
+          {"sm_clock", clock.available() ? "NVML, sampled during each interleaved replay" : "NVML not available"}}},
         {"wall_seconds", seconds},
         {"results", results}};
     write_json(document, options.json);
   }
-  cublasDestroy(cublas);
   cudaStreamDestroy(stream);
   return 0;
 }
@@ -723,7 +712,8 @@ int run_formats(const BenchOptions& options, GemmRunner& runner, const cudaDevic
 void register_bench(CLI::App& app, int* exit_code) {
   auto options = std::make_shared<BenchOptions>();
   CLI::App* command = app.add_subcommand("bench", "Time w4a16 against dense cuBLAS and the roofline");
-  command->add_option("--shapes", options->shapes, "default (LLM grid), seed, or quick (a few shapes, seconds)");
+  command->add_option("--shapes", options->shapes,
+                      "default (LLM grid), seed, quick (a few shapes, seconds), or problems MxNxK,MxNxK,...");
   command->add_option("--m", options->m, "m values (comma separated); with --n/--k replaces --shapes")->delimiter(',');
   command->add_option("--n", options->n, "n values (comma separated)")->delimiter(',');
   command->add_option("--k", options->k, "k values (comma separated)")->delimiter(',');

@@ -27,6 +27,7 @@
 #include "cli/bench_kernels.h"
 #include "cli/bench_support.h"
 #include "cli/cli_support.h"
+#include "cli/dense_baseline.h"
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "w4a16/moe.h"
 #include "w4a16/runner.h"
@@ -103,8 +104,9 @@ int run_moe_bench(const MoeBenchOptions& options) {
   cublasHandle_t cublas;
   if (cublasCreate(&cublas) != CUBLAS_STATUS_SUCCESS) throw CliError("cublasCreate failed");
   DeviceBuffer cublas_workspace(dequant_cublas::kCublasWorkspaceBytes);
-  const Ceilings ceilings = measure_ceilings(cublas, cublas_workspace.get(), properties.multiProcessorCount, stream,
-                                             options.repeats, element);
+  DenseBaseline dense_baseline;
+  const Ceilings ceilings =
+      measure_ceilings(dense_baseline, properties.multiProcessorCount, stream, options.repeats, element);
   std::printf("w4a16 bench --moe  device: %s (sm_%d%d, %d SMs, L2 %.0f MiB)  commit %s\n", properties.name,
               properties.major, properties.minor, properties.multiProcessorCount, properties.l2CacheSize / 1048576.0,
               git_commit().c_str());
