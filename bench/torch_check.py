@@ -11,7 +11,8 @@ bench, torch ...) so that a drift of the lent GPU's clocks hits both alike:
     copies to exceed 4x L2, the same value ranges (A uniform in [-1, 1], W in [-0.1, 0.1]: a GEMM's
     power draw, and so the clock, depends on the data), a CUDA graph of back-to-back calls replayed
     until its time settles, the median per call over the repeats.
-It prints both medians over rounds and their ratio; the issue's line is agreement within 3% at
+It prints both medians over rounds and their ratio (and the chosen algorithm's standalone time
+from the bench's selection, like for like with torch's standalone replays); the issue's line is agreement within 3% at
 4096^3, 8192^3, 4096x28672x8192 and 512x4096x4096 (the default shapes). Exit status 1 if a shape
 disagrees by more than --tolerance.
 """
@@ -47,7 +48,7 @@ def replay_us(graph, calls):
     return start.elapsed_time(stop) * 1000.0 / calls
 
 
-def time_torch_mm(m, n, k, dtype, repeats):
+def time_torch_mm(m, n, k, dtype, repeats, min_warm_up_s=1.0):
     """Median microseconds per torch.mm call, the bench's method."""
     properties = torch.cuda.get_device_properties(0)
     l2 = properties.L2_cache_size
@@ -73,7 +74,11 @@ def time_torch_mm(m, n, k, dtype, repeats):
         for i in range(calls):
             evaluate(i)
     # Warm-up as the bench does: until the last three replays are within 2% of the three before,
-    # at least 25 ms and at most 500 ms.
+    # at least min_warm_up_s. The default second is longer than the bench's 25 ms on purpose: the
+    # H200's SM clock moves by ~30% between idle and a prefill GEMM's power limit (NOTES entry 29),
+    # and a shorter warm-up measured each torch shape in whatever clock state the one before (or
+    # the bench subprocess's exit) left: 4096^3 first after an idle gap ran 5% fast, 512x4096x4096
+    # right after 4096x28672x8192 15% slow.
     begin = time.perf_counter()
     history = []
     while True:
@@ -83,7 +88,7 @@ def time_torch_mm(m, n, k, dtype, repeats):
         history.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - begin
         settled = len(history) >= 6 and abs(sum(history[-3:]) - sum(history[-6:-3])) <= 0.02 * sum(history[-6:-3])
-        if elapsed >= 0.5 or (elapsed >= 0.025 and settled):
+        if elapsed >= max(0.5, min_warm_up_s) or (elapsed >= min_warm_up_s and settled):
             break
     samples = sorted(replay_us(graph, calls) for _ in range(repeats))
     del graph
@@ -102,8 +107,11 @@ def time_bench(binary, shapes, dtype_name, repeats):
         document = json.load(open(out.name))
     figures = {}
     for entry in document["results"]:
+        # The chosen algorithm's own time when it was chosen (standalone, 3 replays), next to its
+        # time in alternation with w4a16 (the bench's cublas_us).
+        standalone = min(candidate["us"] for candidate in entry["cublas_candidates"])
         figures[(entry["m"], entry["n"], entry["k"])] = (entry["cublas_us"], entry["cublas_algorithm"],
-                                                        entry["cublas_gemmex_default_us"])
+                                                        entry["cublas_gemmex_default_us"], standalone)
     return figures
 
 
@@ -121,11 +129,14 @@ def main():
     rounds = {"bench": {s: [] for s in shapes}, "torch": {s: [] for s in shapes}}
     algorithms = {s: [] for s in shapes}
     gemmex = {s: [] for s in shapes}
+    standalone = {s: [] for s in shapes}
     for round_index in range(args.rounds):
-        for shape, (us, algorithm, gemmex_us) in time_bench(args.w4a16, shapes, args.dtype, args.repeats).items():
+        for shape, (us, algorithm, gemmex_us, alone_us) in time_bench(args.w4a16, shapes, args.dtype,
+                                                                      args.repeats).items():
             rounds["bench"][shape].append(us)
             algorithms[shape].append(algorithm)
             gemmex[shape].append(gemmex_us)
+            standalone[shape].append(alone_us)
         for shape in shapes:
             rounds["torch"][shape].append(time_torch_mm(*shape, dtype, args.repeats))
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
@@ -133,7 +144,7 @@ def main():
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}, {args.dtype}, {args.rounds} alternating "
           f"rounds (median over rounds; per-round figures in the JSON)")
     print(f"{'m x n x k':>18} {'bench cuBLAS us':>16} {'torch.mm us':>12} {'bench/torch':>12} {'GemmEx us':>10}"
-          f"  bench algorithm")
+          f" {'alone us':>9} {'alone/torch':>12}  bench algorithm")
     worst = 0.0
     table = []
     for shape in shapes:
@@ -142,12 +153,14 @@ def main():
         ratio = bench_us / torch_us
         worst = max(worst, abs(ratio - 1.0))
         name = "x".join(map(str, shape))
+        alone_us = statistics.median(standalone[shape])
         print(f"{name:>18} {bench_us:16.1f} {torch_us:12.1f} {ratio:12.3f} {statistics.median(gemmex[shape]):10.1f}"
-              f"  {', '.join(sorted(set(algorithms[shape])))}")
+              f" {alone_us:9.1f} {alone_us / torch_us:12.3f}  {', '.join(sorted(set(algorithms[shape])))}")
         table.append({"m": shape[0], "n": shape[1], "k": shape[2], "bench_cublas_us": bench_us, "torch_mm_us": torch_us,
                       "ratio": ratio, "bench_rounds_us": rounds["bench"][shape],
                       "torch_rounds_us": rounds["torch"][shape], "bench_algorithms": algorithms[shape],
-                      "bench_gemmex_default_us": gemmex[shape]})
+                      "bench_gemmex_default_us": gemmex[shape], "bench_standalone_rounds_us": standalone[shape],
+                      "standalone_ratio": alone_us / torch_us})
     agree = worst <= args.tolerance
     print(f"largest disagreement {100 * worst:.1f}% ({'within' if agree else 'beyond'} {100 * args.tolerance:.0f}%)")
     if args.json:
