@@ -572,8 +572,8 @@ NB_MODULE(_w4a16, m) {
         args.float_zeros = float_zeros;
         const std::optional<w4a16::KernelConfig> forced =
             config ? std::optional<w4a16::KernelConfig>(config_named(*config)) : std::nullopt;
-        // Said here rather than left to the runner: without a grouped kernel its default config is
-        // a blank one, which is no tile to check the arguments against.
+        // Without a grouped kernel the runner's default config is a blank one, which the runner
+        // refuses (kUnsupportedArch); said here first so that the message names the device.
         if (!forced && r.runner.grouped_configs().empty()) {
           throw nb::value_error(("grouped_gemm: no grouped kernel for sm_" + std::to_string(r.runner.sm_version()) +
                                  " in this build (grouped_configs() is empty)")
