@@ -5,7 +5,7 @@
 set -uo pipefail
 W4A16=${1:-build/w4a16}
 pass=0 fail=0 rejected=0
-for config in $("$W4A16" info | awk '/(tc|st|ws)_|dequant_cublas/ {print $2}'); do
+for config in $("$W4A16" info | awk '/(ms|st|ws)_|dequant_cublas/ {print $2}'); do
   for shape in "17 1040 320 32" "3 80 192 64" "130 256 4096 4096" "1 4096 11008 128"; do
     set -- $shape
     out=$("$W4A16" verify --m $1 --n $2 --k $3 --group $4 --bias --alpha 0.5 --config "$config" 2>&1)
