@@ -776,6 +776,19 @@ TEST(KernelConfigName, RoundTrips) {
   dequant_with_fields.tile_m = 64;
   EXPECT_EQ(dequant_with_fields, dequant);
   EXPECT_NE(dequant, ms);
+  // ... and which cuBLAS algorithm: cublasGemmEx (0) or cuBLASLt's r-th candidate.
+  KernelConfig lt = dequant;
+  lt.dense_algorithm = 3;
+  EXPECT_EQ(lt.name(), "dequant_cublas_lt3");
+  EXPECT_NE(lt, dequant);
+  ASSERT_TRUE(parse_kernel_config("dequant_cublas_lt3", &parsed));
+  EXPECT_EQ(parsed, lt);
+  EXPECT_EQ(parsed.dense_algorithm, 3);
+  ASSERT_TRUE(parse_kernel_config("dequant_cublas_lt12", &parsed));
+  EXPECT_EQ(parsed.name(), "dequant_cublas_lt12");
+  KernelConfig ms_with_algorithm = ms;  // a fused config ignores it
+  ms_with_algorithm.dense_algorithm = 3;
+  EXPECT_EQ(ms_with_algorithm, ms);
 
   EXPECT_STREQ(to_string(KernelFamily::kMultistage), "multistage");
   EXPECT_STREQ(to_string(KernelFamily::kDequantCublas), "dequant_cublas");
@@ -802,6 +815,14 @@ TEST(KernelConfigName, ParseRejectsGarbage) {
                                    "ms_mxn128" + good.substr(10),
                                    "dequant_cublas ",
                                    "dequant_cublas2",
+                                   "dequant_cublas_lt",
+                                   "dequant_cublas_lt0",
+                                   "dequant_cublas_lt03",
+                                   "dequant_cublas_lt-1",
+                                   "dequant_cublas_lt+1",
+                                   "dequant_cublas_lt1 ",
+                                   "dequant_cublas_lt1x",
+                                   "dequant_cublas_lt100",
                                    "DEQUANT_CUBLAS",
                                    "dequant"};
   for (const std::string& name : bad_names) {

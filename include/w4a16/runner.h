@@ -54,12 +54,15 @@ enum class KernelFamily {
   // top), warps_k is 1.
   kWarpSpecialized,
   // Dequantize W to the activation type in the workspace, then cuBLAS. sm_75 and newer; the
-  // fallback on GPUs without a fused kernel, and a contender at large m.
+  // fallback on GPUs without a fused kernel, and a contender at large m. "dequant_cublas" calls
+  // cublasGemmEx (cuBLAS's own per-shape choice); "dequant_cublas_lt<r>" (KernelConfig::
+  // dense_algorithm = r) runs cuBLASLt's r-th heuristic candidate for the call's shape, for
+  // profile() to time against it.
   kDequantCublas,
 };
 const char* to_string(KernelFamily family);
 
-// One point in the tuning space. For kDequantCublas only `family` matters.
+// One point in the tuning space. For kDequantCublas only `family` and `dense_algorithm` matter.
 struct KernelConfig {
   KernelFamily family = KernelFamily::kMultistage;
   int tile_m = 0;    // activation rows per thread block
@@ -69,6 +72,9 @@ struct KernelConfig {
   int warps_k = 1;
   int stages = 0;    // pipeline depth: shared-memory stages per block (ms_, ws_) or per warp (st_)
   int split_k = 1;   // thread blocks sharing one output tile along k
+  // kDequantCublas only: 0 = cublasGemmEx; r >= 1 = cuBLASLt's r-th heuristic candidate for the
+  // call's (m, n, k, element), or its last where it offers fewer than r.
+  int dense_algorithm = 0;
 
   std::string name() const;  // e.g. "ms_m8n32_w1x2x4_s8_k1", "ws_m128n128_w1x8x1_s8_k1", "dequant_cublas"
   bool fused() const { return family != KernelFamily::kDequantCublas; }  // the fused families

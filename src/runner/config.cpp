@@ -38,7 +38,9 @@ const char* prefix(KernelFamily family) {
 }  // namespace
 
 std::string KernelConfig::name() const {
-  if (family == KernelFamily::kDequantCublas) return "dequant_cublas";
+  if (family == KernelFamily::kDequantCublas) {
+    return dense_algorithm == 0 ? "dequant_cublas" : "dequant_cublas_lt" + std::to_string(dense_algorithm);
+  }
   char buffer[96];
   std::snprintf(buffer, sizeof(buffer), "%s_m%dn%d_w%dx%dx%d_s%d_k%d",
                 prefix(family), tile_m, tile_n, warps_m, warps_n, warps_k, stages,
@@ -48,7 +50,7 @@ std::string KernelConfig::name() const {
 
 bool KernelConfig::operator==(const KernelConfig& other) const {
   if (family != other.family) return false;
-  if (family == KernelFamily::kDequantCublas) return true;
+  if (family == KernelFamily::kDequantCublas) return dense_algorithm == other.dense_algorithm;
   return tile_m == other.tile_m && tile_n == other.tile_n && warps_m == other.warps_m && warps_n == other.warps_n &&
          warps_k == other.warps_k && stages == other.stages && split_k == other.split_k;
 }
@@ -58,6 +60,20 @@ bool parse_kernel_config(const std::string& name, KernelConfig* config) {
   if (name == "dequant_cublas") {
     *config = KernelConfig{};
     config->family = KernelFamily::kDequantCublas;
+    return true;
+  }
+  // "dequant_cublas_lt<r>", r a positive decimal without leading zeros (the runner's configs()
+  // says which ranks it offers).
+  const std::string lt_prefix = "dequant_cublas_lt";
+  if (name.compare(0, lt_prefix.size(), lt_prefix) == 0) {
+    const std::string digits = name.substr(lt_prefix.size());
+    if (digits.empty() || digits.size() > 2 || digits[0] == '0' ||
+        digits.find_first_not_of("0123456789") != std::string::npos) {
+      return false;
+    }
+    *config = KernelConfig{};
+    config->family = KernelFamily::kDequantCublas;
+    config->dense_algorithm = std::stoi(digits);
     return true;
   }
   KernelConfig parsed;

@@ -7,12 +7,16 @@
 #include <fstream>
 #include <sstream>
 #include <limits>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 
 #include <cublas_v2.h>
 
 #include "kernels/act_order/gather_columns.h"
+#include "kernels/dequant_cublas/dense_gemm.h"
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "kernels/fused/params.h"
 #include "runner/compiled_config.h"
@@ -29,6 +33,13 @@ struct GemmRunner::Impl {
   // cublasSetWorkspace, then cublasGemmEx), so concurrent gemm() calls take turns on it. Held only
   // while enqueuing: microseconds, no device wait.
   std::mutex cublas_mutex;
+  // The dequant_cublas_lt<r> configs: cuBLASLt's descriptors and heuristic candidates per
+  // (element, m, n, k), made on a shape's first use (the heuristic query costs tens of
+  // microseconds of host time, once) and kept for the runner's lifetime; a call then only looks
+  // its shape up. Null handle: no cuBLASLt, no such configs.
+  cublasLtHandle_t lt = nullptr;
+  std::mutex lt_mutex;
+  std::map<std::tuple<int, int, int, int>, std::unique_ptr<dequant_cublas::DenseGemm>> lt_gemms;
   int gather_arch = 0;           // act_order::compiled_arch(): programmatic launch needs >= 90
   int gather_shared_limit = 0;   // act_order::prepare(): shared memory for staging a row of A
   // Which compiled kernel serves each fused config in each format, and the virtual arch its body
@@ -44,7 +55,28 @@ struct GemmRunner::Impl {
   std::vector<FusedEntry> fused_kernels;
 
   ~Impl() {
+    lt_gemms.clear();
+    if (lt != nullptr) cublasLtDestroy(lt);
     if (cublas != nullptr) cublasDestroy(cublas);
+  }
+
+  // The cuBLASLt problem of one call shape (see lt_gemms); the pointer stays valid while the
+  // runner lives.
+  Status lt_gemm(ElementType element, int m, int n, int k, const dequant_cublas::DenseGemm** out) {
+    const std::lock_guard<std::mutex> lock(lt_mutex);
+    auto& slot = lt_gemms[{int(element), m, n, k}];
+    if (slot == nullptr) {
+      auto made = std::make_unique<dequant_cublas::DenseGemm>();
+      if (Status s = dequant_cublas::DenseGemm::create(lt, element, m, n, k, dequant_cublas::kCublasWorkspaceBytes,
+                                                       dequant_cublas::kLtAlgorithms, made.get());
+          !s.ok()) {
+        lt_gemms.erase({int(element), m, n, k});
+        return s;
+      }
+      slot = std::move(made);
+    }
+    *out = slot.get();
+    return Status::success();
   }
 
   const FusedEntry* find(const KernelConfig& config, const Format& format) const {
@@ -156,6 +188,16 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     KernelConfig config;
     config.family = KernelFamily::kDequantCublas;
     configs_.push_back(config);
+    // cuBLASLt's candidates as configs of their own, for profile() (the heuristics keep
+    // cublasGemmEx: untimed, Lt's first choice is no faster, bench/NOTES.md entry 29).
+    if (cublasLtCreate(&impl_->lt) == CUBLAS_STATUS_SUCCESS) {
+      for (int rank = 1; rank <= dequant_cublas::kLtAlgorithms; ++rank) {
+        config.dense_algorithm = rank;
+        configs_.push_back(config);
+      }
+    } else {
+      impl_->lt = nullptr;
+    }
   } else {
     cudaGetLastError();
   }
@@ -216,7 +258,12 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
     return Status(StatusCode::kUnsupportedArch, "config " + config.name() + " has no " +
                                                     format_name(args.format()) + " kernel in this build");
   }
-  return check_arguments(args, config, workspace, workspace_size);
+  if (Status s = check_arguments(args, config, workspace, workspace_size); !s.ok()) return s;
+  if (config.family == KernelFamily::kDequantCublas && config.dense_algorithm > 0) {
+    const dequant_cublas::DenseGemm* lt = nullptr;
+    return impl_->lt_gemm(args.element, args.m, args.n, args.k, &lt);
+  }
+  return Status::success();
 }
 
 Status GemmRunner::gemm(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream) const {
@@ -257,8 +304,15 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     params.k = args.k;
     params.group_size = args.group_size;
     params.alpha = args.alpha;
+    const dequant_cublas::DenseGemm* lt = nullptr;
+    size_t lt_candidate = 0;
+    if (config.dense_algorithm > 0) {
+      if (Status s = impl_->lt_gemm(args.element, args.m, args.n, args.k, &lt); !s.ok()) return s;
+      // The r-th candidate, or the last where the heuristic offers fewer (see KernelConfig).
+      lt_candidate = std::min(static_cast<size_t>(config.dense_algorithm), lt->candidates().size()) - 1;
+    }
     const std::lock_guard<std::mutex> lock(impl_->cublas_mutex);
-    return dequant_cublas::run(params, impl_->cublas, family_workspace, stream);
+    return dequant_cublas::run(params, impl_->cublas, lt, lt_candidate, family_workspace, stream);
   }
 
   const Impl::FusedEntry* entry = impl_->find(config, args.format());

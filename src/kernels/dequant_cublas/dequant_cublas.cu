@@ -7,23 +7,34 @@
 #include "common/packed_layout.h"
 #include "kernels/common/element.cuh"
 #include "kernels/common/launch.cuh"
+#include "kernels/dequant_cublas/dense_gemm.h"
 
 namespace w4a16::dequant_cublas {
 
 namespace {
 
 constexpr int kTilesPerBlock = 4;  // one warp per packed 16 x 64 tile
+// The staging tile's row pitch: 64 elements + 8 of padding (144 bytes). Lane 4r + c writes rows r
+// and r + 8 at column pairs 16 j + 2 c: with a 128-byte pitch those 32 four-byte stores fall into
+// 4 banks (8-way conflict); 144 bytes (36 words) put row r at bank offset 4 r, so the 32 lanes
+// hit 32 banks. 144 is a multiple of 16, so the 16-byte reads of the copy-out stay aligned.
+constexpr int kStagePitch = layout::kTileCols + 8;
 
-// Each warp expands one packed tile: lane L reads its 16 bytes (32 codes), scatters the dequantized
-// weights into a 16 x 64 shared tile via the layout's nibble_position(), then the warp writes the
-// tile back row by row with 16-byte stores, so global writes stay coalesced whatever the nibble
-// order is. w = s * (q - z) in fp32 (exact for integer zero points, whose q - z is a small
-// integer), then rounded to the element type (z = 8 without zeros).
+// One warp per packed tile (row block, k block): unpack the lane's 32 codes (its four words,
+// common/packed_layout.h), dequantize each as s * (q - z) in fp32 (q exact, q - z exact, one
+// rounding to the element type at the end: the CPU reference's definition), stage the 16 x 64
+// tile in shared memory, then write it out as 16-byte rows of the dense [n][k] matrix.
+//
+// The word of k slice j holds, for r = L / 4 and c = 2 (L % 4), the pairs (in nibble slots i and
+// i + 4, 16 bits apart) of register a_i: a0 = W[r][c, c+1], a1 = W[r+8][c, c+1], a2 = W[r][c+8,
+// c+9], a3 = W[r+8][c+8, c+9], columns counted from 16 j. All 16 columns of a slice sit in one
+// group (groups are 32, 64, 128 or k, all multiples of 16), so each word needs the scales (and
+// zero points) of two channels, r and r + 8.
 template <class E, bool kZeros>
 __global__ void __launch_bounds__(32 * kTilesPerBlock) dequantize_kernel(const __grid_constant__ Params params,
                                                                           typename E::Scalar* dense) {
   using Scalar = typename E::Scalar;
-  __shared__ __align__(16) Scalar tile[kTilesPerBlock][layout::kTileRows][layout::kTileCols];
+  __shared__ __align__(16) Scalar tile[kTilesPerBlock][layout::kTileRows][kStagePitch];
   const Scalar* scales = static_cast<const Scalar*>(params.scales);
   const Scalar* zeros = static_cast<const Scalar*>(params.zeros);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -38,17 +49,28 @@ __global__ void __launch_bounds__(32 * kTilesPerBlock) dequantize_kernel(const _
                           layout::tile_offset_bytes(row_block, k_block, params.k);
   const uint4 bytes = reinterpret_cast<const uint4*>(packed)[lane];
   const uint32_t words[4] = {bytes.x, bytes.y, bytes.z, bytes.w};
+  const int r = lane / 4, c = 2 * (lane % 4);
+  const int channel = row_block * layout::kTileRows + r;
+  // A code q as an exact float without a conversion instruction: 2^23 + q has q in its mantissa.
+  const auto code = [](uint32_t word, int slot) {
+    return __uint_as_float(0x4B000000u | ((word >> (4 * slot)) & 0xFu)) - 8388608.0f;
+  };
   #pragma unroll
-  for (int word = 0; word < 4; ++word) {
+  for (int j = 0; j < 4; ++j) {
+    const long long group_row = static_cast<long long>((k_block * layout::kTileCols + 16 * j) / params.group_size) * params.n;
+    const float scale[2] = {E::to_float(scales[group_row + channel]), E::to_float(scales[group_row + channel + 8])};
+    float zero[2] = {float(kSymmetricZeroPoint), float(kSymmetricZeroPoint)};
+    if constexpr (kZeros) {
+      zero[0] = E::to_float(zeros[group_row + channel]);
+      zero[1] = E::to_float(zeros[group_row + channel + 8]);
+    }
     #pragma unroll
-    for (int slot = 0; slot < 8; ++slot) {
-      const layout::TilePosition p = layout::nibble_position(lane, word, slot);
-      const float code = static_cast<float>((words[word] >> (4 * slot)) & 0xF);
-      const int row = row_block * layout::kTileRows + p.row;
-      const int col = k_block * layout::kTileCols + p.col;
-      const long long group_index = static_cast<long long>(col / params.group_size) * params.n + row;
-      const float zero = kZeros ? E::to_float(zeros[group_index]) : static_cast<float>(kSymmetricZeroPoint);
-      tile[warp][p.row][p.col] = E::from_float(E::to_float(scales[group_index]) * (code - zero));
+    for (int i = 0; i < 4; ++i) {
+      const int high_row = i & 1;  // a1, a3: channel r + 8
+      const int column = 16 * j + c + ((i & 2) ? 8 : 0);
+      const float low = scale[high_row] * (code(words[j], i) - zero[high_row]);
+      const float high = scale[high_row] * (code(words[j], i + 4) - zero[high_row]);
+      *reinterpret_cast<typename E::Pair*>(&tile[warp][r + 8 * high_row][column]) = E::pair(low, high);
     }
   }
   __syncwarp();
@@ -63,8 +85,6 @@ __global__ void __launch_bounds__(32 * kTilesPerBlock) dequantize_kernel(const _
   }
 }
 
-// C[row][channel] = bias[channel], so that the GEMM can add onto it with beta = 1. Copies 16-bit
-// values, whatever their type.
 __global__ void broadcast_bias_kernel(uint16_t* c, const uint16_t* bias, int m, int n) {
   const long long total = static_cast<long long>(m) * n;
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
@@ -110,7 +130,8 @@ cublasStatus_t gemm_nt(cublasHandle_t handle, ElementType element, const void* a
                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
-Status run(const Params& params, cublasHandle_t handle, void* workspace, cudaStream_t stream) {
+Status run(const Params& params, cublasHandle_t handle, const DenseGemm* lt, size_t lt_candidate, void* workspace,
+           cudaStream_t stream) {
   void* dense = workspace;
   void* cublas_workspace = static_cast<uint8_t*>(workspace) + align_up(size_t(params.n) * params.k * kDenseElementBytes);
 
@@ -128,6 +149,14 @@ Status run(const Params& params, cublasHandle_t handle, void* workspace, cudaStr
       return Status(StatusCode::kCudaError, std::string("bias broadcast launch: ") + cudaGetErrorString(error));
     }
     beta = 1.0f;
+  }
+  if (lt != nullptr) {
+    // cuBLASLt takes the stream and workspace per call: no handle state to set.
+    if (cublasStatus_t error = lt->run(lt_candidate, params.a, dense, params.c, params.alpha, beta, cublas_workspace, stream);
+        error != CUBLAS_STATUS_SUCCESS) {
+      return Status(StatusCode::kCublasError, std::string("cublasLtMatmul: ") + cublasGetStatusString(error));
+    }
+    return Status::success();
   }
   // cublasSetStream resets the workspace to cuBLAS's own pool, so the workspace is set after it.
   if (cublasStatus_t error = cublasSetStream(handle, stream); error != CUBLAS_STATUS_SUCCESS) {

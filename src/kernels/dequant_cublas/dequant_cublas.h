@@ -31,9 +31,18 @@ size_t workspace_bytes(int n, int k);  // the dense weights (2 bytes each, eithe
 // The dequantize kernel, for the runner's arch probe.
 cudaError_t probe_kernel();
 
-// Enqueues dequantize + GEMM on `stream`. `workspace` must hold workspace_bytes(n, k), 256-byte
-// aligned; the arguments are validated by the runner.
-Status run(const Params& params, cublasHandle_t handle, void* workspace, cudaStream_t stream);
+// cuBLASLt heuristic candidates the runner offers as configs (dequant_cublas_lt1 ..), each
+// limited to the same kCublasWorkspaceBytes, so a config's workspace does not depend on the shape.
+constexpr int kLtAlgorithms = 4;
+
+class DenseGemm;
+
+// Enqueues dequantize + GEMM on `stream`: cublasGemmEx through `handle` when `lt` is null, else
+// `lt`'s candidate `lt_candidate` (a DenseGemm made for this call's m, n, k and element).
+// `workspace` must hold workspace_bytes(n, k), 256-byte aligned; the arguments are validated by
+// the runner.
+Status run(const Params& params, cublasHandle_t handle, const DenseGemm* lt, size_t lt_candidate, void* workspace,
+           cudaStream_t stream);
 
 // C[m][n] = alpha * A[m][k] * W[n][k]^T + beta * C, all of `element`, row-major, fp32 accumulate.
 // Shared with the benchmark's dense baseline so both use exactly the same cuBLAS call.
