@@ -44,6 +44,11 @@ StatusCode expected_code(const Case& c) {
     if (reinterpret_cast<uintptr_t>(p) & 15) return StatusCode::kMisalignedPointer;
   }
   const bool fused = c.config.family != KernelFamily::kDequantCublas;
+  // cuBLASLt configs: c, and a unless act-order gathers it into the workspace, 256-byte aligned.
+  if (!fused && c.config.dense_algorithm > 0 &&
+      (((reinterpret_cast<uintptr_t>(a.a) & 255) && !a.k_permutation) || (reinterpret_cast<uintptr_t>(a.c) & 255))) {
+    return StatusCode::kMisalignedPointer;
+  }
   if (fused) {
     const double tiles = std::ceil(double(a.m) / c.config.tile_m) * std::ceil(double(a.n) / c.config.tile_n);
     if (tiles > 2147483647.0) return StatusCode::kUnsupportedShape;
@@ -108,6 +113,8 @@ std::vector<KernelConfig> some_configs() {
   KernelConfig dequant;
   dequant.family = KernelFamily::kDequantCublas;
   configs.push_back(dequant);
+  dequant.dense_algorithm = 2;  // a cuBLASLt candidate: stricter alignment of a and c
+  configs.push_back(dequant);
   return configs;
 }
 
@@ -152,7 +159,7 @@ void break_a_rule(Random& rng, Case* c) {
   auto shift = [](const void* p, long long bytes) {
     return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(p) + bytes);
   };
-  switch (rng.uniform_int(0, 20)) {
+  switch (rng.uniform_int(0, 21)) {
     case 0: a.element = static_cast<ElementType>(rng.uniform_int(2, 255)); break;
     case 1: {
       const int which = rng.uniform_int(0, 3);
@@ -193,6 +200,10 @@ void break_a_rule(Random& rng, Case* c) {
     case 20:  // float_zeros without zero points
       a.zeros = nullptr;
       a.float_zeros = true;
+      break;
+    case 21:  // a or c 16- but not 256-byte aligned: fine for every config but cuBLASLt's
+      if (rng.coin()) a.a = shift(a.a, 16 * rng.uniform_int(1, 15));
+      else a.c = const_cast<void*>(shift(a.c, 16 * rng.uniform_int(1, 15)));
       break;
   }
 }

@@ -12,7 +12,9 @@
 // math accumulates in fp32 whatever it is. With zeros, w = s * (q - z) (w4a16/format.h).
 //
 // The runner works on the caller's stream and memory. gemm() allocates nothing, never synchronizes
-// and does no host work proportional to the problem, so it can be captured in a CUDA graph.
+// and does no host work proportional to the problem, so it can be captured in a CUDA graph. (One
+// exception, outside the default configs: a dequant_cublas_lt<r> config's first call, or check(),
+// at a new (m, n, k, element) asks cuBLASLt's heuristic once and keeps the answer.)
 // One runner per device. Threads: gemm(), check(), workspace_bytes(), default_config(),
 // heuristic_config() and configs() may be called from several host threads at once (each thread
 // with its own stream, workspace and C, and the runner's device current); profile(),
@@ -73,7 +75,8 @@ struct KernelConfig {
   int stages = 0;    // pipeline depth: shared-memory stages per block (ms_, ws_) or per warp (st_)
   int split_k = 1;   // thread blocks sharing one output tile along k
   // kDequantCublas only: 0 = cublasGemmEx; r >= 1 = cuBLASLt's r-th heuristic candidate for the
-  // call's (m, n, k, element), or its last where it offers fewer than r.
+  // call's (m, n, k, element), or its last where it offers fewer than r. Names parse for r up to
+  // 99; configs() lists r = 1..4.
   int dense_algorithm = 0;
 
   std::string name() const;  // e.g. "ms_m8n32_w1x2x4_s8_k1", "ws_m128n128_w1x8x1_s8_k1", "dequant_cublas"

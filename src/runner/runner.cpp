@@ -34,12 +34,17 @@ struct GemmRunner::Impl {
   // while enqueuing: microseconds, no device wait.
   std::mutex cublas_mutex;
   // The dequant_cublas_lt<r> configs: cuBLASLt's descriptors and heuristic candidates per
-  // (element, m, n, k), made on a shape's first use (the heuristic query costs tens of
-  // microseconds of host time, once) and kept for the runner's lifetime; a call then only looks
-  // its shape up. Null handle: no cuBLASLt, no such configs.
+  // (element, m, n, k), made on a shape's first use (a host-side heuristic query, once per
+  // distinct shape: a server whose m varies makes one per m it sees) and kept for the runner's
+  // lifetime, failures too; a call then only looks its shape up. Null handle: no cuBLASLt, no
+  // such configs.
+  struct LtShape {
+    std::unique_ptr<dequant_cublas::DenseGemm> gemm;  // null when the query failed
+    Status status;
+  };
   cublasLtHandle_t lt = nullptr;
   std::mutex lt_mutex;
-  std::map<std::tuple<int, int, int, int>, std::unique_ptr<dequant_cublas::DenseGemm>> lt_gemms;
+  std::map<std::tuple<int, int, int, int>, LtShape> lt_gemms;
   int gather_arch = 0;           // act_order::compiled_arch(): programmatic launch needs >= 90
   int gather_shared_limit = 0;   // act_order::prepare(): shared memory for staging a row of A
   // Which compiled kernel serves each fused config in each format, and the virtual arch its body
@@ -64,19 +69,18 @@ struct GemmRunner::Impl {
   // runner lives.
   Status lt_gemm(ElementType element, int m, int n, int k, const dequant_cublas::DenseGemm** out) {
     const std::lock_guard<std::mutex> lock(lt_mutex);
-    auto& slot = lt_gemms[{int(element), m, n, k}];
-    if (slot == nullptr) {
-      auto made = std::make_unique<dequant_cublas::DenseGemm>();
-      if (Status s = dequant_cublas::DenseGemm::create(lt, element, m, n, k, dequant_cublas::kCublasWorkspaceBytes,
-                                                       dequant_cublas::kLtAlgorithms, made.get());
-          !s.ok()) {
-        lt_gemms.erase({int(element), m, n, k});
-        return s;
-      }
-      slot = std::move(made);
+    const auto key = std::make_tuple(int(element), m, n, k);
+    auto found = lt_gemms.find(key);
+    if (found == lt_gemms.end()) {
+      LtShape shape;
+      shape.gemm = std::make_unique<dequant_cublas::DenseGemm>();
+      shape.status = dequant_cublas::DenseGemm::create(lt, element, m, n, k, dequant_cublas::kCublasWorkspaceBytes,
+                                                       dequant_cublas::kLtAlgorithms, shape.gemm.get());
+      if (!shape.status.ok()) shape.gemm.reset();
+      found = lt_gemms.emplace(key, std::move(shape)).first;
     }
-    *out = slot.get();
-    return Status::success();
+    *out = found->second.gemm.get();
+    return found->second.status;
   }
 
   const FusedEntry* find(const KernelConfig& config, const Format& format) const {
@@ -267,8 +271,12 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
 }
 
 Status GemmRunner::gemm(const GemmArguments& args, void* workspace, size_t workspace_size, cudaStream_t stream) const {
-  return gemm(args, default_config(args.m, args.n, args.k, args.group_size, args.format()), workspace, workspace_size,
-              stream);
+  KernelConfig config = default_config(args.m, args.n, args.k, args.group_size, args.format());
+  // A profiled cuBLASLt config needs 256-byte aligned operands; on a 16-byte aligned view (a
+  // slice of a larger tensor) the default falls back to cublasGemmEx, which takes any, with the
+  // same workspace. (Forced, the config is refused instead: check_arguments.)
+  if (config.family == KernelFamily::kDequantCublas && !lt_operands_aligned(args)) config.dense_algorithm = 0;
+  return gemm(args, config, workspace, workspace_size, stream);
 }
 
 Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, void* workspace, size_t workspace_size,
@@ -311,7 +319,10 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
       // The r-th candidate, or the last where the heuristic offers fewer (see KernelConfig).
       lt_candidate = std::min(static_cast<size_t>(config.dense_algorithm), lt->candidates().size()) - 1;
     }
-    const std::lock_guard<std::mutex> lock(impl_->cublas_mutex);
+    // The GemmEx path sets the shared handle's stream and workspace: one caller at a time. The
+    // cuBLASLt path passes both per call and needs no lock.
+    std::unique_lock<std::mutex> lock(impl_->cublas_mutex, std::defer_lock);
+    if (lt == nullptr) lock.lock();
     return dequant_cublas::run(params, impl_->cublas, lt, lt_candidate, family_workspace, stream);
   }
 

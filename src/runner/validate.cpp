@@ -87,6 +87,10 @@ size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& c
   return total;
 }
 
+bool lt_operands_aligned(const GemmArguments& args) {
+  return (args.k_permutation != nullptr || aligned(args.a, kWorkspaceAlignment)) && aligned(args.c, kWorkspaceAlignment);
+}
+
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_size) {
   if (Status s = check_element(args.element); !s.ok()) return s;
@@ -107,6 +111,17 @@ Status check_arguments(const GemmArguments& args, const KernelConfig& config, co
   for (const auto& p : pointers) {
     if (p.pointer != nullptr && !aligned(p.pointer, kPointerAlignment)) {
       return Status(StatusCode::kMisalignedPointer, std::string(p.name) + " must be 16-byte aligned");
+    }
+  }
+  // cuBLASLt's candidates assume 256-byte aligned operands (its heuristic's default, which the
+  // dense weights in the workspace meet); cublasGemmEx takes any 16-byte aligned view. With
+  // act-order the GEMM reads the gathered copy of A at the workspace's start instead of a.
+  if (config.family == KernelFamily::kDequantCublas && config.dense_algorithm > 0) {
+    const bool a_read = args.k_permutation == nullptr;
+    if (!lt_operands_aligned(args)) {
+      return Status(StatusCode::kMisalignedPointer,
+                    config.name() + " runs cuBLASLt, which needs " + (a_read ? "a and c" : "c") +
+                        " 256-byte aligned (dequant_cublas takes 16-byte aligned ones)");
     }
   }
   if (config.fused()) {

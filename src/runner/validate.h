@@ -26,6 +26,7 @@ size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& c
 //   group in {32, 64, 128, k}, dividing k                 kUnsupportedGroupSize
 //   alpha finite                                          kInvalidArgument
 //   a, packed_weights, scales, zeros, bias, c, k_permutation 16-byte aligned  kMisalignedPointer
+//   dequant_cublas_lt configs: c, and a unless k_permutation, 256-byte aligned  kMisalignedPointer
 //   fused configs: at most 2^31 - 1 output tiles          kUnsupportedShape
 //   fused configs: split_k <= k / 64                      kInvalidArgument
 //   workspace of required_workspace_bytes(args), non-null kWorkspaceTooSmall
@@ -38,6 +39,10 @@ size_t required_workspace_bytes(const GemmArguments& args, const KernelConfig& c
 // here (that would be O(k) host work on device memory): load_packed_layer checks them once.
 Status check_arguments(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                        size_t workspace_bytes);
+
+// Whether the operands cuBLASLt reads and writes are 256-byte aligned, as the
+// dequant_cublas_lt<r> configs need: c, and a unless act-order gathers it into the workspace.
+bool lt_operands_aligned(const GemmArguments& args);
 
 // The grouped launch's m-slots (fused::GroupedParams::m_slots): rows / tile_m + min(experts,
 // rows), an upper bound on the (expert, m-tile) pairs of any routing of `rows` rows.

@@ -130,8 +130,9 @@ Status DenseGemm::create(cublasLtHandle_t handle, ElementType element, int m, in
     DenseAlgorithm algorithm;
     algorithm.algo = results[i].algo;
     algorithm.workspace_bytes = results[i].workspaceSize;
-    algorithm.heuristic_rank = i + 1;
-    algorithm.name = algorithm_name(results[i].algo, i + 1);
+    // Ranks count the usable results only, so rank r is candidates()[r - 1].
+    algorithm.heuristic_rank = static_cast<int>(gemm.candidates_.size()) + 1;
+    algorithm.name = algorithm_name(results[i].algo, algorithm.heuristic_rank);
     gemm.candidates_.push_back(std::move(algorithm));
   }
   if (gemm.candidates_.empty()) {

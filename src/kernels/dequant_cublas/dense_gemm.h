@@ -23,7 +23,7 @@ namespace w4a16::dequant_cublas {
 struct DenseAlgorithm {
   cublasLtMatmulAlgo_t algo{};
   size_t workspace_bytes = 0;  // what this algorithm needs
-  int heuristic_rank = 0;      // 1 = the heuristic's first choice
+  int heuristic_rank = 0;      // 1 = the heuristic's first usable choice (= candidates()[0])
   // e.g. "lt1_id66_tile20_stages34_split1_cluster3": the rank, then CUBLASLT_ALGO_CONFIG_*
   // attributes (algorithm id, tile, stages, split-K count, reduction, swizzle, cluster shape,
   // custom option; the ones at their default are left out).

@@ -14,10 +14,10 @@ namespace w4a16::dequant_cublas {
 namespace {
 
 constexpr int kTilesPerBlock = 4;  // one warp per packed 16 x 64 tile
-// The staging tile's row pitch: 64 elements + 8 of padding (144 bytes). Lane 4r + c writes rows r
-// and r + 8 at column pairs 16 j + 2 c: with a 128-byte pitch those 32 four-byte stores fall into
-// 4 banks (8-way conflict); 144 bytes (36 words) put row r at bank offset 4 r, so the 32 lanes
-// hit 32 banks. 144 is a multiple of 16, so the 16-byte reads of the copy-out stay aligned.
+// The staging tile's row pitch: 64 elements + 8 of padding (144 bytes). Lane L writes rows L / 4
+// and L / 4 + 8 at the column pairs starting at 16 j + 2 (L % 4): with a 128-byte pitch those 32
+// four-byte stores fall into 4 banks (8-way conflict); 144 bytes (36 words) put row r at bank
+// offset 4 r, so the 32 lanes hit 32 banks. 144 is a multiple of 16, so the 16-byte reads of the copy-out stay aligned.
 constexpr int kStagePitch = layout::kTileCols + 8;
 
 // One warp per packed tile (row block, k block): unpack the lane's 32 codes (its four words,
@@ -25,7 +25,7 @@ constexpr int kStagePitch = layout::kTileCols + 8;
 // rounding to the element type at the end: the CPU reference's definition), stage the 16 x 64
 // tile in shared memory, then write it out as 16-byte rows of the dense [n][k] matrix.
 //
-// The word of k slice j holds, for r = L / 4 and c = 2 (L % 4), the pairs (in nibble slots i and
+// The word of k slice j holds, for r = L / 4 and c = 2 * (L % 4), the pairs (in nibble slots i and
 // i + 4, 16 bits apart) of register a_i: a0 = W[r][c, c+1], a1 = W[r+8][c, c+1], a2 = W[r][c+8,
 // c+9], a3 = W[r+8][c+8, c+9], columns counted from 16 j. All 16 columns of a slice sit in one
 // group (groups are 32, 64, 128 or k, all multiples of 16), so each word needs the scales (and
@@ -85,6 +85,8 @@ __global__ void __launch_bounds__(32 * kTilesPerBlock) dequantize_kernel(const _
   }
 }
 
+// C[row][channel] = bias[channel], so that the GEMM can add onto it with beta = 1. Copies 16-bit
+// values, whatever their type.
 __global__ void broadcast_bias_kernel(uint16_t* c, const uint16_t* bias, int m, int n) {
   const long long total = static_cast<long long>(m) * n;
   for (long long i = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; i < total;
