@@ -7,7 +7,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <sstream>
 #include <atomic>
 #include <memory>
 #include <thread>
@@ -21,6 +23,7 @@
 #include "delayed_copy.h"
 #include "unpack_probe.h"
 #include "runner/heuristics.h"
+#include "runner/tuning.h"
 #include "test_util.h"
 #include "w4a16/w4a16.h"
 
@@ -698,6 +701,79 @@ TEST_F(Gpu, ProfilePicksAListedConfigAndMakesItTheDefault) {
   for (const auto& [config, reason] : bare.skipped) EXPECT_FALSE(reason.empty()) << config.name();
   EXPECT_EQ(local.default_config(m, n, k, group), bare.best);
   EXPECT_EQ(local.workspace_bytes(m, n, k, group), 0u);
+}
+
+// cuBLASLt's candidates need a and c 256-byte aligned: forced on a 16-byte aligned view of A a
+// dequant_cublas_lt config is refused before any work; as the default (a loaded tuning entry) it
+// falls back to cublasGemmEx there, and both views give the reference's result.
+TEST_F(Gpu, CublasLtConfigsNeedAlignedOperandsAndTheirDefaultFallsBack) {
+  W4A16_RANDOM(rng);
+  GemmRunner local;  // load_tuning() changes the runner's defaults; keep the shared one clean
+  W4A16_ASSERT_OK(local.status());
+  KernelConfig lt;
+  ASSERT_TRUE(parse_kernel_config("dequant_cublas_lt1", &lt));
+  const auto& configs = local.configs();
+  if (std::find(configs.begin(), configs.end(), lt) == configs.end()) GTEST_SKIP() << "no cuBLASLt configs";
+  const int m = 5, n = 1040, k = 1024, group = 64;
+  Weights w;
+  ASSERT_NO_FATAL_FAILURE(make_weights(rng, n, k, group, &w));
+  Problem p;
+  ASSERT_NO_FATAL_FAILURE(make_problem(rng, w, m, /*use_bias=*/true, rng.alpha(), &p));
+  const GemmArguments aligned_args = p.arguments(w);
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(aligned_args.a) % 256, 0u);
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(aligned_args.c) % 256, 0u);
+  // The same A, 16 bytes past a 256-byte boundary (cudaMalloc's allocations are 256-byte aligned).
+  std::vector<uint16_t> padded(8, 0);
+  padded.insert(padded.end(), p.a.begin(), p.a.end());
+  DeviceArray<uint16_t> shifted;
+  ASSERT_NO_FATAL_FAILURE(shifted.upload(padded));
+  GemmArguments view = aligned_args;
+  view.a = shifted.get() + 8;
+  ASSERT_EQ(reinterpret_cast<uintptr_t>(view.a) % 256, 16u);
+  DeviceArray<uint8_t> workspace;
+  ASSERT_NO_FATAL_FAILURE(workspace.allocate(local.workspace_bytes(m, n, k, lt)));
+  const Expected e = expected(w, p, {});
+  auto run_and_check = [&](const GemmArguments& args, const KernelConfig* config, const std::string& what) {
+    SCOPED_TRACE(what);
+    ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
+    if (config != nullptr) {
+      W4A16_ASSERT_OK(local.gemm(args, *config, workspace.get(), workspace.bytes(), stream_));
+    } else {
+      W4A16_ASSERT_OK(local.gemm(args, workspace.get(), workspace.bytes(), stream_));
+    }
+    W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<uint16_t> c;
+    ASSERT_NO_FATAL_FAILURE(p.out.download(&c));
+    EXPECT_TRUE(test::matches_reference(w.format.element, c, m, n, e.rows, e.reference, e.magnitude));
+  };
+  ASSERT_NO_FATAL_FAILURE(run_and_check(aligned_args, &lt, "dequant_cublas_lt1, aligned"));
+  ASSERT_NO_FATAL_FAILURE(p.out.poison(stream_));
+  W4A16_EXPECT_CODE(local.gemm(view, lt, workspace.get(), workspace.bytes(), stream_), StatusCode::kMisalignedPointer);
+  W4A16_ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  EXPECT_TRUE(p.out.untouched());
+  KernelConfig gemm_ex;
+  gemm_ex.family = KernelFamily::kDequantCublas;
+  ASSERT_NO_FATAL_FAILURE(run_and_check(view, &gemm_ex, "dequant_cublas, 16-byte view"));
+
+  // lt1 as this problem's default: a tuning file of this device with one entry naming it.
+  const std::string path = ::testing::TempDir() + "w4a16_lt_default.json";
+  W4A16_ASSERT_OK(local.save_tuning(path));  // nothing profiled yet: the device header, no entries
+  std::stringstream text;
+  text << std::ifstream(path).rdbuf();
+  std::string document = text.str();
+  const std::string empty = "\"entries\": []";
+  const size_t at = document.find(empty);
+  ASSERT_NE(at, std::string::npos) << document;
+  document.replace(at, empty.size(),
+                   "\"entries\": [{\"m_bucket\": " + std::to_string(tuning_m_bucket(m)) + ", \"n\": " +
+                       std::to_string(n) + ", \"k\": " + std::to_string(k) + ", \"group_size\": " +
+                       std::to_string(group) + ", \"format\": \"" + format_name(w.format) +
+                       "\", \"config\": \"dequant_cublas_lt1\"}]");
+  std::ofstream(path) << document;
+  W4A16_ASSERT_OK(local.load_tuning(path));
+  ASSERT_EQ(local.default_config(m, n, k, group, w.format), lt);
+  ASSERT_NO_FATAL_FAILURE(run_and_check(aligned_args, nullptr, "dequant_cublas_lt1 as the default, aligned"));
+  ASSERT_NO_FATAL_FAILURE(run_and_check(view, nullptr, "dequant_cublas_lt1 as the default, 16-byte view"));
 }
 
 // =============================================================================================
