@@ -11,7 +11,8 @@
 //                warps of a block read W U consecutive tiles of a row block at a time;
 // each with a ring of D k-blocks of registers per warp (D F 16-byte loads in flight per lane), and
 // `shared` bytes of dynamic shared memory to hold the blocks per SM where the real tile's ring
-// holds them.
+// holds them. `split` > 1 cuts each row group's k range into that many blocks (the access pattern
+// of split-K across blocks, without its reduction): 64-channel warps with finer blocks.
 //
 // Build and run on the GPU machine: nvcc -O3 -arch=sm_90a -o read_patterns read_patterns.cu && ./read_patterns
 #include <cuda_runtime.h>
@@ -55,11 +56,14 @@ __global__ void floor_kernel(const uint4* data, size_t vectors, unsigned* sink) 
 
 // Block: W warps over F row blocks. unit == 0: contiguous k share per warp; else runs of `unit`.
 template <int F, int D>
-__global__ void pattern_kernel(const uint8_t* packed, int k_blocks, int warps, int unit, unsigned* sink) {
+__global__ void pattern_kernel(const uint8_t* packed, int all_k_blocks, int warps, int unit, int split, unsigned* sink) {
   extern __shared__ uint8_t shared[];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int first_row_block = blockIdx.x * F;
-  const long long stride = static_cast<long long>(k_blocks) * 512;
+  const int first_row_block = (blockIdx.x / split) * F;
+  const long long stride = static_cast<long long>(all_k_blocks) * 512;
+  // This block's slice of k: k_blocks of them from first_k_block (split divides all_k_blocks).
+  const int k_blocks = all_k_blocks / split;
+  packed += static_cast<long long>(blockIdx.x % split) * k_blocks * 512;
   // The warp's i-th k-block.
   int count;
   if (unit == 0) {
@@ -149,23 +153,31 @@ int main() {
       floor_kernel<<<unsigned((vectors + 1023) / 1024), 256, 0, stream>>>(reinterpret_cast<const uint4*>(p), vectors, sink);
     });
     std::printf("%-11s floor %7.2f us (%.0f GB/s)\n", c.name, floor_us, bytes / floor_us * 1e-3);
-    auto run = [&](auto kernel, int F, int D, int warps, int unit, int shared_bytes) {
-      if (c.n % (16 * F) != 0) return;
-      if (unit != 0 && k_blocks % unit != 0) return;
+    auto run = [&](auto kernel, int F, int D, int warps, int unit, int shared_bytes, int split = 1) {
+      if (c.n % (16 * F) != 0 || k_blocks % split != 0) return;
+      if (unit != 0 && (k_blocks / split) % unit != 0) return;
       CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
       int per_sm = 0;
       CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, warps * 32, shared_bytes));
-      const int blocks = c.n / (16 * F);
+      const int blocks = c.n / (16 * F) * split;
       const float us = time([&](const uint8_t* p) {
-        kernel<<<blocks, warps * 32, shared_bytes, stream>>>(p, k_blocks, warps, unit, sink);
+        kernel<<<blocks, warps * 32, shared_bytes, stream>>>(p, k_blocks, warps, unit, split, sink);
       });
-      std::printf("%-11s F%d D%d W%-2d unit %-2d smem %3d KB  %4d blocks %d/SM  %7.2f us  %5.1f%% of floor\n", c.name,
-                  F, D, warps, unit, shared_bytes / 1024, blocks, per_sm, us, 100.0f * floor_us / us);
+      std::printf("%-11s F%d D%d W%-2d unit %-2d split %d smem %3d KB  %4d blocks %d/SM  %7.2f us  %5.1f%% of floor\n",
+                  c.name, F, D, warps, unit, split, shared_bytes / 1024, blocks, per_sm, us, 100.0f * floor_us / us);
     };
     // Today's default tiles' shape (shared memory as the real ring holds blocks per SM):
     // st_m8n64_w1x1x8_s3 ~79 KB (2/SM), st_m8n64_w1x1x16_s3 ~158 KB (1/SM), st_m8n32_w1x1x16_s3 ~100 KB,
     // st_m8n32_w1x1x8_s3 ~60 KB (3/SM).
-    for (int unit : {0, 1, 2, 4}) {
+    // 64-channel warps with split-K across blocks (entry 30's open question): today's shared
+    // memory per block, and the 8-warp tile's 80 KB cut to what 3 blocks per SM allow.
+    for (int split : {2, 4}) {
+      run(pattern_kernel<4, 2>, 4, 2, 8, 0, 79 * 1024, split);
+      run(pattern_kernel<4, 2>, 4, 2, 8, 0, 60 * 1024, split);
+      run(pattern_kernel<4, 3>, 4, 3, 8, 0, 60 * 1024, split);
+      run(pattern_kernel<4, 2>, 4, 2, 16, 0, 100 * 1024, split);
+    }
+    for (int unit : {0, 1}) {  // (runs of 2 and 4 measured like 1: entry 30)
       run(pattern_kernel<4, 2>, 4, 2, 8, unit, 79 * 1024);
       run(pattern_kernel<4, 3>, 4, 3, 8, unit, 79 * 1024);
       run(pattern_kernel<4, 2>, 4, 2, 16, unit, 158 * 1024);
