@@ -64,7 +64,7 @@ if [ "$tests_flag" = ON ]; then
       pids[$1]=$!
     }
     ours=multistage,warp_specialized,streaming
-    sanitize memcheck "${MEMCHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*EveryConfig*_large:*BitIdentical*:*Invalid*:*Graph*:*Programmatic*:*DefaultConfig*n1040_k320*:*ActOrder*:*Concurrency*}"
+    sanitize memcheck "${MEMCHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*EveryConfig*_large:*BitIdentical*:*Invalid*:*Graph*:*Programmatic*:*DefaultConfig*n1040_k320*:*ActOrder*:*Concurrency*:*CublasLt*}"
     sanitize racecheck "${RACECHECK_FILTER:-*EveryConfig*m17_*:*EveryConfig*m65_*:*ActOrder*}" "$ours"
     # initcheck (reads of uninitialized device memory) and synccheck (barrier misuse): every
     # config in every format on one shape, our kernels only.
