@@ -1,6 +1,7 @@
 // Host-only tests: quantize, pack/unpack and the packed layout, the CPU reference, config names,
 // statuses, the heuristic, and the runner's behaviour on a machine without a GPU.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -8,6 +9,8 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -16,6 +19,7 @@
 #include "common/packed_layout.h"
 #include "kernels/fused/warp_specialized/tensor_maps.h"
 #include "runner/compiled_config.h"
+#include "runner/config_hash.h"
 #include "runner/heuristics.h"
 #include "test_util.h"
 #include "w4a16/w4a16.h"
@@ -1231,6 +1235,79 @@ TEST(RunnerWithoutGpu, ReportsNoDevice) {
   const Status s = runner.gemm(args, nullptr, 0, nullptr);
   EXPECT_FALSE(s.ok());
   EXPECT_EQ(s.code(), runner.status().code()) << s.to_string();
+}
+
+
+// The runner's per-call lookups (runner/config_hash.h) must agree with KernelConfig::operator==:
+// equal configs hash equal (dequant_cublas ignores the tile fields, the fused families ignore
+// dense_algorithm), so a hashed lookup finds exactly what the linear scan it replaced found. Over
+// every compiled tile and split in every format, plus the dequant_cublas configs.
+TEST(ConfigHash, AgreesWithEqualityAndFindsWhatAScanFinds) {
+  std::vector<KernelConfig> configs = table_configs();
+  for (int rank = 1; rank <= 4; ++rank) {
+    KernelConfig lt;
+    lt.family = KernelFamily::kDequantCublas;
+    lt.dense_algorithm = rank;
+    configs.push_back(lt);
+  }
+  const KernelConfigHash hash;
+  for (const KernelConfig& config : configs) {
+    KernelConfig same = config;
+    if (config.fused()) {
+      same.dense_algorithm = 7;  // ignored by operator== for the fused families
+    } else {
+      same.tile_m = 64;  // ignored for dequant_cublas
+      same.stages = 3;
+      same.split_k = 2;
+    }
+    ASSERT_EQ(same, config) << config.name();
+    EXPECT_EQ(hash(same), hash(config)) << config.name();
+  }
+  // Distinct configs: the hash separates every one of them here (not required, but a hash that
+  // collided on the real table would turn the lookup back into a scan).
+  std::unordered_set<size_t> hashes;
+  for (const KernelConfig& config : configs) hashes.insert(hash(config));
+  EXPECT_EQ(hashes.size(), configs.size());
+
+  // The (config, format) table as the runner builds it, looked up both ways.
+  const Format formats[] = {{ElementType::kFloat16, QuantOp::kScaleOnly},     {ElementType::kFloat16, QuantOp::kScaleAndZeros},
+                            {ElementType::kFloat16, QuantOp::kScaleAndFloatZeros}, {ElementType::kBFloat16, QuantOp::kScaleOnly},
+                            {ElementType::kBFloat16, QuantOp::kScaleAndZeros},   {ElementType::kBFloat16, QuantOp::kScaleAndFloatZeros}};
+  std::vector<std::pair<KernelConfig, Format>> entries;
+  for (const KernelConfig& config : configs)
+    if (config.fused())
+      for (const Format& format : formats) entries.emplace_back(config, format);
+  std::unordered_map<std::pair<KernelConfig, Format>, size_t, ConfigFormatHash> index;
+  for (size_t i = 0; i < entries.size(); ++i) index.emplace(entries[i], i);
+  const auto scan = [&](const std::pair<KernelConfig, Format>& key) {
+    for (size_t i = 0; i < entries.size(); ++i)
+      if (entries[i] == key) return static_cast<long>(i);
+    return -1L;
+  };
+  const auto lookup = [&](const std::pair<KernelConfig, Format>& key) {
+    const auto found = index.find(key);
+    return found == index.end() ? -1L : static_cast<long>(found->second);
+  };
+  for (const auto& key : entries) EXPECT_EQ(lookup(key), scan(key)) << key.first.name();
+  KernelConfig absent = entries.front().first;
+  absent.tile_m = 7;
+  EXPECT_EQ(lookup({absent, formats[0]}), -1L);
+  KernelConfig dequant;
+  dequant.family = KernelFamily::kDequantCublas;
+  EXPECT_EQ(lookup({dequant, formats[0]}), -1L);  // dequant_cublas has no fused kernel
+
+  // What a lookup costs, both ways (printed, not asserted: a test never asserts a time).
+  const auto time_per_lookup = [&](auto find) {
+    const auto start = std::chrono::steady_clock::now();
+    long sum = 0;
+    for (int round = 0; round < 20; ++round)
+      for (size_t i = 0; i < entries.size(); i += 7) sum += find(entries[i]);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_GT(sum, 0);
+    return seconds * 1e9 / (20.0 * double((entries.size() + 6) / 7));
+  };
+  std::printf("%zu (config, format) entries: scan %.0f ns, hash %.0f ns per lookup\n", entries.size(),
+              time_per_lookup(scan), time_per_lookup(lookup));
 }
 
 }  // namespace

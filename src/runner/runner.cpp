@@ -12,6 +12,8 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
+#include <unordered_set>
 
 #include <cublas_v2.h>
 
@@ -20,6 +22,7 @@
 #include "kernels/dequant_cublas/dequant_cublas.h"
 #include "kernels/fused/params.h"
 #include "runner/compiled_config.h"
+#include "runner/config_hash.h"
 #include "runner/heuristics.h"
 #include "runner/tuning.h"
 #include "runner/validate.h"
@@ -58,6 +61,18 @@ struct GemmRunner::Impl {
     int resident_blocks_per_sm;
   };
   std::vector<FusedEntry> fused_kernels;
+  // Per-call lookups in O(1) (config_hash.h), built once the constructor has filled
+  // fused_kernels and the runner's configs_: the first entry of each (config, format), as the
+  // scan they replace found it, and configs_ as a set.
+  std::unordered_map<std::pair<KernelConfig, Format>, size_t, ConfigFormatHash> fused_index;
+  std::unordered_set<KernelConfig, KernelConfigHash> listed;
+
+  void build_index(const std::vector<KernelConfig>& configs) {
+    for (size_t i = 0; i < fused_kernels.size(); ++i) {
+      fused_index.emplace(std::make_pair(fused_kernels[i].config, fused_kernels[i].format), i);
+    }
+    listed.insert(configs.begin(), configs.end());
+  }
 
   ~Impl() {
     lt_gemms.clear();
@@ -84,9 +99,8 @@ struct GemmRunner::Impl {
   }
 
   const FusedEntry* find(const KernelConfig& config, const Format& format) const {
-    for (const auto& entry : fused_kernels)
-      if (entry.config == config && entry.format == format) return &entry;
-    return nullptr;
+    const auto found = fused_index.find(std::make_pair(config, format));
+    return found == fused_index.end() ? nullptr : &fused_kernels[found->second];
   }
   // The entry whose grouped kernel serves `config` in `format`, or null.
   const FusedEntry* find_grouped(const KernelConfig& config, const Format& format) const {
@@ -206,6 +220,7 @@ GemmRunner::GemmRunner() : impl_(std::make_unique<Impl>()) {
     cudaGetLastError();
   }
 
+  impl_->build_index(configs_);
   if (configs_.empty()) {
     status_ = Status(StatusCode::kUnsupportedArch, "no w4a16 kernel in this build runs on " +
                                                        std::string(properties.name) + " (sm_" +
@@ -250,7 +265,7 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
     return Status(StatusCode::kInvalidArgument, "the runner was created on device " + std::to_string(device_) +
                                                     " but the current device is " + std::to_string(current_device));
   }
-  if (std::find(configs_.begin(), configs_.end(), config) == configs_.end()) {
+  if (impl_->listed.count(config) == 0) {
     return Status(StatusCode::kUnsupportedArch,
                   "config " + config.name() + " has no kernel for sm_" + std::to_string(sm_version_) + " in this build");
   }
