@@ -7,6 +7,7 @@
 #   tools/gpu-check.sh                 build + tests + sanitizers + verify
 #   BENCH=quick tools/gpu-check.sh     ... + `w4a16 bench --shapes quick`
 #   BENCH=default JSON=bench/results/h100.json tools/gpu-check.sh   ... + the full benchmark
+#   PROBE=1 tools/gpu-check.sh         ... + the decode access-pattern probe (bench/probes/)
 #   SANITIZE=0 / TESTS=0 / CTEST=0 / VERIFY=0 skip those steps (CTEST=0 SANITIZE=1: sanitizers only);
 #   TARGETS="w4a16_gpu_tests w4a16_cli" builds only those.
 #
@@ -109,6 +110,14 @@ if [ "${VERIFY:-1}" = 1 ] && [ -d tests/fixtures/checkpoints ]; then
   done
   rm -rf "$containers"
   record "verify --checkpoint (fixtures x m 1,17,300)" "$passed passed, $failed failed"
+fi
+
+# PROBE=1: the decode access-pattern probe (bench/probes/read_patterns.cu, bench/NOTES.md entry 30),
+# a standalone program: the packed weights read in the streaming tiles' patterns, no math.
+if [ "${PROBE:-0}" = 1 ]; then
+  if nvcc -O3 -arch=sm_90a -o "$BUILD/read_patterns" bench/probes/read_patterns.cu >"$LOGS/probe.log" 2>&1 &&
+     "$BUILD/read_patterns" >>"$LOGS/probe.log" 2>&1; then r=ok; else r=FAILED; fi
+  record "probe read_patterns" "$r ($(grep -c 'of floor' "$LOGS/probe.log") patterns, $LOGS/probe.log)"
 fi
 
 if [ -n "${BENCH:-}" ]; then
