@@ -114,10 +114,12 @@ fi
 
 # PROBE=1: the decode access-pattern probe (bench/probes/read_patterns.cu, bench/NOTES.md entry 30),
 # a standalone program: the packed weights read in the streaming tiles' patterns, no math.
+# Its table goes to stdout and to the end of verify.log (the device tool returns at most 8 files).
 if [ "${PROBE:-0}" = 1 ]; then
-  if nvcc -O3 -arch=sm_90a -o "$BUILD/read_patterns" bench/probes/read_patterns.cu >"$LOGS/probe.log" 2>&1 &&
-     "$BUILD/read_patterns" >>"$LOGS/probe.log" 2>&1; then r=ok; else r=FAILED; fi
-  record "probe read_patterns" "$r ($(grep -c 'of floor' "$LOGS/probe.log") patterns, $LOGS/probe.log)"
+  echo "==== bench/probes/read_patterns.cu ====" >>"$LOGS/verify.log"
+  if nvcc -O3 -arch=sm_90a -o "$BUILD/read_patterns" bench/probes/read_patterns.cu >>"$LOGS/verify.log" 2>&1 &&
+     "$BUILD/read_patterns" 2>&1 | tee -a "$LOGS/verify.log"; then r=ok; else r=FAILED; fi
+  record "probe read_patterns" "$r ($(grep -c 'of floor' "$LOGS/verify.log") patterns, in verify.log)"
 fi
 
 if [ -n "${BENCH:-}" ]; then
