@@ -1192,6 +1192,26 @@ TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
   });
 }
 
+// The cuBLASLt configs are for the profiler: untimed, Lt's first choice is no faster than
+// cublasGemmEx (bench/NOTES.md, entry 29), so the heuristics never pick one, whatever the list
+// holds, and where they pick dequant_cublas it is cublasGemmEx's.
+TEST(Heuristics, NeverChooseACublasLtConfig) {
+  std::vector<KernelConfig> available = table_configs();
+  for (int rank = 1; rank <= 4; ++rank) {
+    KernelConfig lt;
+    lt.family = KernelFamily::kDequantCublas;
+    lt.dense_algorithm = rank;
+    available.insert(available.begin(), lt);  // ahead of everything else in the list
+  }
+  int dequant_choices = 0;
+  for_each_default_problem([&](int m, int n, int k, const heuristics::DeviceTraits& device) {
+    const KernelConfig chosen = heuristics::choose(m, n, k, device, available);
+    EXPECT_EQ(chosen.dense_algorithm, 0) << chosen.name() << " for " << m << "x" << n << "x" << k;
+    dequant_choices += chosen.family == KernelFamily::kDequantCublas;
+  });
+  EXPECT_GT(dequant_choices, 0);  // the grid does reach dequant_cublas (m >= 3072 on sm_90)
+}
+
 // instances.def marks each tile kHeuristic or kProfilerOnly; the marks must match what the
 // heuristics choose over the default grid: every kHeuristic tile is chosen for some problem, and no
 // kProfilerOnly tile ever is.
