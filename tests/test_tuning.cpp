@@ -47,6 +47,38 @@ TEST(Tuning, RoundTripsForTheSameDeviceOnly) {
   }
 }
 
+// A cuBLASLt config names the r-th candidate of one cuBLASLt version's heuristic: its entries load
+// only under that version (the file records it); the other entries do not depend on it.
+TEST(Tuning, CublasLtEntriesNeedTheSameCublasVersion) {
+  TuningDevice written{"NVIDIA H200", 132, "0.1.0", 130100};
+  TuningTable table;
+  table[{4096, 8192, 8192, 128, {ElementType::kFloat16, QuantOp::kScaleOnly}}] = named("dequant_cublas_lt3");
+  TuningTable fused_only;
+  fused_only[{16, 4096, 4096, 128, {ElementType::kFloat16, QuantOp::kScaleOnly}}] = named("st_m16n32_w1x1x16_s3_k1");
+  fused_only[{4096, 4096, 4096, 128, {ElementType::kFloat16, QuantOp::kScaleOnly}}] = named("dequant_cublas");
+  TuningTable back;
+  W4A16_ASSERT_OK(tuning_from_json(tuning_to_json(written, table), written, &back));
+  EXPECT_EQ(back, table);
+
+  TuningDevice upgraded = written;
+  upgraded.cublas_version = 130200;
+  TuningTable untouched;
+  const Status refused = tuning_from_json(tuning_to_json(written, table), upgraded, &untouched);
+  W4A16_EXPECT_CODE(refused, StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("dequant_cublas_lt3 was profiled with cuBLASLt 130100"), std::string::npos)
+      << refused.message();
+  EXPECT_TRUE(untouched.empty());
+  // Without cuBLASLt entries the version does not matter, nor does a file that never recorded it.
+  W4A16_ASSERT_OK(tuning_from_json(tuning_to_json(written, fused_only), upgraded, &untouched));
+  EXPECT_EQ(untouched, fused_only);
+  const std::string old_file =
+      R"({"w4a16_tuning": 1, "device": "NVIDIA H200", "sm_count": 132, "version": "0.1.0", "entries": [)"
+      R"({"m_bucket": 8, "n": 64, "k": 128, "group_size": 64, "format": "fp16", "config": "dequant_cublas"}]})";
+  TuningTable from_old;
+  W4A16_ASSERT_OK(tuning_from_json(old_file, upgraded, &from_old));
+  EXPECT_EQ(from_old.size(), 1u);
+}
+
 TEST(Tuning, MalformedFilesAreRejectedWholly) {
   const TuningDevice device{"GPU", 10, "1"};
   auto file = [](const std::string& entries) {

@@ -515,6 +515,7 @@ TuningDevice tuning_device(int device) {
     cudaGetLastError();
   }
   key.version = W4A16_VERSION;
+  key.cublas_version = static_cast<long long>(cublasLtGetVersion());
   return key;
 }
 

@@ -38,6 +38,7 @@ std::string tuning_to_json(const TuningDevice& device, const TuningTable& table)
                                      {"device", device.name},
                                      {"sm_count", device.sm_count},
                                      {"version", device.version},
+                                     {"cublas_version", device.cublas_version},
                                      {"entries", entries}};
   return document.dump(2) + "\n";
 }
@@ -60,6 +61,8 @@ Status tuning_from_json(const std::string& text, const TuningDevice& device, Tun
                    device.version + ")");
   }
   if (!document.contains("entries") || !document["entries"].is_array()) return invalid("no entries array");
+  const nlohmann::json& cublas = document.contains("cublas_version") ? document["cublas_version"] : nlohmann::json(0);
+  const long long cublas_version = cublas.is_number_integer() ? cublas.get<long long>() : -1;
   TuningTable read;
   for (const nlohmann::json& entry : document["entries"]) {
     if (!entry.is_object()) return invalid("an entry is not an object");
@@ -77,6 +80,12 @@ Status tuning_from_json(const std::string& text, const TuningDevice& device, Tun
     if (!entry.contains("config") || !entry["config"].is_string() ||
         !parse_kernel_config(entry["config"].get<std::string>(), &config)) {
       return invalid("entry with an unknown config name");
+    }
+    if (config.family == KernelFamily::kDequantCublas && config.dense_algorithm > 0 &&
+        cublas_version != device.cublas_version) {
+      return invalid(config.name() + " was profiled with cuBLASLt " + std::to_string(cublas_version) + ", this is " +
+                     std::to_string(device.cublas_version) +
+                     ": its rank names a place in that version's candidate list; profile again");
     }
     const int m = entry["m_bucket"].get<int>();
     if (tuning_m_bucket(m) != m) return invalid("m_bucket " + std::to_string(m) + " is not a power of two");

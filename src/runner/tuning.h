@@ -25,12 +25,16 @@ struct TuningDevice {
   std::string name;     // cudaDeviceProp::name
   int sm_count = 0;
   std::string version;  // the library's version
+  // cuBLASLt's version (cublasLtGetVersion): a dequant_cublas_lt<r> entry names the r-th entry of
+  // that version's heuristic list, so such entries load only where it matches.
+  long long cublas_version = 0;
 };
 
 std::string tuning_to_json(const TuningDevice& device, const TuningTable& table);
 // Reads entries written for `device` into *table (replacing equal keys). A file for another device
-// or library version is kInvalidArgument, as is anything malformed; config names are parsed but
-// not checked against a runner's list (GemmRunner::load_tuning does that).
+// or library version is kInvalidArgument, as is a dequant_cublas_lt entry from another cuBLASLt
+// version and anything malformed; config names are parsed but not checked against a runner's list
+// (GemmRunner::load_tuning does that).
 Status tuning_from_json(const std::string& text, const TuningDevice& device, TuningTable* table);
 
 }  // namespace w4a16
