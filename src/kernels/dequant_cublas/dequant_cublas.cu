@@ -17,7 +17,8 @@ constexpr int kTilesPerBlock = 4;  // one warp per packed 16 x 64 tile
 // The staging tile's row pitch: 64 elements + 8 of padding (144 bytes). Lane L writes rows L / 4
 // and L / 4 + 8 at the column pairs starting at 16 j + 2 (L % 4): with a 128-byte pitch those 32
 // four-byte stores fall into 4 banks (8-way conflict); 144 bytes (36 words) put row r at bank
-// offset 4 r, so the 32 lanes hit 32 banks. 144 is a multiple of 16, so the 16-byte reads of the copy-out stay aligned.
+// offset 4 r, so the 32 lanes hit 32 banks. 144 is a multiple of 16, so the 16-byte reads of the
+// copy-out stay aligned.
 constexpr int kStagePitch = layout::kTileCols + 8;
 
 // One warp per packed tile (row block, k block): unpack the lane's 32 codes (its four words,
