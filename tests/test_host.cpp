@@ -1182,6 +1182,18 @@ std::vector<KernelConfig> table_configs() {
   return available;
 }
 
+// The dequant_cublas_lt<r> configs a runner lists (r = 1..4, dequant_cublas::kLtAlgorithms).
+std::vector<KernelConfig> cublas_lt_configs() {
+  std::vector<KernelConfig> configs;
+  for (int rank = 1; rank <= 4; ++rank) {
+    KernelConfig lt;
+    lt.family = KernelFamily::kDequantCublas;
+    lt.dense_algorithm = rank;
+    configs.push_back(lt);
+  }
+  return configs;
+}
+
 TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
   const std::vector<KernelConfig> available = table_configs();
   const std::vector<KernelConfig> everything = every_config(true, true, true);
@@ -1197,12 +1209,8 @@ TEST(Heuristics, DefaultGridChoosesCompiledTiles) {
 // holds, and where they pick dequant_cublas it is cublasGemmEx's.
 TEST(Heuristics, NeverChooseACublasLtConfig) {
   std::vector<KernelConfig> available = table_configs();
-  for (int rank = 1; rank <= 4; ++rank) {
-    KernelConfig lt;
-    lt.family = KernelFamily::kDequantCublas;
-    lt.dense_algorithm = rank;
-    available.insert(available.begin(), lt);  // ahead of everything else in the list
-  }
+  const std::vector<KernelConfig> lt = cublas_lt_configs();
+  available.insert(available.begin(), lt.begin(), lt.end());  // ahead of everything else in the list
   int dequant_choices = 0;
   for_each_default_problem([&](int m, int n, int k, const heuristics::DeviceTraits& device) {
     const KernelConfig chosen = heuristics::choose(m, n, k, device, available);
@@ -1264,12 +1272,8 @@ TEST(RunnerWithoutGpu, ReportsNoDevice) {
 // every compiled tile and split in every format, plus the dequant_cublas configs.
 TEST(ConfigHash, AgreesWithEqualityAndFindsWhatAScanFinds) {
   std::vector<KernelConfig> configs = table_configs();
-  for (int rank = 1; rank <= 4; ++rank) {
-    KernelConfig lt;
-    lt.family = KernelFamily::kDequantCublas;
-    lt.dense_algorithm = rank;
-    configs.push_back(lt);
-  }
+  const std::vector<KernelConfig> lt = cublas_lt_configs();
+  configs.insert(configs.end(), lt.begin(), lt.end());
   const KernelConfigHash hash;
   for (const KernelConfig& config : configs) {
     KernelConfig same = config;
