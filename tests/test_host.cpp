@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "common/packed_layout.h"
+#include "kernels/dequant_cublas/dequant_cublas.h"
 #include "kernels/fused/warp_specialized/tensor_maps.h"
 #include "runner/compiled_config.h"
 #include "runner/config_hash.h"
@@ -1182,10 +1183,10 @@ std::vector<KernelConfig> table_configs() {
   return available;
 }
 
-// The dequant_cublas_lt<r> configs a runner lists (r = 1..4, dequant_cublas::kLtAlgorithms).
+// The dequant_cublas_lt<r> configs a runner lists (r = 1..dequant_cublas::kLtAlgorithms).
 std::vector<KernelConfig> cublas_lt_configs() {
   std::vector<KernelConfig> configs;
-  for (int rank = 1; rank <= 4; ++rank) {
+  for (int rank = 1; rank <= w4a16::dequant_cublas::kLtAlgorithms; ++rank) {
     KernelConfig lt;
     lt.family = KernelFamily::kDequantCublas;
     lt.dense_algorithm = rank;

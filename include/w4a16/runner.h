@@ -36,6 +36,10 @@
 
 namespace w4a16 {
 
+namespace dequant_cublas {
+class DenseGemm;  // src/kernels/dequant_cublas/: a call shape's cuBLASLt problem (private)
+}  // namespace dequant_cublas
+
 // The fused families share one skeleton (src/kernels/fused/: tile scheduler, epilogue, split-K)
 // and differ in their mainloop; dequant_cublas is the unfused fallback. Config names start with
 // the family's prefix (ms_, st_, ws_).
@@ -261,6 +265,10 @@ class GemmRunner {
 
  private:
   struct Impl;  // cuBLAS handle and the table of compiled kernels
+  // check(), also handing back what a dequant_cublas_lt<r> config launches with (the call
+  // shape's cuBLASLt problem; null for other configs), so that gemm() looks it up once.
+  Status check_call(const GemmArguments& args, const KernelConfig& config, const void* workspace,
+                    size_t workspace_bytes, const dequant_cublas::DenseGemm** dense_gemm) const;
   Status status_;
   int device_ = -1;
   int sm_version_ = 0;

@@ -258,6 +258,13 @@ size_t GemmRunner::workspace_bytes(const GemmArguments& args) const {
 
 Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, const void* workspace,
                          size_t workspace_size) const {
+  const dequant_cublas::DenseGemm* dense_gemm = nullptr;
+  return check_call(args, config, workspace, workspace_size, &dense_gemm);
+}
+
+Status GemmRunner::check_call(const GemmArguments& args, const KernelConfig& config, const void* workspace,
+                              size_t workspace_size, const dequant_cublas::DenseGemm** dense_gemm) const {
+  *dense_gemm = nullptr;
   if (!status_.ok()) return status_;
   // Kernel attributes (shared-memory limits) and the cuBLAS handle belong to the runner's device.
   int current_device = -1;
@@ -279,8 +286,7 @@ Status GemmRunner::check(const GemmArguments& args, const KernelConfig& config, 
   }
   if (Status s = check_arguments(args, config, workspace, workspace_size); !s.ok()) return s;
   if (config.family == KernelFamily::kDequantCublas && config.dense_algorithm > 0) {
-    const dequant_cublas::DenseGemm* lt = nullptr;
-    return impl_->lt_gemm(args.element, args.m, args.n, args.k, &lt);
+    return impl_->lt_gemm(args.element, args.m, args.n, args.k, dense_gemm);
   }
   return Status::success();
 }
@@ -296,7 +302,8 @@ Status GemmRunner::gemm(const GemmArguments& args, void* workspace, size_t works
 
 Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, void* workspace, size_t workspace_size,
                         cudaStream_t stream) const {
-  if (Status s = check(args, config, workspace, workspace_size); !s.ok()) return s;
+  const dequant_cublas::DenseGemm* dense_gemm = nullptr;
+  if (Status s = check_call(args, config, workspace, workspace_size, &dense_gemm); !s.ok()) return s;
 
   // Act-order: A's columns gathered into the packed weights' k order at the front of the
   // workspace; the family's own workspace follows (required_workspace_bytes).
@@ -327,10 +334,10 @@ Status GemmRunner::gemm(const GemmArguments& args, const KernelConfig& config, v
     params.k = args.k;
     params.group_size = args.group_size;
     params.alpha = args.alpha;
-    const dequant_cublas::DenseGemm* lt = nullptr;
+    // Non-null for a dequant_cublas_lt<r> config (check_call looked it up).
+    const dequant_cublas::DenseGemm* lt = dense_gemm;
     size_t lt_candidate = 0;
-    if (config.dense_algorithm > 0) {
-      if (Status s = impl_->lt_gemm(args.element, args.m, args.n, args.k, &lt); !s.ok()) return s;
+    if (lt != nullptr) {
       // The r-th candidate, or the last where the heuristic offers fewer (see KernelConfig).
       lt_candidate = std::min(static_cast<size_t>(config.dense_algorithm), lt->candidates().size()) - 1;
     }

@@ -33,7 +33,8 @@ cudaError_t probe_kernel();
 
 // cuBLASLt heuristic candidates the runner offers as configs (dequant_cublas_lt1 ..), each
 // limited to the same kCublasWorkspaceBytes, so a config's workspace does not depend on the shape.
-constexpr int kLtAlgorithms = 4;
+// Eight: on the H200 the winners at m >= 1024 were ranks 1-6 (bench/NOTES.md entries 29, 31).
+constexpr int kLtAlgorithms = 8;
 
 class DenseGemm;
 
