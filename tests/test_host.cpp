@@ -1095,8 +1095,8 @@ TEST(Heuristics, FamilyAndFallback) {
       {16, 4096, 11008, "st_m16n32_w1x1x16_s3_k1"}, {1, 8192, 8192, "st_m8n64_w1x1x16_s3_k1"},
       {8, 8192, 28672, "st_m8n64_w1x1x16_s3_k1"},   {16, 8192, 8192, "st_m16n64_w1x1x8_s4_k1"},
       {16, 8192, 28672, "st_m16n64_w1x1x8_s4_k1"},  {1, 11008, 4096, "st_m8n32_w1x1x8_s3_k1"},
-      {16, 11008, 4096, "st_m16n32_w1x1x8_s4_k1"},  {1, 28672, 8192, "st_m8n64_w1x1x8_s3_k1"},
-      {8, 28672, 8192, "st_m8n64_w1x1x8_s3_k1"},
+      {16, 11008, 4096, "st_m16n32_w1x1x8_s4_k1"},  {1, 28672, 8192, "st_m8n128_w1x2x4_s3_k1"},
+      {8, 28672, 8192, "st_m8n128_w1x2x4_s3_k1"},
   };
   for (const auto& c : decode_cases) {
     EXPECT_EQ(heuristics::choose(c.m, c.n, c.k, hopper, with_streaming).name(), c.config)
@@ -1222,8 +1222,8 @@ TEST(Heuristics, NeverChooseACublasLtConfig) {
 }
 
 // instances.def marks each tile kHeuristic or kProfilerOnly; the marks must match what the
-// heuristics choose over the default grid: every kHeuristic tile is chosen for some problem, and no
-// kProfilerOnly tile ever is.
+// heuristics choose over the default grid (dense, and grouped with 8 experts and top-2 routing):
+// every kHeuristic tile is chosen for some problem, and no kProfilerOnly tile ever is.
 TEST(Heuristics, RolesMatchTheChoices) {
   const std::vector<TableTile> table = instance_table();
   const std::vector<KernelConfig> available = table_configs();
@@ -1232,6 +1232,7 @@ TEST(Heuristics, RolesMatchTheChoices) {
     KernelConfig config = heuristics::choose(m, n, k, device, available);
     config.split_k = 1;
     chosen.insert(config.name());
+    chosen.insert(heuristics::choose_grouped(2 * m, 8, n, k, device, available).name());
   });
   for (const TableTile& tile : table) {
     const std::string name = config_of(tile.shape, 1).name();

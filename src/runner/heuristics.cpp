@@ -133,14 +133,18 @@ constexpr StreamingRule kStreamingRules[] = {
     // multistage tile was ahead (8192x28672, 4%) before the rule above took that layer.
     {{8, 8, 32, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 3.0},
     {{16, 16, 32, 1, 1, 8, 4, /*max_split_k=*/1, KernelFamily::kStreaming}, 3.0, 0.0, 8192LL * 11008},
-    // The largest layers, m <= 8: 2 to 3.5 64-channel tiles per SM (28672-wide on an H100), 64
-    // channels per warp, 8 warps, two blocks per SM: H100 46.1 us (4 stages) against 45.5-46.2
-    // for the multistage 128-channel tile, H200 35.8 vs 43.8 (entry 21). A ring of 3 stages rather than 4 (again
-    // fewer bytes in flight): H100 45.2 vs 46.2 us at m = 1 and 46.2 vs 47.4 at m = 8, H200 38.4
-    // vs 37.3 at m = 1 but 38.0 vs 41.6 at m = 8 (entry 22). Only that layer was measured:
-    // narrower ones (12672 to 16896 channels on an H100) and wider ones (vocabulary heads, 32000
-    // and up) keep the multistage tiles.
-    {{8, 8, 64, 1, 1, 8, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 3.5, 2.0},
+    // The largest layers, m <= 8: 2 to 3.5 64-channel tiles per SM (28672-wide on an H100 or
+    // H200), i.e. 1 to 1.75 tiles of 128 channels: two 64-channel warps side by side, 4 along
+    // k (8 warps, a ring of 3 stages). The 64-channel tiles were measured first: 8 warps along k,
+    // H100 46.1 us (4 stages) against 45.5-46.2 for the multistage 128-channel tile, H200 35.8 vs
+    // 43.8 (entry 21); 3 stages rather than 4 (fewer bytes in flight), H100 45.2 vs 46.2 us at
+    // m = 1 and 46.2 vs 47.4 at m = 8 (entry 22). On H200 the 128-channel tile, found by
+    // profile(), beats that one in two interleaved rounds: 1x28672x8192 35.8 / 36.2 vs 36.6 / 36.9
+    // us, 8x28672x8192 34.6 / 34.4 vs 36.6 / 36.6 (bench/NOTES.md, entry 34; half the blocks, each
+    // warp twice the k range: fewer ring fills and in-block reductions per byte). Not measured on
+    // H100. Only that layer was measured: narrower ones (12672 to 16896 channels on an H100) and
+    // wider ones (vocabulary heads, 32000 and up) keep the multistage tiles.
+    {{8, 8, 128, 1, 2, 4, 3, /*max_split_k=*/1, KernelFamily::kStreaming}, 1.75, 1.0},
 };
 
 // Split-K: fp32 partials + a reducing kernel, until the grid has the tile's target_blocks_per_sm.
